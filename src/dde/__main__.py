@@ -1,0 +1,3 @@
+from dde.cli import main
+
+main()

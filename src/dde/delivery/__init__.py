@@ -1,0 +1,1 @@
+"""Durable delivery: the ledger (SQLite), the retry policy and the dispatcher."""

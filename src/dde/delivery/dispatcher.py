@@ -1,0 +1,249 @@
+"""The dispatcher: one worker thread per destination, fed from the ledger.
+
+A worker takes the due deliveries of its endpoint in batches, sends them over one reused
+association (or HTTP connection), and writes all outcomes of the batch in one transaction.
+A destination that is down only parks its own worker (backoff on the endpoint, not on each
+delivery); the others keep flowing. Sending before recording is at-least-once by design: a
+crash between the two re-sends, it never loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from dde.config import EndpointSettings
+from dde.delivery.ledger import DeliveryOutcome, Ledger, QueuedDelivery
+from dde.delivery.retry import RetryPolicy
+from dde.delivery.states import DeliveryState
+from dde.endpoints.load import LoadBook
+from dde.endpoints.sending import Sender, SendStatus, Shipment
+from dde.receiving.spool import Spool
+
+log = logging.getLogger(__name__)
+
+SenderFactory = Callable[[EndpointSettings], Sender]
+
+
+class EndpointWorker:
+    def __init__(self, endpoint: EndpointSettings, ledger: Ledger, spool: Spool, sender: Sender,
+                 policy: RetryPolicy, loads: LoadBook, *, batch_size: int,
+                 idle_release: float, poll: float,
+                 on_delivered: Callable[[], None] | None = None) -> None:
+        self.endpoint = endpoint
+        self.name = endpoint.name
+        self._ledger = ledger
+        self._spool = spool
+        self._sender = sender
+        self._policy = policy
+        self._loads = loads
+        self._batch_size = batch_size
+        self._idle_release = idle_release
+        self._poll = poll
+        self._on_delivered = on_delivered
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"deliver-{self.name}",
+                                        daemon=True)
+        self.consecutive_unreachable = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        idle_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                worked = self._one_batch()
+            except Exception:  # a bug must not kill delivery for good: log, back off, retry
+                log.exception("delivery worker for %s failed; retrying", self.name)
+                self._sender.release()
+                self._stop.wait(self._policy.backoff(1))
+                continue
+            if worked:
+                idle_since = None
+                continue
+            now = time.time()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since >= self._idle_release:
+                self._sender.release()
+            next_due = self._ledger.next_due_at(self.name)
+            timeout = self._poll if next_due is None else min(self._poll, max(0.0, next_due - now))
+            if idle_since is not None and now - idle_since < self._idle_release:
+                timeout = min(timeout, self._idle_release)
+            self._wake.wait(timeout)
+            self._wake.clear()
+        self._sender.release()
+
+    def _one_batch(self) -> bool:
+        batch = self._ledger.due(self.name, time.time(), self._batch_size)
+        if not batch:
+            return False
+        shipments = {item.id: self._shipment(item) for item in batch}
+        self._sender.prepare([s for s in shipments.values() if s is not None])
+        outcomes: list[DeliveryOutcome] = []
+        unreachable: str | None = None
+        delivered = 0
+        for position, item in enumerate(batch):
+            if self._stop.is_set():
+                break
+            shipment = shipments[item.id]
+            if shipment is None:
+                outcomes.append(DeliveryOutcome(item.id, DeliveryState.FAILED,
+                                                "spool file is missing"))
+                continue
+            result = self._sender.send(shipment)
+            if result.status is SendStatus.DELIVERED:
+                outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
+                delivered += 1
+                log.info("delivered instance #%d to %s (attempt %d)", item.instance_id,
+                         self.name, item.attempts + 1)
+            elif result.status is SendStatus.UNREACHABLE:
+                unreachable = result.detail
+                self._ledger.note_error([i.id for i in batch[position:]], result.detail)
+                break
+            else:
+                outcomes.append(self._refused(item, result.detail, result.permanent))
+        self._ledger.record_outcomes(outcomes)
+        if delivered:
+            self._loads.note_delivered(self.name, delivered)
+            if self._on_delivered is not None:
+                self._on_delivered()
+        if unreachable is not None:
+            self.consecutive_unreachable += 1
+            self.last_error = unreachable
+            delay = self._policy.backoff(self.consecutive_unreachable)
+            log.warning("%s unreachable (%s); next try in %.1f s", self.name, unreachable, delay)
+            self._sender.release()
+            self._stop.wait(delay)
+            return True
+        if self.consecutive_unreachable:
+            log.info("%s reachable again", self.name)
+        self.consecutive_unreachable = 0
+        self.last_error = None
+        return bool(outcomes)
+
+    def _refused(self, item: QueuedDelivery, detail: str, permanent: bool) -> DeliveryOutcome:
+        attempts = item.attempts + 1
+        decision = self._policy.after_failure(attempts, permanent=permanent)
+        if decision.give_up:
+            log.warning("delivery of instance #%d to %s failed after %d attempt(s): %s",
+                        item.instance_id, self.name, attempts, detail)
+            return DeliveryOutcome(item.id, DeliveryState.FAILED, detail)
+        log.info("delivery of instance #%d to %s refused (attempt %d), retry in %.1f s: %s",
+                 item.instance_id, self.name, attempts, decision.delay, detail)
+        return DeliveryOutcome(item.id, DeliveryState.PENDING, detail,
+                               next_attempt_at=time.time() + decision.delay)
+
+    def _shipment(self, item: QueuedDelivery) -> Shipment | None:
+        if item.spool_path is None:
+            return None
+        path = self._spool.path_of(item.spool_path)
+        if not path.exists():
+            return None
+        return Shipment(path, item.sop_class_uid, item.sop_instance_uid,
+                        item.transfer_syntax_uid)
+
+
+class Dispatcher:
+    """Owns the workers (one per endpoint) and the spool janitor."""
+
+    def __init__(self, ledger: Ledger, spool: Spool, policy: RetryPolicy, loads: LoadBook,
+                 sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
+                 poll: float, retention: float) -> None:
+        self._ledger = ledger
+        self._spool = spool
+        self._policy = policy
+        self._loads = loads
+        self._sender_factory = sender_factory
+        self._batch_size = batch_size
+        self._idle_release = idle_release
+        self._poll = poll
+        self._retention = retention
+        self._workers: dict[str, EndpointWorker] = {}
+        self._lock = threading.Lock()
+        self._janitor_wake = threading.Event()
+        self._stop = threading.Event()
+        self._janitor = threading.Thread(target=self._janitor_run, name="spool-janitor",
+                                         daemon=True)
+
+    def start(self, endpoints: Iterable[EndpointSettings]) -> None:
+        self.sync(endpoints)
+        self._janitor.start()
+
+    def sync(self, endpoints: Iterable[EndpointSettings]) -> None:
+        """Start workers for new endpoints, restart changed ones, stop removed ones."""
+        wanted = {e.name: e for e in endpoints}
+        with self._lock:
+            for name in list(self._workers):
+                worker = self._workers[name]
+                if name not in wanted or wanted[name] != worker.endpoint:
+                    worker.stop()
+                    del self._workers[name]
+            for name, endpoint in wanted.items():
+                if name not in self._workers:
+                    worker = EndpointWorker(
+                        endpoint, self._ledger, self._spool, self._sender_factory(endpoint),
+                        self._policy, self._loads, batch_size=self._batch_size,
+                        idle_release=self._idle_release, poll=self._poll,
+                        on_delivered=self._janitor_wake.set,
+                    )
+                    self._workers[name] = worker
+                    worker.start()
+
+    def wake(self, names: Iterable[str]) -> None:
+        with self._lock:
+            for name in names:
+                worker = self._workers.get(name)
+                if worker is not None:
+                    worker.wake()
+
+    def workers(self) -> dict[str, EndpointWorker]:
+        with self._lock:
+            return dict(self._workers)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._janitor_wake.set()
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            worker.stop()
+        if self._janitor.is_alive():
+            self._janitor.join(timeout=10)
+
+    def clean_spool_once(self) -> int:
+        removable = self._ledger.releasable_spool_files(time.time() - self._retention)
+        if not removable:
+            return 0
+        self._ledger.mark_spool_removed([instance_id for instance_id, _ in removable])
+        for _, path in removable:
+            self._spool.remove(path)
+        return len(removable)
+
+    def _janitor_run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while self.clean_spool_once():
+                    pass
+            except Exception:
+                log.exception("spool clean-up failed; will retry")
+            self._janitor_wake.wait(max(1.0, min(self._retention, 60.0)))
+            self._janitor_wake.clear()

@@ -1,0 +1,463 @@
+"""The ledger: every received instance, its deliveries and the study pins, in SQLite.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a committed transaction is on disk. The
+receiver commits one instance row plus one delivery row per destination in a single
+transaction before it answers success; the dispatcher reads due deliveries from here and
+writes their outcomes back, so a restart (even after ``kill -9``) resumes every pending one.
+
+Each thread gets its own connection; SQLite serialises writers (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dde.delivery.states import DeliveryState, check_transition
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    patient_id TEXT,
+    accession_number TEXT,
+    modality TEXT,
+    calling_aet TEXT NOT NULL,
+    called_aet TEXT NOT NULL,
+    source_ip TEXT,
+    rule TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    spool_path TEXT,
+    received_at REAL NOT NULL,
+    spool_removed_at REAL
+);
+CREATE INDEX IF NOT EXISTS instances_sop ON instances(sop_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_spooled ON instances(id) WHERE spool_path IS NOT NULL;
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL REFERENCES instances(id),
+    endpoint TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('route', 'mirror')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(endpoint, state, next_attempt_at, id);
+CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, endpoint);
+CREATE TABLE IF NOT EXISTS study_pins (
+    study_instance_uid TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    pinned_at REAL NOT NULL
+);
+"""
+
+
+class LedgerError(Exception):
+    """The ledger cannot be opened or written; the message says why."""
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+    spool_path: str
+    size: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one instance goes, as the router decided inside the ingest transaction."""
+
+    rule: str
+    destinations: tuple[str, ...]
+    mirrors: tuple[str, ...] = ()
+    pin: tuple[str, str, str] | None = None
+    """(study_instance_uid, endpoint, group) to persist when this route created a pin."""
+
+
+@dataclass(frozen=True)
+class QueuedDelivery:
+    id: int
+    instance_id: int
+    endpoint: str
+    attempts: int
+    spool_path: str | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    delivery_id: int
+    state: DeliveryState
+    error: str | None = None
+    counts_as_attempt: bool = True
+    next_attempt_at: float = 0.0
+
+
+@dataclass
+class DeliveryRecord:
+    id: int
+    endpoint: str
+    role: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+@dataclass
+class InstanceRecord:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+    rule: str
+    size: int
+    received_at: float
+    spool_path: str | None
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+
+@dataclass
+class QueueEntry:
+    delivery_id: int
+    endpoint: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    created_at: float
+    instance_id: int
+    sop_instance_uid: str
+
+
+class IngestView:
+    """What the routing decision may read inside the ingest transaction."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def pin_for(self, study_instance_uid: str) -> str | None:
+        row = self._connection.execute(
+            "SELECT endpoint FROM study_pins WHERE study_instance_uid = ?",
+            (study_instance_uid,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def queued_counts(self) -> dict[str, int]:
+        return _queued_counts(self._connection)
+
+
+def _queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
+    rows = connection.execute(
+        "SELECT endpoint, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY endpoint"
+    ).fetchall()
+    return {str(endpoint): int(count) for endpoint, count in rows}
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        connection = self._connect()
+        try:
+            connection.executescript(_SCHEMA)
+            row = connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                connection.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise LedgerError(
+                    f"{path}: ledger schema {row[0]} is newer than this version of dde "
+                    f"understands ({SCHEMA_VERSION})"
+                )
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+
+    # -- connections -------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+            connection.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+        self._local.connection = connection
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        connection = self._connect()
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield connection
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        else:
+            connection.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                try:
+                    connection.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    # -- receiving ---------------------------------------------------------------------
+    def ingest(self, instance: NewInstance,
+               decide: Callable[[IngestView], Route]) -> tuple[int, Route]:
+        """Commit one instance and its deliveries atomically; return its id and route.
+
+        ``decide`` runs inside the transaction, so pins and queue counts it reads cannot
+        change before the rows it implies are written.
+        """
+        with self._transaction() as connection:
+            route = decide(IngestView(connection))
+            if route.pin is not None:
+                connection.execute(
+                    "INSERT OR REPLACE INTO study_pins"
+                    "(study_instance_uid, endpoint, grp, pinned_at) VALUES (?, ?, ?, ?)",
+                    (*route.pin, instance.received_at),
+                )
+            cursor = connection.execute(
+                "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+                " study_instance_uid, series_instance_uid, patient_id, accession_number,"
+                " modality, calling_aet, called_aet, source_ip, rule, size, spool_path,"
+                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    instance.sop_instance_uid, instance.sop_class_uid,
+                    instance.transfer_syntax_uid, instance.study_instance_uid,
+                    instance.series_instance_uid, instance.patient_id,
+                    instance.accession_number, instance.modality, instance.calling_aet,
+                    instance.called_aet, instance.source_ip, route.rule, instance.size,
+                    instance.spool_path, instance.received_at,
+                ),
+            )
+            instance_id = int(cursor.lastrowid or 0)
+            now = instance.received_at
+            connection.executemany(
+                "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
+                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+                [(instance_id, name, "route", now, now, now) for name in route.destinations]
+                + [(instance_id, name, "mirror", now, now, now) for name in route.mirrors],
+            )
+        return instance_id, route
+
+    # -- dispatching -------------------------------------------------------------------
+    def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
+        rows = self._connect().execute(
+            "SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
+            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid"
+            " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+            " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
+            " ORDER BY d.next_attempt_at, d.id LIMIT ?",
+            (endpoint, now, limit),
+        ).fetchall()
+        return [QueuedDelivery(*row) for row in rows]
+
+    def next_due_at(self, endpoint: str) -> float | None:
+        row = self._connect().execute(
+            "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint = ? AND state = 'pending'",
+            (endpoint,),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def record_outcomes(self, outcomes: Sequence[DeliveryOutcome],
+                        now: float | None = None) -> None:
+        if not outcomes:
+            return
+        now = time.time() if now is None else now
+        with self._transaction() as connection:
+            for outcome in outcomes:
+                row = connection.execute(
+                    "SELECT state FROM deliveries WHERE id = ?", (outcome.delivery_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                check_transition(DeliveryState(row[0]), outcome.state)
+                connection.execute(
+                    "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
+                    " next_attempt_at = ?, updated_at = ?,"
+                    " delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END"
+                    " WHERE id = ?",
+                    (
+                        outcome.state.value, 1 if outcome.counts_as_attempt else 0,
+                        outcome.error, outcome.next_attempt_at or now, now,
+                        outcome.state.value, now, outcome.delivery_id,
+                    ),
+                )
+
+    def note_error(self, delivery_ids: Iterable[int], error: str) -> None:
+        """Record an endpoint-level error on waiting deliveries without spending attempts."""
+        ids = list(delivery_ids)
+        if not ids:
+            return
+        with self._transaction() as connection:
+            connection.executemany(
+                "UPDATE deliveries SET last_error = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                [(error, time.time(), i) for i in ids],
+            )
+
+    def releasable_spool_files(self, older_than: float, limit: int = 500) -> list[tuple[int, str]]:
+        """Spool files whose every delivery is delivered, the last one before ``older_than``."""
+        rows = self._connect().execute(
+            "SELECT i.id, i.spool_path FROM instances i WHERE i.spool_path IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
+            "   AND (d.state != 'delivered' OR d.delivered_at > ?))"
+            " LIMIT ?",
+            (older_than, limit),
+        ).fetchall()
+        return [(int(a), str(b)) for a, b in rows]
+
+    def mark_spool_removed(self, instance_ids: Sequence[int]) -> None:
+        if not instance_ids:
+            return
+        now = time.time()
+        with self._transaction() as connection:
+            connection.executemany(
+                "UPDATE instances SET spool_path = NULL, spool_removed_at = ? WHERE id = ?",
+                [(now, i) for i in instance_ids],
+            )
+
+    def spool_paths_in_use(self) -> set[str]:
+        rows = self._connect().execute(
+            "SELECT spool_path FROM instances WHERE spool_path IS NOT NULL"
+        ).fetchall()
+        return {str(r[0]) for r in rows}
+
+    # -- operators ---------------------------------------------------------------------
+    def queued_counts(self) -> dict[str, int]:
+        return _queued_counts(self._connect())
+
+    def where(self, sop_instance_uid: str) -> list[InstanceRecord]:
+        connection = self._connect()
+        rows = connection.execute(
+            "SELECT id, sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+            " study_instance_uid, calling_aet, called_aet, source_ip, rule, size,"
+            " received_at, spool_path FROM instances WHERE sop_instance_uid = ? ORDER BY id",
+            (sop_instance_uid,),
+        ).fetchall()
+        records = [InstanceRecord(*row) for row in rows]
+        for record in records:
+            deliveries = connection.execute(
+                "SELECT id, endpoint, role, state, attempts, last_error, next_attempt_at,"
+                " created_at, updated_at, delivered_at FROM deliveries WHERE instance_id = ?"
+                " ORDER BY role DESC, id",
+                (record.id,),
+            ).fetchall()
+            record.deliveries = [DeliveryRecord(*d) for d in deliveries]
+        return records
+
+    def queue(self, states: Sequence[DeliveryState] = (DeliveryState.PENDING, DeliveryState.FAILED),
+              limit: int = 1000) -> list[QueueEntry]:
+        marks = ",".join("?" for _ in states)
+        rows = self._connect().execute(
+            "SELECT d.id, d.endpoint, d.state, d.attempts, d.last_error, d.next_attempt_at,"
+            " d.created_at, d.instance_id, i.sop_instance_uid FROM deliveries d"
+            f" JOIN instances i ON i.id = d.instance_id WHERE d.state IN ({marks})"
+            " ORDER BY d.state, d.endpoint, d.id LIMIT ?",
+            (*[s.value for s in states], limit),
+        ).fetchall()
+        return [QueueEntry(*row) for row in rows]
+
+    def state_counts(self) -> dict[str, dict[str, int]]:
+        rows = self._connect().execute(
+            "SELECT endpoint, state, COUNT(*) FROM deliveries GROUP BY endpoint, state"
+        ).fetchall()
+        counts: dict[str, dict[str, int]] = {}
+        for endpoint, state, count in rows:
+            counts.setdefault(str(endpoint), {})[str(state)] = int(count)
+        return counts
+
+    def retry(self, delivery_id: int) -> DeliveryState | None:
+        """Make one failed delivery pending again, due now; return its previous state."""
+        with self._transaction() as connection:
+            row = connection.execute(
+                "SELECT state FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            previous = DeliveryState(row[0])
+            if previous is DeliveryState.FAILED:
+                now = time.time()
+                connection.execute(
+                    "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (now, now, delivery_id),
+                )
+            elif previous is DeliveryState.PENDING:
+                connection.execute(
+                    "UPDATE deliveries SET next_attempt_at = ? WHERE id = ?",
+                    (time.time(), delivery_id),
+                )
+            return previous
+
+    def retry_failed(self) -> int:
+        now = time.time()
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?,"
+                " updated_at = ? WHERE state = 'failed'",
+                (now, now),
+            )
+            return cursor.rowcount
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Read-only query for tests and diagnostics."""
+        return list(self._connect().execute(sql, parameters).fetchall())

@@ -1,0 +1,1 @@
+"""DICOM vocabulary shared by the receiver and the senders."""

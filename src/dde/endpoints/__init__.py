@@ -1,0 +1,1 @@
+"""Destinations: their load and the senders that deliver to them."""

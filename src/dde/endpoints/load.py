@@ -1,0 +1,109 @@
+"""Live load of each PACS: Orthanc's instance count, cached and refreshed in the background.
+
+The routing decision must not make an HTTP call per instance, so a background thread polls
+``GET {url}/statistics`` every ``refresh`` seconds. Deliveries that complete between two
+polls are added to the cached count so the figure does not dip until the next poll.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import httpx
+
+from dde.config import EndpointSettings
+from dde.endpoints.http import http_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Load:
+    stored: int = 0
+    delivered_since_poll: int = 0
+    polled_at: float | None = None
+    error: str | None = None
+
+
+class LoadBook:
+    def __init__(self, refresh: float,
+                 client_factory: Callable[[EndpointSettings], httpx.Client] | None = None) -> None:
+        self.refresh = refresh
+        self._loads: dict[str, _Load] = {}
+        self._endpoints: dict[str, EndpointSettings] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._client_factory = client_factory or _default_client
+
+    def set_endpoints(self, endpoints: Iterable[EndpointSettings]) -> None:
+        with self._lock:
+            self._endpoints = {e.name: e for e in endpoints}
+            for name in self._endpoints:
+                self._loads.setdefault(name, _Load())
+
+    def stored(self, name: str) -> int:
+        with self._lock:
+            entry = self._loads.get(name)
+            return 0 if entry is None else entry.stored + entry.delivered_since_poll
+
+    def note_delivered(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            entry = self._loads.setdefault(name, _Load())
+            entry.delivered_since_poll += count
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        with self._lock:
+            return {
+                name: {"stored": e.stored + e.delivered_since_poll, "polled_at": e.polled_at,
+                       "error": e.error}
+                for name, e in self._loads.items()
+            }
+
+    def poll_once(self) -> None:
+        with self._lock:
+            endpoints = [e for e in self._endpoints.values() if e.url]
+        for endpoint in endpoints:
+            started = time.time()
+            try:
+                with self._client_factory(endpoint) as client:
+                    response = client.get(f"{endpoint.url}/statistics")
+                    response.raise_for_status()
+                    count = int(response.json()["CountInstances"])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                with self._lock:
+                    entry = self._loads.setdefault(endpoint.name, _Load())
+                    entry.error = type(exc).__name__
+                log.debug("load poll of %s failed: %s", endpoint.name, exc)
+                continue
+            with self._lock:
+                entry = self._loads.setdefault(endpoint.name, _Load())
+                entry.stored = count
+                entry.delivered_since_poll = 0
+                entry.polled_at = started
+                entry.error = None
+
+    def start(self) -> None:
+        self.poll_once()
+        self._thread = threading.Thread(target=self._run, name="load-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh):
+            try:
+                self.poll_once()
+            except Exception:  # never let the poller die
+                log.exception("load poll failed")
+
+
+def _default_client(endpoint: EndpointSettings) -> httpx.Client:
+    return http_client(endpoint, timeout=3.0)

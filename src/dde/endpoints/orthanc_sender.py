@@ -1,0 +1,57 @@
+"""Deliver spooled instances through Orthanc's REST API (``POST {url}/instances``).
+
+The Part-10 file is streamed as the request body, unchanged. One HTTP client (keep-alive)
+is reused while the queue has work.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from dde.config import DeliverySettings, EndpointSettings
+from dde.endpoints.http import http_client
+from dde.endpoints.sending import SendResult, Shipment
+
+
+class OrthancRestSender:
+    def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings) -> None:
+        if not endpoint.url:
+            raise ValueError(f"endpoint {endpoint.name} of kind orthanc-rest needs a url")
+        self.endpoint = endpoint
+        self._timeout = delivery.dimse_timeout
+        self._client: httpx.Client | None = None
+
+    def prepare(self, shipments: list[Shipment]) -> None:
+        return None
+
+    def send(self, shipment: Shipment) -> SendResult:
+        if self._client is None:
+            self._client = http_client(self.endpoint, timeout=self._timeout)
+        try:
+            with shipment.path.open("rb") as body:
+                response = self._client.post(
+                    f"{self.endpoint.url}/instances", content=body,
+                    headers={"Content-Type": "application/dicom"},
+                )
+        except FileNotFoundError:
+            return SendResult.refused("spool file is missing", permanent=True)
+        except httpx.TransportError as exc:
+            self.release()
+            return SendResult.unreachable(f"HTTP transport error: {type(exc).__name__}")
+        if response.status_code == 200:
+            return SendResult.delivered("HTTP 200")
+        detail = f"HTTP {response.status_code}"
+        try:
+            message = response.json().get("Message") or response.json().get("Details")
+            if message:
+                detail += f": {str(message)[:200]}"
+        except (ValueError, AttributeError):
+            pass
+        if response.status_code in (401, 403):
+            return SendResult.unreachable(f"{detail} (check the endpoint's credentials)")
+        return SendResult.refused(detail, permanent=400 <= response.status_code < 500)
+
+    def release(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

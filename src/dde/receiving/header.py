@@ -1,0 +1,135 @@
+"""Header-only parsing of a received dataset, with a structural check of the whole.
+
+The router never decodes pixel data. It walks every top-level element of the encoded
+dataset once (pydicom's element generator, no value conversion) to prove the dataset is
+structurally whole — a truncated or unparsable dataset is refused — and keeps the elements
+before Pixel Data as the header the routing rules see.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
+BITS_ALLOCATED = Tag(0x0028, 0x0100)
+PIXEL_DATA_TAGS = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), PIXEL_DATA)
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+
+
+class BrokenDataset(Exception):
+    """The encoded dataset is structurally broken; the message says how (no patient data)."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the router knows of an instance: its identity and its header elements."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    dataset: Dataset = field(repr=False, compare=False)
+
+
+def _inflate(encoded: bytes) -> bytes:
+    try:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        inflated = inflater.decompress(encoded) + inflater.flush()
+    except zlib.error as exc:
+        raise BrokenDataset(f"deflated dataset cannot be inflated: {exc}") from None
+    if not inflater.eof:
+        raise BrokenDataset("deflated dataset is truncated (no end of the deflate stream)")
+    return inflated
+
+
+def _text(dataset: Dataset, keyword: str) -> str | None:
+    try:
+        value = dataset.get(keyword)
+    except Exception:  # a malformed value must not stop routing on the others
+        return None
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+def parse_header(encoded: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    """Check ``encoded`` (a dataset without file meta) and return its header.
+
+    Raises :class:`BrokenDataset` when the dataset is empty, truncated inside an element,
+    or cannot be walked element by element.
+    """
+    syntax = UID(transfer_syntax_uid)
+    # Every transfer syntax defined after the first three is explicit VR little endian; a
+    # syntax newer than pydicom (e.g. deflated image frames) is read that way.
+    implicit_vr = syntax.is_implicit_VR if syntax.is_transfer_syntax else False
+    little_endian = syntax.is_little_endian if syntax.is_transfer_syntax else True
+    body = _inflate(encoded) if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else encoded
+    if not body:
+        raise BrokenDataset("the dataset is empty")
+
+    stream = io.BytesIO(body)
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    end_of_last_element = 0
+    previous: int = -1
+    try:
+        for element in data_element_generator(
+            stream, implicit_vr, little_endian, defer_size=None
+        ):
+            if isinstance(element, RawDataElement):
+                length = element.length
+                value = element.value
+                if length != UNDEFINED_LENGTH and value is not None and len(value) != length:
+                    raise BrokenDataset(
+                        f"element {element.tag} is truncated "
+                        f"({len(value)} of {length} bytes present)"
+                    )
+            tag = int(element.tag)
+            if tag <= previous:
+                raise BrokenDataset(f"element {element.tag} is out of order")
+            previous = tag
+            end_of_last_element = stream.tell()
+            if tag < PIXEL_DATA:
+                elements[element.tag] = element
+    except BrokenDataset:
+        raise
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "broken"
+        raise BrokenDataset(f"the dataset cannot be parsed: {type(exc).__name__}") from None
+    if end_of_last_element != len(body):
+        raise BrokenDataset(
+            f"{len(body) - end_of_last_element} trailing bytes do not form a whole element"
+        )
+    if not elements:
+        raise BrokenDataset("the dataset holds no header elements")
+    if BITS_ALLOCATED in elements and previous < PIXEL_DATA_TAGS[0]:
+        # The Image Pixel module is present but the dataset stops before any pixel data:
+        # the classic shape of a transfer cut at an element boundary.
+        raise BrokenDataset("the dataset has an image pixel module but no pixel data")
+
+    dataset = Dataset(elements)
+    dataset.set_original_encoding(implicit_vr, little_endian, None)
+    sop_class = _text(dataset, "SOPClassUID") or ""
+    sop_instance = _text(dataset, "SOPInstanceUID") or ""
+    return InstanceHeader(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        transfer_syntax_uid=str(syntax),
+        study_instance_uid=_text(dataset, "StudyInstanceUID"),
+        series_instance_uid=_text(dataset, "SeriesInstanceUID"),
+        patient_id=_text(dataset, "PatientID"),
+        accession_number=_text(dataset, "AccessionNumber"),
+        modality=_text(dataset, "Modality"),
+        dataset=dataset,
+    )

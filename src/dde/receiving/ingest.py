@@ -1,0 +1,132 @@
+"""The durable receive path shared by C-STORE (and later uploads): check, spool, route, commit.
+
+Success is returned only when the spool file is fsync'd and the instance row plus one
+delivery row per destination are committed. Every failure maps to a named DIMSE failure
+status; nothing here ever answers success for an instance that is not safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from dde.delivery.ledger import Ledger, LedgerError, NewInstance, Route
+from dde.dicom import status as dimse
+from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
+from dde.receiving.spool import Spool, SpoolError, encode_file_meta
+from dde.routing.decision import NoRoute
+from dde.routing.router import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One instance as received: the encoded dataset (no file meta) and its context."""
+
+    dataset: bytes
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: int
+    detail: str
+    instance_id: int | None = None
+    route: Route | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == dimse.SUCCESS
+
+
+class IngestPipeline:
+    def __init__(self, ledger: Ledger, spool: Spool, router: Router,
+                 on_committed: Callable[[Iterable[str]], None]) -> None:
+        self._ledger = ledger
+        self._spool = spool
+        self._router = router
+        self._on_committed = on_committed
+
+    def ingest(self, incoming: Incoming) -> IngestResult:
+        try:
+            return self._ingest(incoming)
+        except Exception:  # the last line of defence: never a false success
+            log.exception("internal error while receiving an instance")
+            return IngestResult(dimse.OUT_OF_RESOURCES, "internal error")
+
+    def _ingest(self, incoming: Incoming) -> IngestResult:
+        try:
+            header = parse_header(incoming.dataset, incoming.transfer_syntax_uid)
+        except BrokenDataset as exc:
+            log.warning("refused an instance from %s: %s", incoming.calling_aet, exc)
+            return IngestResult(dimse.CANNOT_UNDERSTAND, str(exc))
+        if header.sop_instance_uid and header.sop_instance_uid != incoming.sop_instance_uid:
+            log.warning("refused an instance from %s: dataset SOP Instance UID differs from "
+                        "the C-STORE request's", incoming.calling_aet)
+            return IngestResult(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                "SOP Instance UID of the dataset differs from the request")
+
+        file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
+                                     incoming.transfer_syntax_uid, incoming.calling_aet)
+        try:
+            spooled = self._spool.write(file_meta, incoming.dataset)
+        except SpoolError as exc:
+            log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
+            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc))
+
+        record = self._record(incoming, header, spooled.relative_path, spooled.size)
+        try:
+            instance_id, route = self._ledger.ingest(
+                record, lambda view: self._router.route(header, view)
+            )
+        except NoRoute as exc:
+            self._spool.remove(spooled.relative_path)
+            log.warning("refused an instance from %s: no route: %s", incoming.calling_aet, exc)
+            return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}")
+        except (sqlite3.Error, LedgerError) as exc:
+            self._spool.remove(spooled.relative_path)
+            log.error("refused an instance from %s: ledger write failed: %s",
+                      incoming.calling_aet, exc)
+            return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed")
+
+        destinations = route.destinations + route.mirrors
+        log.info("received instance #%d (%s, %d bytes) from %s -> %s [rule %s]", instance_id,
+                 _short_class(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
+                 ", ".join(destinations), route.rule)
+        self._on_committed(destinations)
+        return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
+
+    @staticmethod
+    def _record(incoming: Incoming, header: InstanceHeader, path: str, size: int) -> NewInstance:
+        return NewInstance(
+            sop_instance_uid=incoming.sop_instance_uid,
+            sop_class_uid=incoming.sop_class_uid,
+            transfer_syntax_uid=incoming.transfer_syntax_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            patient_id=header.patient_id,
+            accession_number=header.accession_number,
+            modality=header.modality,
+            calling_aet=incoming.calling_aet,
+            called_aet=incoming.called_aet,
+            source_ip=incoming.source_ip,
+            spool_path=path,
+            size=size,
+            received_at=time.time(),
+        )
+
+
+def _short_class(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return name if name and name != uid else uid

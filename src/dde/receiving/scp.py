@@ -1,0 +1,87 @@
+"""The DICOM face of the router: a pynetdicom AE answering C-ECHO and C-STORE.
+
+Every storage SOP class is accepted, also ones pynetdicom does not know
+(``UNRESTRICTED_STORAGE_SERVICE``), in the first transfer syntax the sender proposes for
+each context, compressed ones included. The C-STORE handler hands the encoded dataset
+to the ingest pipeline and answers the status it returns; an exception anywhere becomes
+``OUT_OF_RESOURCES`` at this boundary, never success.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dde.config import ReceiverSettings
+from dde.dicom import status as dimse
+from dde.net import on_connection_open
+from dde.receiving.ingest import Incoming, IngestPipeline
+
+log = logging.getLogger(__name__)
+
+_config.UNRESTRICTED_STORAGE_SERVICE = True
+
+
+class StorageSCP:
+    def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline) -> None:
+        self.settings = settings
+        self._pipeline = pipeline
+        self._server: Any = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        if self._server is None:
+            return self.settings.port
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.add_supported_context(Verification)
+        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.dimse_timeout = self.settings.dimse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        ae.require_called_aet = False
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, on_connection_open),
+            (evt.EVT_C_STORE, self._on_c_store),
+            (evt.EVT_C_ECHO, self._on_c_echo),
+        ]
+        self._server = ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        log.info("receiving as %s on %s:%d", self.settings.ae_title, self.settings.host,
+                 self.port)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+
+    @staticmethod
+    def _on_c_echo(event: Any) -> int:
+        return dimse.SUCCESS
+
+    def _on_c_store(self, event: Any) -> int:
+        try:
+            request = event.request
+            assoc = event.assoc
+            incoming = Incoming(
+                dataset=event.encoded_dataset(include_meta=False),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                calling_aet=str(assoc.requestor.ae_title),
+                called_aet=str(assoc.acceptor.ae_title),
+                source_ip=str(assoc.requestor.address),
+            )
+        except Exception:
+            log.exception("could not read a C-STORE request")
+            return dimse.OUT_OF_RESOURCES
+        result = self._pipeline.ingest(incoming)
+        return result.status

@@ -1,0 +1,1 @@
+"""Routing: pure decisions over header datasets, endpoint states and loads."""

@@ -1,0 +1,1 @@
+"""The reference deployment: local Orthanc processes and the router, started and stopped."""

@@ -1,0 +1,125 @@
+"""``dde stack …``: start, stop and inspect the reference deployment.
+
+The group expects ``ctx.obj.home`` (a ``dde.config.Home``), set by the ``dde`` command.
+Errors the user can fix (StackError, ConfigError) print one line, ``dde: error: …``, on
+stderr and exit with code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from dde.config import ConfigError, Home, Settings, load_settings
+from dde.stack import supervisor
+from dde.stack.errors import StackError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _fails_cleanly(command: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except (StackError, ConfigError) as exc:
+            # One line: a multi-line message (a log tail) goes on the following lines.
+            click.echo(f"dde: error: {exc}", err=True)
+            raise click.exceptions.Exit(1) from None
+
+    return wrapper
+
+
+def _context(ctx: click.Context) -> tuple[Home, Settings]:
+    home = getattr(ctx.obj, "home", None)
+    if not isinstance(home, Home):
+        raise StackError("internal: the stack commands need ctx.obj.home (a dde.config.Home)")
+    return home, load_settings(home)
+
+
+@click.group()
+def stack() -> None:
+    """Run the reference deployment: three Orthanc PACS and the router."""
+
+
+@stack.command()
+@click.option("--detach", "-d", is_flag=True, help="Return once every part answers.")
+@click.argument("parts", nargs=-1)
+@click.pass_context
+@_fails_cleanly
+def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
+    """Start the parts (default: all) that are not running and wait until they answer.
+
+    Without --detach, stay in the foreground printing their logs; Ctrl-C stops what this
+    command started.
+    """
+    home, settings = _context(ctx)
+    result = supervisor.up(home, settings, detach=detach, parts=parts or None)
+    if detach:
+        for name in result["started"]:
+            click.echo(f"started {name}")
+        for name in result["already_running"]:
+            click.echo(f"{name} was already running")
+    else:
+        click.echo(f"stopped {', '.join(result['stopped']) or 'nothing'}")
+
+
+@stack.command()
+@click.argument("parts", nargs=-1)
+@click.pass_context
+@_fails_cleanly
+def down(ctx: click.Context, parts: tuple[str, ...]) -> None:
+    """Stop the running parts (default: all; the router first)."""
+    home, settings = _context(ctx)
+    result = supervisor.down(home, settings, parts=parts or None)
+    click.echo(f"stopped {', '.join(result['stopped']) or 'nothing'}")
+
+
+@stack.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@_fails_cleanly
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show which parts run, their PIDs, ports and logs."""
+    home, settings = _context(ctx)
+    parts = supervisor.status(home, settings)
+    if as_json:
+        click.echo(json.dumps(parts, indent=2))
+        return
+    _print_table(parts)
+
+
+def _print_table(parts: dict[str, dict[str, Any]]) -> None:
+    table = Table(box=None, pad_edge=False)
+    for column in ("part", "state", "pid", "ports", "log"):
+        table.add_column(column, no_wrap=column != "log")
+    for name, info in parts.items():
+        table.add_row(
+            escape(name),
+            "[green]running[/green]" if info["running"] else "[dim]stopped[/dim]",
+            str(info["pid"]) if info["pid"] is not None else "-",
+            ", ".join(str(port) for port in info["ports"]),
+            escape(info["log"]),
+        )
+    Console(soft_wrap=False).print(table)
+
+
+@stack.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=None,
+              help="Start this many lines before the end of each log.")
+@click.argument("part", required=False)
+@click.pass_context
+@_fails_cleanly
+def logs(ctx: click.Context, follow: bool, lines: int | None, part: str | None) -> None:
+    """Print the logs of every part (prefixed with its name), or of PART."""
+    home, settings = _context(ctx)
+    supervisor.logs(home, settings, part, follow, lines=lines)

@@ -1,0 +1,484 @@
+"""The reference deployment as detached processes: up, down, status, logs.
+
+Parts: one Orthanc per ``settings.stack.orthancs`` entry (named by its ``name``) and the
+``router`` (``python -m dde --home HOME serve``). Each part has, in the state folder:
+
+- ``logs/PART.log``  its stdout and stderr, appended;
+- ``run/PART.pid``   ``{"pid", "argv", "started_at"}`` while it runs (see ``process``);
+- for an Orthanc, its configuration (written once, then the user's) and ``orthanc/NAME/``.
+
+``up`` is idempotent: it starts only the parts not running, after checking their ports are
+free, and waits until each answers (Orthanc: ``GET /system``; router: a C-ECHO). If one does
+not, everything this call started is stopped again. Parts start Orthancs first and stop
+router first.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from dde.config import Home, Settings, StackOrthanc
+from dde.stack.errors import StackError
+from dde.stack.orthanc import (
+    OrthancProcess,
+    orthanc_binary,
+    read_orthanc_config,
+    write_orthanc_config,
+)
+from dde.stack.process import (
+    POLL_SECONDS,
+    PidRecord,
+    log_size,
+    log_tail,
+    offset_of_last_lines,
+    port_in_use,
+    read_pid_file,
+    spawn,
+    stop_processes,
+    write_pid_file,
+)
+
+ROUTER = "router"
+ECHO_CALLING_AE = "DDE-STACK"
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+UP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+FOLLOW_POLL_SECONDS = 0.2
+DEBIAN_ORTHANC_PORTS = (4242, 8042)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One process of the stack and where its files are."""
+
+    name: str
+    ports: tuple[int, ...]
+    log: Path
+    pid_file: Path
+    config: Path | None
+    orthanc: StackOrthanc | None = None
+    storage_dir: Path | None = None
+
+    @property
+    def is_router(self) -> bool:
+        return self.orthanc is None
+
+    def port_setting(self, port: int) -> str:
+        """Where in dde.yaml ``port`` is configured, for error messages."""
+        if self.orthanc is None:
+            return "receiver.port"
+        key = "dicom_port" if port == self.orthanc.dicom_port else "http_port"
+        return f"stack.orthancs ({self.name}) {key}"
+
+
+def stack_parts(home: Home, settings: Settings) -> list[Part]:
+    """Every part, in start order: the Orthancs as configured, then the router."""
+    parts = [
+        Part(
+            name=entry.name,
+            ports=(entry.dicom_port, entry.http_port),
+            log=home.logs_dir / f"{entry.name}.log",
+            pid_file=home.run_dir / f"{entry.name}.pid",
+            config=home.root / entry.config_file,
+            orthanc=entry,
+            storage_dir=home.orthanc_dir / entry.name,
+        )
+        for entry in settings.stack.orthancs
+    ]
+    parts.append(
+        Part(
+            name=ROUTER,
+            ports=(settings.receiver.port,),
+            log=home.logs_dir / f"{ROUTER}.log",
+            pid_file=home.run_dir / f"{ROUTER}.pid",
+            config=home.config_file,
+        )
+    )
+    return parts
+
+
+def part_names(settings: Settings) -> list[str]:
+    return [entry.name for entry in settings.stack.orthancs] + [ROUTER]
+
+
+def _select(home: Home, settings: Settings, names: Sequence[str] | None) -> list[Part]:
+    parts = stack_parts(home, settings)
+    if names is None:
+        return parts
+    valid = [p.name for p in parts]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise StackError(
+            f"unknown part {', '.join(unknown)}: the parts are {', '.join(valid)}"
+        )
+    return [p for p in parts if p.name in names]
+
+
+def _check_settings(home: Home, settings: Settings, to_start: Sequence[Part]) -> None:
+    names = [e.name for e in settings.stack.orthancs]
+    if ROUTER in names or len(set(names)) != len(names):
+        raise StackError(
+            f"{home.config_file}: stack.orthancs names must be unique and not {ROUTER!r}"
+        )
+    for part in to_start:
+        for port in part.ports:
+            if not 0 < port < 65536:
+                raise StackError(
+                    f"{home.config_file}: {part.port_setting(port)} must be a fixed port "
+                    f"(1-65535) for the stack, not {port}"
+                )
+    owners: dict[int, str] = {}
+    for part in stack_parts(home, settings):
+        for port in part.ports:
+            if port in owners:
+                raise StackError(
+                    f"{home.config_file}: port {port} is configured for both "
+                    f"{owners[port]} and {part.name}"
+                )
+            owners[port] = part.name
+
+
+def _running_record(part: Part) -> PidRecord | None:
+    record = read_pid_file(part.pid_file)
+    return record if record is not None and record.running else None
+
+
+def _stop(processes: Sequence[tuple[Part, PidRecord | None]], timeout: float) -> list[str]:
+    """Stop the router first, then the Orthancs together; remove the PID files."""
+    stopped: list[str] = []
+    for is_router in (True, False):
+        batch = [(p, r) for p, r in processes if p.is_router == is_router]
+        pids = stop_processes([(r.pid, r.argv) for _, r in batch if r is not None], timeout)
+        for part, record in batch:
+            if record is not None and record.pid in pids:
+                stopped.append(part.name)
+            part.pid_file.unlink(missing_ok=True)
+    return stopped
+
+
+# ---------------------------------------------------------------------------------------------
+# status / down
+
+
+def status(home: Home, settings: Settings) -> dict[str, dict[str, Any]]:
+    """For each part: pid (when running), running, ports, log and config paths."""
+    result: dict[str, dict[str, Any]] = {}
+    for part in stack_parts(home, settings):
+        record = _running_record(part)
+        result[part.name] = {
+            "pid": record.pid if record is not None else None,
+            "running": record is not None,
+            "ports": list(part.ports),
+            "log": str(part.log),
+            "config": str(part.config) if part.config is not None else None,
+        }
+    return result
+
+
+def down(
+    home: Home, settings: Settings, *, parts: Sequence[str] | None = None,
+    timeout: float = STOP_TIMEOUT,
+) -> dict[str, list[str]]:
+    """Stop the running parts (router first) and remove their PID files."""
+    selected = _select(home, settings, parts)
+    stopped = _stop([(p, read_pid_file(p.pid_file)) for p in selected], timeout)
+    not_running = [p.name for p in selected if p.name not in stopped]
+    return {"stopped": stopped, "not_running": not_running}
+
+
+# ---------------------------------------------------------------------------------------------
+# up
+
+
+@dataclass
+class _Started:
+    part: Part
+    popen: subprocess.Popen[bytes]
+    record: PidRecord
+    log_offset: int
+    orthanc: OrthancProcess | None = None
+
+    def failure(self, what: str) -> StackError:
+        tail = log_tail(self.part.log, since=self.log_offset) or "(empty)"
+        return StackError(f"{self.part.name} {what}; last lines of {self.part.log}:\n{tail}")
+
+
+def _port_refusal(part: Part, port: int, host: str, config_file: Path) -> StackError:
+    if part.orthanc is not None and port in DEBIAN_ORTHANC_PORTS:
+        hint = (
+            "Debian's orthanc.service listens on 4242/8042 when installed: "
+            "`systemctl disable --now orthanc`"
+        )
+    else:
+        hint = f"`ss -ltnp 'sport = :{port}'` shows what holds it: stop it"
+    return StackError(
+        f"cannot start {part.name}: port {port} is already in use on {host} ({hint}, "
+        f"or change {part.port_setting(port)} in {config_file})"
+    )
+
+
+def _prepare_orthanc(part: Part) -> None:
+    """Write the part's configuration if absent; check it agrees with dde.yaml."""
+    entry, config, storage = part.orthanc, part.config, part.storage_dir
+    assert entry is not None and config is not None and storage is not None
+    storage.mkdir(parents=True, exist_ok=True)
+    write_orthanc_config(config, entry.name, entry.aet, entry.dicom_port, entry.http_port,
+                         storage)
+    actual = read_orthanc_config(config)
+    for key, expected in (("DicomPort", entry.dicom_port), ("HttpPort", entry.http_port)):
+        found = actual.get(key)
+        if found != expected:
+            raise StackError(
+                f"{config} has {key} {found} but dde.yaml says {expected} for {part.name}: "
+                "make them agree (or delete the file to have it written again)"
+            )
+
+
+def _echo(port: int, called_ae: str, timeout: float = 2.0) -> bool:
+    """Whether a C-ECHO to 127.0.0.1:port succeeds."""
+    from pynetdicom import AE  # imported here: only the router's readiness needs it
+
+    ae = AE(ae_title=ECHO_CALLING_AE)
+    ae.add_requested_context(VERIFICATION_SOP_CLASS)
+    ae.connection_timeout = min(timeout, 0.5)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    try:
+        assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    except OSError:
+        return False
+    if not assoc.is_established:
+        return False
+    try:
+        result = assoc.send_c_echo()
+        return bool(result) and int(getattr(result, "Status", -1)) == 0
+    finally:
+        assoc.release()
+
+
+def _wait_router(started: _Started, settings: Settings, deadline: float) -> None:
+    port, called = settings.receiver.port, settings.receiver.ae_title
+    began = time.monotonic()
+    while True:
+        code = started.popen.poll()
+        if code is not None:
+            raise started.failure(f"exited with code {code} while starting")
+        if _echo(port, called):
+            return
+        if time.monotonic() >= deadline:
+            raise started.failure(
+                f"did not answer a C-ECHO ({ECHO_CALLING_AE} -> {called} at 127.0.0.1:{port})"
+                f" within {time.monotonic() - began:.0f} s"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def _start(part: Part, home: Home) -> _Started:
+    offset = log_size(part.log)
+    orthanc: OrthancProcess | None = None
+    if part.orthanc is not None:
+        assert part.config is not None
+        orthanc = OrthancProcess(part.config, part.log, part.orthanc.http_port,
+                                 part.orthanc.dicom_port, name=part.name)
+        argv = orthanc.argv
+        popen = orthanc.start()
+    else:
+        argv = [sys.executable, "-m", "dde", "--home", str(home.root), "serve"]
+        popen = spawn(argv, part.log)
+    record = PidRecord.now(popen.pid, argv)
+    write_pid_file(part.pid_file, record)
+    return _Started(part, popen, record, offset, orthanc)
+
+
+def _stop_started(started: Sequence[_Started], timeout: float = STOP_TIMEOUT) -> list[str]:
+    return _stop([(s.part, s.record) for s in started], timeout)
+
+
+def up(
+    home: Home,
+    settings: Settings,
+    *,
+    detach: bool,
+    parts: Sequence[str] | None = None,
+    timeout: float = UP_TIMEOUT,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, list[str]]:
+    """Start the parts that are not running and wait until every one answers.
+
+    With ``detach`` it returns once they are up. Without, it stays in the foreground,
+    printing the parts' new log lines, until Ctrl-C, SIGTERM or ``stop`` is set; then it
+    stops what it started (router first) and returns.
+    """
+    home.ensure()
+    selected = _select(home, settings, parts)
+    to_start = [p for p in selected if _running_record(p) is None]
+    already = [p.name for p in selected if p not in to_start]
+    _check_settings(home, settings, to_start)
+    if any(p.orthanc is not None for p in to_start):
+        orthanc_binary()  # fail early, with the install hint
+    for part in to_start:
+        for port in part.ports:
+            host = port_in_use(port)
+            if host is not None:
+                raise _port_refusal(part, port, host, home.config_file)
+    for part in to_start:
+        if part.orthanc is not None:
+            _prepare_orthanc(part)
+
+    follower = LogFollower(selected, out, start_at_end=True)
+    started: list[_Started] = []
+    deadline = time.monotonic() + timeout
+    interrupted = False
+    with _sigterm_interrupts(enabled=not detach):
+        try:
+            for part in (p for p in to_start if not p.is_router):
+                started.append(_start(part, home))
+            for one in started:
+                assert one.orthanc is not None
+                one.orthanc.wait_ready(timeout=max(deadline - time.monotonic(), 0.0))
+            for part in (p for p in to_start if p.is_router):
+                started.append(_start(part, home))
+                _wait_router(started[-1], settings, deadline)
+        except KeyboardInterrupt:
+            if detach:
+                _stop_started(started)
+                raise
+            interrupted = True  # in the foreground, Ctrl-C while starting is a normal stop
+        except BaseException:
+            _stop_started(started)
+            raise
+    result = {"started": [s.part.name for s in started], "already_running": already}
+    if detach:
+        return result
+    if not interrupted:
+        _foreground(follower, started, stop)
+    result["stopped"] = _stop_started(started)
+    follower.poll()  # their last words
+    return result
+
+
+@contextmanager
+def _sigterm_interrupts(enabled: bool = True) -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt like Ctrl-C (main thread only)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _foreground(
+    follower: LogFollower, started: Sequence[_Started], stop: threading.Event | None
+) -> None:
+    reported: set[str] = set()
+    stop = stop or threading.Event()
+    with _sigterm_interrupts():
+        try:
+            while not stop.is_set():
+                follower.poll()
+                for one in started:
+                    code = one.popen.poll()
+                    if code is not None and one.part.name not in reported:
+                        reported.add(one.part.name)
+                        follower.say(one.part.name, f"exited with code {code}")
+                stop.wait(FOLLOW_POLL_SECONDS)
+        except KeyboardInterrupt:
+            pass
+        follower.poll()
+
+
+# ---------------------------------------------------------------------------------------------
+# logs
+
+
+@dataclass
+class LogFollower:
+    """Prints the complete lines appended to some parts' logs, prefixed with the part name."""
+
+    parts: Sequence[Part]
+    out: TextIO | None = None
+    start_at_end: bool = False
+    prefix: bool = True
+    _offsets: dict[str, int] = field(default_factory=dict)
+    _partial: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for part in self.parts:
+            self._offsets[part.name] = log_size(part.log) if self.start_at_end else 0
+        self._width = max((len(p.name) for p in self.parts), default=0)
+
+    def say(self, name: str, line: str) -> None:
+        out = self.out or sys.stdout
+        out.write(f"{name:<{self._width}} | {line}\n" if self.prefix else f"{line}\n")
+        out.flush()
+
+    def skip_to_last(self, lines: int) -> None:
+        """Start each log ``lines`` lines before its end."""
+        for part in self.parts:
+            self._offsets[part.name] = offset_of_last_lines(part.log, lines)
+
+    def poll(self) -> None:
+        for part in self.parts:
+            offset = self._offsets[part.name]
+            if log_size(part.log) < offset:
+                offset = 0  # truncated or replaced: start again
+            try:
+                with open(part.log, "rb") as log:
+                    log.seek(offset)
+                    chunk = log.read()
+            except OSError:
+                continue
+            self._offsets[part.name] = offset + len(chunk)
+            data = self._partial.pop(part.name, b"") + chunk
+            *lines, rest = data.split(b"\n")
+            if rest:
+                self._partial[part.name] = rest
+            for line in lines:
+                self.say(part.name, line.decode(errors="replace").rstrip("\r"))
+
+
+def logs(
+    home: Home,
+    settings: Settings,
+    part: str | None = None,
+    follow: bool = False,
+    *,
+    lines: int | None = None,
+    out: TextIO | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Print the logs of every part (prefixed) or of one; ``follow`` until Ctrl-C or ``stop``."""
+    selected = _select(home, settings, None if part is None else [part])
+    follower = LogFollower(selected, out, prefix=part is None)
+    if lines is not None:
+        follower.skip_to_last(lines)
+    follower.poll()
+    if not follow:
+        return
+    stop = stop or threading.Event()
+    with _sigterm_interrupts():
+        try:
+            while not stop.is_set():
+                stop.wait(FOLLOW_POLL_SECONDS)
+                follower.poll()
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: real Orthanc processes, free ports, DCMTK senders."""

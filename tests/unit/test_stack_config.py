@@ -1,0 +1,229 @@
+"""The stack's files and bookkeeping, without starting any process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from dde.config import Home, load_settings
+from dde.stack import supervisor
+from dde.stack.commands import stack
+from dde.stack.errors import StackError
+from dde.stack.orthanc import read_orthanc_config, render_orthanc_config, write_orthanc_config
+from dde.stack.process import (
+    PidRecord,
+    is_running,
+    offset_of_last_lines,
+    port_in_use,
+    read_pid_file,
+    write_pid_file,
+)
+
+PARTS = ["ORTHANC1", "ORTHANC2", "ORTHANC-PROBE", "router"]
+
+
+def test_rendered_config_is_an_open_local_pacs(tmp_path: Path) -> None:
+    config = render_orthanc_config("ORTHANC1", "ORTHANC1", 4242, 8042, tmp_path / "db")
+
+    assert config["Name"] == "ORTHANC1"
+    assert config["DicomAet"] == "ORTHANC1"
+    assert (config["DicomPort"], config["HttpPort"]) == (4242, 8042)
+    assert config["StorageDirectory"] == config["IndexDirectory"] == str(tmp_path / "db")
+    assert config["Plugins"] == []
+    assert config["RemoteAccessAllowed"] is False
+    assert config["AuthenticationEnabled"] is False
+    assert config["DicomCheckCalledAet"] is False
+    assert config["DicomCheckModalityHost"] is False
+    assert config["DicomAlwaysAllowStore"] is True
+    assert config["DicomAlwaysAllowEcho"] is True
+    assert config["DicomServerEnabled"] is True
+    assert config["UnknownSopClassAccepted"] is True
+    assert config["AcceptedTransferSyntaxes"] == ["1.2.840.10008.1.*"]
+    assert config["JpegTransferSyntaxAccepted"] is True
+    assert "IngestTranscoding" not in config
+    assert config["StableAge"] == 2
+    assert config["LogExportedResources"] is False
+    assert config["SaveJobs"] is False
+    assert config["HttpDescribeErrors"] is True
+    json.dumps(config)  # serialisable as is
+
+
+def test_config_is_written_once_and_never_over_a_users_file(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "orthanc_storage_1.json"
+
+    assert write_orthanc_config(path, "ORTHANC1", "ORTHANC1", 4242, 8042, tmp_path / "db")
+    assert json.loads(path.read_text())["DicomPort"] == 4242
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no .part left
+
+    path.write_text('{"DicomPort": 5000} // edited by hand\n')
+    assert not write_orthanc_config(path, "ORTHANC1", "ORTHANC1", 4242, 8042, tmp_path / "db")
+    assert path.read_text() == '{"DicomPort": 5000} // edited by hand\n'
+
+
+def test_orthanc_configs_with_comments_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "orthanc.json"
+    path.write_text(
+        '{\n  // the name\n  "Name" : "A // not a comment",\n'
+        '  /* block\n comment */ "HttpPort" : 8042, "Url": "http://x/*y*/"\n}\n'
+    )
+    assert read_orthanc_config(path) == {
+        "Name": "A // not a comment", "HttpPort": 8042, "Url": "http://x/*y*/",
+    }
+    path.write_text("{ nope")
+    with pytest.raises(StackError, match="not a valid Orthanc configuration"):
+        read_orthanc_config(path)
+
+
+def test_status_of_a_fresh_home(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    parts = supervisor.status(home, load_settings(home))
+
+    assert list(parts) == PARTS
+    assert all(p["running"] is False and p["pid"] is None for p in parts.values())
+    assert parts["ORTHANC1"]["ports"] == [4242, 8042]
+    assert parts["ORTHANC-PROBE"]["config"] == str(home.root / "orthanc_probe.json")
+    assert parts["router"]["ports"] == [11113]
+    assert parts["router"]["log"] == str(home.logs_dir / "router.log")
+
+
+def test_stale_pid_files_are_ignored_and_removed_by_down(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    settings = load_settings(home)
+    # Our own PID, but another command line: a PID reused by an unrelated process.
+    write_pid_file(home.run_dir / "ORTHANC1.pid",
+                   PidRecord.now(os.getpid(), ["/usr/sbin/Orthanc", "elsewhere.json"]))
+    (home.run_dir / "router.pid").write_text("not json")
+
+    parts = supervisor.status(home, settings)
+    assert parts["ORTHANC1"] == {**parts["ORTHANC1"], "running": False, "pid": None}
+    assert parts["router"]["running"] is False
+
+    assert supervisor.down(home, settings)["stopped"] == []
+    assert list(home.run_dir.iterdir()) == []
+
+
+def test_a_pid_is_ours_only_while_its_command_line_matches(tmp_path: Path) -> None:
+    own = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().rstrip(b"\0").decode().split("\0")
+    path = tmp_path / "x.pid"
+    write_pid_file(path, PidRecord.now(os.getpid(), own))
+
+    record = read_pid_file(path)
+    assert record is not None and record.running
+    assert json.loads(path.read_text())["argv"] == own
+    assert not is_running(os.getpid(), [sys.executable, "something else"])
+    assert read_pid_file(tmp_path / "absent.pid") is None
+
+
+def test_a_listening_port_is_in_use(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert port_in_use(port) is not None
+    assert port_in_use(port) is None
+
+
+def test_last_lines_offset(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_bytes(b"one\ntwo\nthree\n")
+    assert log.read_bytes()[offset_of_last_lines(log, 2):] == b"two\nthree\n"
+    assert offset_of_last_lines(log, 10) == 0
+    assert offset_of_last_lines(log, 0) == log.stat().st_size
+    assert offset_of_last_lines(tmp_path / "absent.log", 3) == 0
+
+
+def test_logs_follow_prints_appended_lines_until_stopped(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    settings = load_settings(home)
+    log = home.logs_dir / "ORTHANC2.log"
+    log.write_text("old\n")
+    printed: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> None:
+            printed.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    stop = threading.Event()
+    follower = threading.Thread(target=supervisor.logs, args=(home, settings, None, True),
+                                kwargs={"out": Out(), "stop": stop})
+    follower.start()
+    try:
+        with open(log, "a") as append:
+            append.write("half")
+            append.flush()
+            append.write(" a line\nnext\n")
+        deadline = time.monotonic() + 10
+        while len(printed) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        follower.join(10)
+    assert printed == [
+        "ORTHANC2      | old\n", "ORTHANC2      | half a line\n", "ORTHANC2      | next\n",
+    ]
+
+
+@click.group()
+@click.option("--home", "home_dir", type=click.Path(path_type=Path), required=True)
+@click.pass_context
+def _cli(ctx: click.Context, home_dir: Path) -> None:
+    ctx.obj = types.SimpleNamespace(home=Home(home_dir))
+
+
+_cli.add_command(stack)
+
+
+def test_status_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    as_json = runner.invoke(_cli, ["--home", str(tmp_path), "stack", "status", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert list(json.loads(as_json.stdout)) == PARTS
+
+    table = runner.invoke(_cli, ["--home", str(tmp_path), "stack", "status"])
+    assert table.exit_code == 0, table.output
+    assert "ORTHANC-PROBE" in table.stdout and "stopped" in table.stdout
+
+
+def test_logs_command(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.ensure()
+    (home.logs_dir / "ORTHANC1.log").write_text("a\nb\nc\n")
+    (home.logs_dir / "router.log").write_text("r\n")
+    runner = CliRunner()
+
+    one = runner.invoke(_cli, ["--home", str(tmp_path), "stack", "logs", "-n", "2", "ORTHANC1"])
+    assert one.exit_code == 0, one.output
+    assert one.stdout == "b\nc\n"
+
+    every = runner.invoke(_cli, ["--home", str(tmp_path), "stack", "logs"])
+    assert every.exit_code == 0, every.output
+    assert every.stdout.splitlines() == [
+        "ORTHANC1      | a", "ORTHANC1      | b", "ORTHANC1      | c", "router        | r",
+    ]
+
+
+def test_errors_are_one_message_and_exit_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_cli, ["--home", str(tmp_path), "stack", "logs", "NOPE"])
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("dde: error: unknown part NOPE: the parts are ORTHANC1, ")
+    assert "Traceback" not in result.output
+
+    (tmp_path / "dde.yaml").write_text("stack: [1, 2]\n")
+    bad = CliRunner().invoke(_cli, ["--home", str(tmp_path), "stack", "status"])
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("dde: error: ") and bad.stderr.count("\n") == 1
