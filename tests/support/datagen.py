@@ -60,7 +60,8 @@ def write_series(folder: Path, count: int, *, study_uid: str | None = None, rows
     return paths
 
 
-def write_studies(folder: Path, studies: int, per_study: int, **kwargs: object) -> dict[str, list[Path]]:
+def write_studies(folder: Path, studies: int, per_study: int,
+                  **kwargs: object) -> dict[str, list[Path]]:
     """Write several studies; return {StudyInstanceUID: files}."""
     result: dict[str, list[Path]] = {}
     for index in range(studies):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
 from tests.support.orthanc import RunningOrthanc, start_orthanc
+from tests.support.router import InProcessRouter, router_settings, start_router
 
 
 class OrthancFactory(Protocol):
@@ -33,3 +35,30 @@ def orthanc_factory(tmp_path: Path) -> Iterator[OrthancFactory]:
     yield factory
     for orthanc in started:
         orthanc.kill()
+
+
+@dataclass
+class ReferenceStack:
+    """Three real Orthancs (two storage, one probe) and an in-process router."""
+
+    storage1: RunningOrthanc
+    storage2: RunningOrthanc
+    probe: RunningOrthanc
+    router: InProcessRouter
+
+    @property
+    def storages(self) -> list[RunningOrthanc]:
+        return [self.storage1, self.storage2]
+
+
+@pytest.fixture
+def reference_stack(orthanc_factory: OrthancFactory, tmp_path: Path) -> Iterator[ReferenceStack]:
+    storage1 = orthanc_factory("ORTHANC1")
+    storage2 = orthanc_factory("ORTHANC2")
+    probe = orthanc_factory("ORTHANC-PROBE")
+    router = start_router(tmp_path / "router-home",
+                          router_settings([storage1, storage2], probe))
+    try:
+        yield ReferenceStack(storage1, storage2, probe, router)
+    finally:
+        router.stop()

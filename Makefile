@@ -1,0 +1,60 @@
+# Dynamic DICOM Endpoints — the two commands a newcomer needs:
+#   make run    install Orthanc + DCMTK (apt) and the package (.venv), run the reference deployment
+#   make test   install what the tests need and run the whole suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := orthanc dcmtk python3-venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps deps-system lint typecheck unit integration bench clean
+
+run: deps
+	$(BIN)/dde stack up
+
+test: deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+unit: deps
+	$(BIN)/pytest tests/unit
+
+integration: deps
+	$(BIN)/pytest -m integration
+
+bench: deps
+	$(BIN)/python benchmarks/seed_throughput.py
+
+deps: deps-system $(STAMP)
+
+# Debian packages: installed only when missing. Installing Debian's orthanc package also
+# enables orthanc.service, which holds ports 4242/8042 that the reference deployment uses;
+# when this target installed it, it disables that service again and says so.
+deps-system:
+	@missing=""; \
+	for package in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing || exit 1; \
+	  case "$$missing" in *orthanc*) \
+	    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet orthanc 2>/dev/null; then \
+	      echo "disabling Debian's orthanc.service (it would hold 4242/8042)"; \
+	      $(SUDO) systemctl disable --now orthanc >/dev/null 2>&1 || true; \
+	    fi;; \
+	  esac; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache src/*.egg-info
