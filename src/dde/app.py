@@ -1,17 +1,22 @@
-"""Wiring only: config → ledger/spool → loads → router → dispatcher → receiver."""
+"""Wiring only: config → ledger/spool → health/loads → router → dispatcher → receiver,
+plus the background loops that keep them live (config reload, status, failover)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 
-from dde.config import EndpointKind, EndpointSettings, Home, Settings
+from dde.config import ConfigError, EndpointKind, EndpointSettings, Home, Settings
+from dde.config_store import ConfigStore
 from dde.delivery.dispatcher import Dispatcher
+from dde.delivery.failover import fail_over_once
 from dde.delivery.ledger import Ledger
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.dicom_sender import DicomSender
+from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import Sender
@@ -19,20 +24,31 @@ from dde.receiving.ingest import IngestPipeline
 from dde.receiving.scp import StorageSCP
 from dde.receiving.spool import Spool
 from dde.routing.router import Router
+from dde.routing.rules import RuleSet
 
 log = logging.getLogger(__name__)
 
+CONFIG_POLL_SECONDS = 0.5
+
 
 class RouterApp:
-    def __init__(self, home: Home, settings: Settings) -> None:
+    def __init__(self, home: Home, settings: Settings, config_file: Path | None = None,
+                 ruleset: RuleSet | None = None) -> None:
         self.home = home
         self.settings = settings
         home.ensure()
+        self.store = ConfigStore(home, config_file)
+        self._fingerprint = self.store.fingerprint()
+        if ruleset is None:
+            ruleset = self.store.ruleset(settings)
         self.ledger = Ledger(home.database)
         self.spool = Spool(home.spool_dir)
         self.loads = LoadBook(settings.routing.load_refresh_seconds)
         self.loads.set_endpoints(settings.endpoints)
-        self.router = Router(settings.routing, settings.endpoints, self.loads)
+        self.health = HealthMonitor(settings.health, settings.receiver.ae_title)
+        self.health.configure(settings.health, settings.endpoints)
+        self.router = Router(settings.routing, settings.endpoints, self.loads, self.health,
+                             ruleset)
         delivery = settings.delivery
         self.dispatcher = Dispatcher(
             self.ledger, self.spool,
@@ -40,28 +56,110 @@ class RouterApp:
                         delivery.backoff_cap_seconds),
             self.loads, self._sender_for, batch_size=delivery.batch_size,
             idle_release=delivery.idle_release_seconds, poll=delivery.poll_seconds,
-            retention=settings.spool.retention_seconds,
+            retention=settings.spool.retention_seconds, health=self.health,
         )
+        self.health.listeners.append(self.dispatcher.endpoint_health_changed)
         self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
                                        self.dispatcher.wake)
         self.receiver = StorageSCP(settings.receiver, self.pipeline)
         self._stopped = threading.Event()
+        self._loops: list[threading.Thread] = []
 
     def _sender_for(self, endpoint: EndpointSettings) -> Sender:
         if endpoint.kind is EndpointKind.ORTHANC_REST:
             return OrthancRestSender(endpoint, self.settings.delivery)
         return DicomSender(endpoint, self.settings.delivery, self.settings.receiver.ae_title)
 
+    # -- live configuration ------------------------------------------------------------
+    def reload(self) -> bool:
+        """Apply the configuration files if they changed; keep the old ones if invalid."""
+        fingerprint = self.store.fingerprint()
+        if fingerprint == self._fingerprint:
+            return False
+        self._fingerprint = fingerprint
+        try:
+            settings = self.store.settings()
+            ruleset = self.store.ruleset(settings)
+        except ConfigError as exc:
+            log.error("configuration change refused, the previous one stays: %s", exc)
+            return False
+        self.apply(settings, ruleset)
+        return True
+
+    def apply(self, settings: Settings, ruleset: RuleSet) -> None:
+        previous = {e.name for e in self.settings.endpoints}
+        self.settings = settings
+        self.loads.set_endpoints(settings.endpoints)
+        self.health.configure(settings.health, settings.endpoints)
+        self.router.configure(ruleset, settings.endpoints)
+        self.dispatcher.sync(settings.endpoints)
+        current = {e.name for e in settings.endpoints}
+        log.info("configuration applied: %d endpoints (added: %s; removed: %s), %d rules",
+                 len(current), ", ".join(sorted(current - previous)) or "none",
+                 ", ".join(sorted(previous - current)) or "none", len(ruleset.rules))
+        if settings.receiver != self.receiver.settings:
+            log.warning("receiver settings changed; they take effect at the next restart")
+
+    def publish_status(self) -> None:
+        snapshot = self.health.snapshot()
+        loads = self.loads.snapshot()
+        rows = []
+        for endpoint in self.settings.endpoints:
+            entry = snapshot.get(endpoint.name, {})
+            stored = loads.get(endpoint.name, {}).get("stored")
+            rows.append((endpoint.name, str(entry.get("health", "unknown")),
+                         str(entry.get("breaker", "closed")), entry.get("down_since"),
+                         entry.get("last_error"),
+                         int(stored) if isinstance(stored, int) else None))
+        self.ledger.publish_status(rows)
+
+    def _loop(self, name: str, interval: float, step: object) -> None:
+        def run() -> None:
+            while not self._stopped.wait(interval):
+                try:
+                    step()  # type: ignore[operator]
+                except Exception:
+                    log.exception("%s failed; will retry", name)
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        self._loops.append(thread)
+
+    def _housekeeping(self) -> None:
+        self.publish_status()
+        fail_over_once(self.ledger, self.health, self.router)
+
+    # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
         removed = self.spool.discard_partials()
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
         self.loads.start()
+        self.health.start()
         self.dispatcher.start(self.settings.endpoints)
         pending = sum(self.ledger.queued_counts().values())
         if pending:
             log.info("resuming %d pending deliveries", pending)
         self.receiver.start()
+        self._loop("config-watch", CONFIG_POLL_SECONDS, self.reload)
+        self._loop("housekeeping", min(1.0, self.settings.health.interval_seconds),
+                   self._housekeeping)
+        if self.settings.reconcile.interval_seconds > 0:
+            self._loop("reconcile", self.settings.reconcile.interval_seconds,
+                       self._reconcile)
+
+    def _reconcile(self) -> None:
+        from dde.reconcile import ReconcileError, reconcile
+
+        try:
+            report = reconcile(self.settings, self.router.ruleset, ledger=self.ledger,
+                               spool=self.spool, repair=self.settings.reconcile.repair)
+        except ReconcileError as exc:
+            log.warning("periodic reconcile failed: %s", exc)
+            return
+        level = logging.INFO if report.consistent else logging.WARNING
+        log.log(level, "reconcile: storage %s, probe %s, missing in probe %s, repaired %d",
+                report.storage, report.probe, report.missing_in_probe, report.repaired)
 
     def stop(self) -> None:
         """Stop accepting, let workers finish the instance in hand, persist, close."""
@@ -70,7 +168,10 @@ class RouterApp:
         self._stopped.set()
         log.info("stopping")
         self.receiver.stop()
+        for thread in self._loops:
+            thread.join(timeout=10)
         self.dispatcher.stop()
+        self.health.stop()
         self.loads.stop()
         self.ledger.close()
         log.info("stopped")

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from dde import logs
+from dde.cli_manage import endpoints, reconcile_command, route, rules
 from dde.config import ConfigError, Home, load_settings
 from dde.delivery.ledger import Ledger, LedgerError
 from dde.delivery.states import DeliveryState
+from dde.output import console
 from dde.stack.commands import stack
 
 
@@ -65,6 +66,10 @@ def main(ctx: click.Context, home: str | None, verbose: bool) -> None:
 
 
 main.add_command(stack)
+main.add_command(endpoints)
+main.add_command(rules)
+main.add_command(route)
+main.add_command(reconcile_command)
 
 
 @main.command()
@@ -79,7 +84,7 @@ def serve(ctx: click.Context, config_file: str | None) -> None:
     home: Home = ctx.obj.home
     try:
         settings = load_settings(home, Path(config_file) if config_file else None)
-        app = RouterApp(home, settings)
+        app = RouterApp(home, settings, Path(config_file) if config_file else None)
     except (ConfigError, LedgerError) as exc:
         raise UserError(str(exc)) from None
     try:
@@ -103,9 +108,9 @@ def send(paths: tuple[Path, ...], host: str, port: int, aec: str, aet: str,
     files = list(collect_files(paths))
     if not files:
         raise UserError("no files to send")
-    console = Console(stderr=True)
+    progress_console = console(stderr=True)
     with Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=as_json) as progress:
+                  TimeElapsedColumn(), console=progress_console, disable=as_json) as progress:
         task = progress.add_task("send", total=len(files))
 
         def advance(_: FileResult) -> None:
@@ -120,7 +125,7 @@ def send(paths: tuple[Path, ...], host: str, port: int, aec: str, aet: str,
             "files": [{"path": str(r.path), "ok": r.ok, "detail": r.detail} for r in results],
         }, indent=2))
     else:
-        out = Console()
+        out = console()
         for result in failed:
             out.print(f"[red]FAILED[/red] {escape(str(result.path))}: {escape(result.detail)}")
         out.print(f"{len(results) - len(failed)} sent, {len(failed)} failed")
@@ -162,17 +167,17 @@ def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
-    console = Console()
-    console.print(f"SOP Instance UID  {escape(latest.sop_instance_uid)}")
-    console.print(f"received          {document['received_at']} from "
+    out = console()
+    out.print(f"SOP Instance UID  {escape(latest.sop_instance_uid)}")
+    out.print(f"received          {document['received_at']} from "
                   f"{escape(latest.calling_aet)} ({latest.source_ip}), {latest.size} bytes"
                   + (f", received {len(records)} times" if len(records) > 1 else ""))
-    console.print(f"rule              {escape(latest.rule)}")
+    out.print(f"rule              {escape(latest.rule)}")
     table = Table("id", "endpoint", "role", "state", "attempts", "last error")
     for d in deliveries:
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
                       str(d["state"]), str(d["attempts"]), escape(str(d["last_error"] or "")))
-    console.print(table)
+    out.print(table)
 
 
 @main.group(invoke_without_command=True)
@@ -195,22 +200,22 @@ def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
             ],
         }, indent=2))
         return
-    console = Console()
+    out = console()
     summary = Table("endpoint", "pending", "failed", "delivered")
     for endpoint in sorted(counts):
         c = counts[endpoint]
         summary.add_row(escape(endpoint), str(c.get("pending", 0)), str(c.get("failed", 0)),
                         str(c.get("delivered", 0)))
-    console.print(summary)
+    out.print(summary)
     if entries:
         table = Table("id", "endpoint", "state", "attempts", "next attempt", "last error")
         for e in entries:
             table.add_row(str(e.delivery_id), escape(e.endpoint), e.state, str(e.attempts),
                           _iso(e.next_attempt_at) if e.state == "pending" else "",
                           escape(e.last_error or ""))
-        console.print(table)
+        out.print(table)
     else:
-        console.print("nothing is waiting or failed")
+        out.print("nothing is waiting or failed")
 
 
 @queue.command("retry")

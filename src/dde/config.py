@@ -36,6 +36,14 @@ class EndpointKind(StrEnum):
     ORTHANC_REST = "orthanc-rest"
 
 
+class EndpointState(StrEnum):
+    ENABLED = "enabled"
+    DRAINING = "draining"
+    """Gets no new studies; finishes what is queued and what is pinned to it."""
+    DISABLED = "disabled"
+    """Gets nothing new and sends nothing; its queue waits (or is redirected on removal)."""
+
+
 class TlsSettings(_Strict):
     """DICOM TLS (or HTTPS verification) towards one destination."""
 
@@ -58,6 +66,7 @@ class EndpointSettings(_Strict):
     """Orthanc's HTTP root: load statistics, and the target of ``orthanc-rest`` deliveries."""
     groups: list[str] = Field(default_factory=list)
     weight: float = Field(default=1.0, gt=0)
+    state: EndpointState = EndpointState.ENABLED
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsSettings = Field(default_factory=TlsSettings)
@@ -90,6 +99,23 @@ class DeliverySettings(_Strict):
     batch_size: int = Field(default=64, ge=1)
     idle_release_seconds: float = Field(default=2.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+
+
+class HealthSettings(_Strict):
+    interval_seconds: float = Field(default=5.0, gt=0)
+    """How often each endpoint is probed (C-ECHO; Orthanc ``/statistics`` for the load)."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open the circuit breaker (the endpoint is then down)."""
+    failover_after_seconds: float = Field(default=300.0, ge=0)
+    """An endpoint down this long loses the undelivered rest of its pinned studies."""
+    probe_timeout_seconds: float = Field(default=3.0, gt=0)
+
+
+class ReconcileSettings(_Strict):
+    interval_seconds: float = Field(default=0.0, ge=0)
+    """Compare the storage PACS with the probe this often (0: only on `dde reconcile`)."""
+    repair: bool = False
+    """Queue the copies the probe misses when the periodic check finds some."""
 
 
 class SpoolSettings(_Strict):
@@ -144,6 +170,8 @@ class Settings(_Strict):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
     @field_validator("endpoints")
@@ -186,6 +214,10 @@ class Home:
         return self.root / "logs"
 
     @property
+    def rules_file(self) -> Path:
+        return self.root / "rules.yaml"
+
+    @property
     def run_dir(self) -> Path:
         return self.root / "run"
 
@@ -215,13 +247,15 @@ def _apply_environment(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def parse_settings(raw: object, source: str = "configuration") -> Settings:
+def parse_settings(raw: object, source: str = "configuration",
+                   environment: bool = True) -> Settings:
+    """Validate a configuration mapping; ``environment`` applies the ``DDE_*`` overrides."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping")
     try:
-        return Settings.model_validate(_apply_environment(raw))
+        return Settings.model_validate(_apply_environment(raw) if environment else raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
@@ -241,15 +275,20 @@ def settings_to_yaml(settings: Settings) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def load_settings(home: Home, config_file: Path | None = None) -> Settings:
-    """Read ``config_file`` (or ``dde.yaml`` in ``home``, written with defaults if absent)."""
+def load_settings(home: Home, config_file: Path | None = None,
+                  environment: bool = True) -> Settings:
+    """Read ``config_file`` (or ``dde.yaml`` in ``home``, written with defaults if absent).
+
+    ``environment=False`` gives the file's own values (to rewrite it without baking the
+    ``DDE_*`` overrides into it).
+    """
     path = config_file or home.config_file
     if config_file is None and not path.exists():
         home.ensure()
         tmp = path.with_suffix(".yaml.part")
         tmp.write_text(
             "# Dynamic DICOM Endpoints configuration (written with the defaults on first use)\n"
-            + settings_to_yaml(parse_settings({}))
+            + settings_to_yaml(Settings())  # not parse_settings: no DDE_* in the file
         )
         os.replace(tmp, path)
     try:
@@ -260,4 +299,4 @@ def load_settings(home: Home, config_file: Path | None = None) -> Settings:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_settings(raw, str(path))
+    return parse_settings(raw, str(path), environment)

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from dde.config import EndpointSettings
+from dde.config import EndpointSettings, EndpointState
 from dde.delivery.ledger import DeliveryOutcome, Ledger, QueuedDelivery
 from dde.delivery.retry import RetryPolicy
 from dde.delivery.states import DeliveryState
+from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import Sender, SendStatus, Shipment
 from dde.receiving.spool import Spool
@@ -31,8 +32,10 @@ class EndpointWorker:
     def __init__(self, endpoint: EndpointSettings, ledger: Ledger, spool: Spool, sender: Sender,
                  policy: RetryPolicy, loads: LoadBook, *, batch_size: int,
                  idle_release: float, poll: float,
-                 on_delivered: Callable[[], None] | None = None) -> None:
+                 on_delivered: Callable[[], None] | None = None,
+                 health: HealthMonitor | None = None) -> None:
         self.endpoint = endpoint
+        self._health = health
         self.name = endpoint.name
         self._ledger = ledger
         self._spool = spool
@@ -44,6 +47,7 @@ class EndpointWorker:
         self._poll = poll
         self._on_delivered = on_delivered
         self._wake = threading.Event()
+        self._recovered = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"deliver-{self.name}",
                                         daemon=True)
@@ -56,9 +60,14 @@ class EndpointWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def recovered(self) -> None:
+        """The endpoint answers again: end the backoff now."""
+        self._recovered.set()
+
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()
+        self._recovered.set()
         self._thread.join(timeout)
 
     @property
@@ -109,6 +118,9 @@ class EndpointWorker:
                                                 "spool file is missing"))
                 continue
             result = self._sender.send(shipment)
+            if self._health is not None:
+                self._health.report(self.name, result.status is not SendStatus.UNREACHABLE,
+                                    result.detail)
             if result.status is SendStatus.DELIVERED:
                 outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
                 delivered += 1
@@ -131,7 +143,8 @@ class EndpointWorker:
             delay = self._policy.backoff(self.consecutive_unreachable)
             log.warning("%s unreachable (%s); next try in %.1f s", self.name, unreachable, delay)
             self._sender.release()
-            self._stop.wait(delay)
+            self._recovered.wait(delay)
+            self._recovered.clear()
             return True
         if self.consecutive_unreachable:
             log.info("%s reachable again", self.name)
@@ -166,7 +179,8 @@ class Dispatcher:
 
     def __init__(self, ledger: Ledger, spool: Spool, policy: RetryPolicy, loads: LoadBook,
                  sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
-                 poll: float, retention: float) -> None:
+                 poll: float, retention: float, health: HealthMonitor | None = None) -> None:
+        self._health = health
         self._ledger = ledger
         self._spool = spool
         self._policy = policy
@@ -188,8 +202,11 @@ class Dispatcher:
         self._janitor.start()
 
     def sync(self, endpoints: Iterable[EndpointSettings]) -> None:
-        """Start workers for new endpoints, restart changed ones, stop removed ones."""
-        wanted = {e.name: e for e in endpoints}
+        """Start workers for new endpoints, restart changed ones, stop removed ones.
+
+        A disabled endpoint has no worker: its queue waits until it is enabled again.
+        """
+        wanted = {e.name: e for e in endpoints if e.state is not EndpointState.DISABLED}
         with self._lock:
             for name in list(self._workers):
                 worker = self._workers[name]
@@ -202,7 +219,7 @@ class Dispatcher:
                         endpoint, self._ledger, self._spool, self._sender_factory(endpoint),
                         self._policy, self._loads, batch_size=self._batch_size,
                         idle_release=self._idle_release, poll=self._poll,
-                        on_delivered=self._janitor_wake.set,
+                        on_delivered=self._janitor_wake.set, health=self._health,
                     )
                     self._workers[name] = worker
                     worker.start()
@@ -213,6 +230,13 @@ class Dispatcher:
                 worker = self._workers.get(name)
                 if worker is not None:
                     worker.wake()
+
+    def endpoint_health_changed(self, name: str, up: bool) -> None:
+        if up:
+            with self._lock:
+                worker = self._workers.get(name)
+            if worker is not None:
+                worker.recovered()
 
     def workers(self) -> dict[str, EndpointWorker]:
         with self._lock:

@@ -63,11 +63,30 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(endpoint, state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, endpoint);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    endpoint TEXT,
+    target TEXT,
+    count INTEGER NOT NULL DEFAULT 0,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS endpoint_status (
+    endpoint TEXT PRIMARY KEY,
+    health TEXT NOT NULL,
+    breaker TEXT NOT NULL,
+    down_since REAL,
+    last_error TEXT,
+    load INTEGER,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS study_pins (
-    study_instance_uid TEXT PRIMARY KEY,
-    endpoint TEXT NOT NULL,
+    study_instance_uid TEXT NOT NULL,
     grp TEXT NOT NULL,
-    pinned_at REAL NOT NULL
+    endpoint TEXT NOT NULL,
+    pinned_at REAL NOT NULL,
+    PRIMARY KEY (study_instance_uid, grp)
 );
 """
 
@@ -103,6 +122,13 @@ class Route:
     mirrors: tuple[str, ...] = ()
     pin: tuple[str, str, str] | None = None
     """(study_instance_uid, endpoint, group) to persist when this route created a pin."""
+    pins: tuple[tuple[str, str, str], ...] = ()
+    """More pins of the same form (one per group the rules routed through)."""
+    discard: bool = False
+    reason: str = ""
+
+    def all_pins(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.pin,) if self.pin is not None else ()) + self.pins
 
 
 @dataclass(frozen=True)
@@ -176,11 +202,17 @@ class IngestView:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
 
-    def pin_for(self, study_instance_uid: str) -> str | None:
-        row = self._connection.execute(
-            "SELECT endpoint FROM study_pins WHERE study_instance_uid = ?",
-            (study_instance_uid,),
-        ).fetchone()
+    def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
+        if group is None:
+            row = self._connection.execute(
+                "SELECT endpoint FROM study_pins WHERE study_instance_uid = ? ORDER BY grp",
+                (study_instance_uid,),
+            ).fetchone()
+        else:
+            row = self._connection.execute(
+                "SELECT endpoint FROM study_pins WHERE study_instance_uid = ? AND grp = ?",
+                (study_instance_uid, group),
+            ).fetchone()
         return None if row is None else str(row[0])
 
     def queued_counts(self) -> dict[str, int]:
@@ -268,11 +300,11 @@ class Ledger:
         """
         with self._transaction() as connection:
             route = decide(IngestView(connection))
-            if route.pin is not None:
+            for pin in route.all_pins():
                 connection.execute(
                     "INSERT OR REPLACE INTO study_pins"
                     "(study_instance_uid, endpoint, grp, pinned_at) VALUES (?, ?, ?, ?)",
-                    (*route.pin, instance.received_at),
+                    (*pin, instance.received_at),
                 )
             cursor = connection.execute(
                 "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
@@ -457,6 +489,123 @@ class Ledger:
                 (now, now),
             )
             return cursor.rowcount
+
+    # -- moves (failover, forced removal) ------------------------------------------------
+    def pinned_studies_with_pending(self, endpoint: str) -> list[tuple[str, str]]:
+        """(study, group) of the studies pinned to ``endpoint`` with deliveries still due."""
+        rows = self._connect().execute(
+            "SELECT p.study_instance_uid, p.grp FROM study_pins p WHERE p.endpoint = ?"
+            " AND EXISTS (SELECT 1 FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+            "   WHERE i.study_instance_uid = p.study_instance_uid AND d.endpoint = ?"
+            "   AND d.role = 'route' AND d.state = 'pending')",
+            (endpoint, endpoint),
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def move_study(self, study_instance_uid: str, source: str, target: str,
+                   reason: str) -> int:
+        """Move the undelivered rest of a study from ``source`` to ``target`` and re-pin it.
+
+        Returns how many deliveries moved; the ledger keeps an event of the move.
+        """
+        now = time.time()
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE deliveries SET endpoint = ?, state = 'pending', next_attempt_at = ?,"
+                " updated_at = ?, last_error = ? WHERE endpoint = ? AND role = 'route'"
+                " AND state IN ('pending', 'failed') AND instance_id IN"
+                " (SELECT id FROM instances WHERE study_instance_uid = ?)"
+                " AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE"
+                "   o.instance_id = deliveries.instance_id AND o.endpoint = ?)",
+                (target, now, now, f"moved from {source}: {reason}", source,
+                 study_instance_uid, target),
+            )
+            moved = cursor.rowcount
+            connection.execute(
+                "UPDATE study_pins SET endpoint = ?, pinned_at = ?"
+                " WHERE study_instance_uid = ? AND endpoint = ?",
+                (target, now, study_instance_uid, source),
+            )
+            connection.execute(
+                "INSERT INTO events(at, kind, endpoint, target, count, detail)"
+                " VALUES (?, 'study-moved', ?, ?, ?, ?)",
+                (now, source, target, moved, reason),
+            )
+        return moved
+
+    def redirect_all(self, source: str, target: str, reason: str) -> int:
+        """Move every pending or failed delivery of ``source`` to ``target`` (forced removal)."""
+        now = time.time()
+        with self._transaction() as connection:
+            cursor = connection.execute(
+                "UPDATE deliveries SET endpoint = ?, state = 'pending', next_attempt_at = ?,"
+                " attempts = 0, updated_at = ?, last_error = ? WHERE endpoint = ?"
+                " AND state IN ('pending', 'failed') AND NOT EXISTS (SELECT 1 FROM deliveries o"
+                "   WHERE o.instance_id = deliveries.instance_id AND o.endpoint = ?)",
+                (target, now, now, f"redirected from {source}: {reason}", source, target),
+            )
+            moved = cursor.rowcount
+            # an instance that already has a delivery to the target needs no second one
+            connection.execute(
+                "DELETE FROM deliveries WHERE endpoint = ? AND state IN ('pending', 'failed')",
+                (source,),
+            )
+            connection.execute("UPDATE study_pins SET endpoint = ? WHERE endpoint = ?",
+                               (target, source))
+            connection.execute(
+                "INSERT INTO events(at, kind, endpoint, target, count, detail)"
+                " VALUES (?, 'endpoint-redirected', ?, ?, ?, ?)",
+                (now, source, target, moved, reason),
+            )
+        return moved
+
+    def waiting_count(self, endpoint: str) -> int:
+        row = self._connect().execute(
+            "SELECT COUNT(*) FROM deliveries WHERE endpoint = ?"
+            " AND state IN ('pending', 'failed')",
+            (endpoint,),
+        ).fetchone()
+        return int(row[0])
+
+    def add_event(self, kind: str, endpoint: str | None, detail: str,
+                  target: str | None = None, count: int = 0) -> None:
+        with self._transaction() as connection:
+            connection.execute(
+                "INSERT INTO events(at, kind, endpoint, target, count, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (time.time(), kind, endpoint, target, count, detail),
+            )
+
+    def events(self, limit: int = 100) -> list[tuple[Any, ...]]:
+        return list(self._connect().execute(
+            "SELECT id, at, kind, endpoint, target, count, detail FROM events"
+            " ORDER BY id DESC LIMIT ?", (limit,)).fetchall())
+
+    # -- endpoint status, published by the running router for the CLI --------------------
+    def publish_status(self, rows: Sequence[tuple[str, str, str, float | None, str | None,
+                                                  int | None]]) -> None:
+        now = time.time()
+        with self._transaction() as connection:
+            connection.execute("DELETE FROM endpoint_status")
+            connection.executemany(
+                "INSERT INTO endpoint_status(endpoint, health, breaker, down_since, last_error,"
+                " load, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*row, now) for row in rows],
+            )
+
+    def endpoint_status(self) -> dict[str, dict[str, Any]]:
+        rows = self._connect().execute(
+            "SELECT endpoint, health, breaker, down_since, last_error, load, updated_at"
+            " FROM endpoint_status").fetchall()
+        return {str(r[0]): {"health": r[1], "breaker": r[2], "down_since": r[3],
+                            "last_error": r[4], "load": r[5], "updated_at": r[6]} for r in rows}
+
+    def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
+        return self.view().pin_for(study_instance_uid, group)
+
+    def view(self) -> IngestView:
+        """A read-only view of pins and queue depths (for explaining a decision)."""
+        return IngestView(self._connect())
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Read-only query for tests and diagnostics."""

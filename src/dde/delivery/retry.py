@@ -22,7 +22,10 @@ class RetryPolicy:
     def backoff(self, failures: int, rng: random.Random | None = None) -> float:
         """Delay after ``failures`` consecutive failures (≥ 1): ``base·2^(n-1)``, capped,
         with "equal jitter" (half fixed, half random) so retries of a burst spread out."""
-        ceiling = min(self.cap, self.base * (2 ** max(0, failures - 1)))
+        # The exponent is bounded: an endpoint down for days counts thousands of failures,
+        # and 2.0 ** 1024 overflows a float.
+        exponent = min(max(0, failures - 1), 512)
+        ceiling = min(self.cap, self.base * 2.0**exponent)
         draw: float = (rng or random).random()
         return float(ceiling / 2 + draw * ceiling / 2)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from dde.config import DeliverySettings, EndpointSettings
 from dde.dicom import status as dimse
@@ -45,6 +46,19 @@ def tls_context(endpoint: EndpointSettings) -> ssl.SSLContext | None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def user_identity(endpoint: EndpointSettings) -> list[Any]:
+    """DICOM user identity negotiation (username and passcode) when the endpoint has both."""
+    if not endpoint.username or endpoint.password is None:
+        return []
+    item = UserIdentityNegotiation()
+    item.user_identity_type = 2
+    item.primary_field = endpoint.username.encode()
+    item.secondary_field = endpoint.password.get_secret_value().encode()
+    item.positive_response_requested = False
+    items: list[Any] = [item]
+    return items
 
 
 class DicomSender:
@@ -84,11 +98,17 @@ class DicomSender:
             assoc = self._ae.associate(
                 self.endpoint.host, self.endpoint.port, contexts=contexts,
                 ae_title=self.endpoint.aet, tls_args=tls_args,
+                ext_neg=user_identity(self.endpoint) or None,
                 evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
             )
         except (OSError, ValueError, ssl.SSLError) as exc:
             return SendResult.unreachable(f"cannot associate: {exc}")
         if not assoc.is_established:
+            if assoc.rejected_contexts and not assoc.accepted_contexts:
+                # The destination answered but accepted none of the contexts (pynetdicom
+                # then aborts): a refusal of these instances, not an unreachable endpoint.
+                self._proposed = set(pairs)
+                return None
             if assoc.is_rejected:
                 return SendResult.unreachable("association rejected by the destination")
             return SendResult.unreachable(

@@ -9,7 +9,10 @@ import httpx
 from dde.config import EndpointSettings
 
 
-def http_client(endpoint: EndpointSettings, timeout: float = 10.0) -> httpx.Client:
+def http_client(endpoint: EndpointSettings, timeout: float = 10.0,
+                transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """A client with the endpoint's credentials and TLS; ``transport`` replaces the network
+    (tests pass an ``httpx.MockTransport``)."""
     auth = None
     if endpoint.username and endpoint.password is not None:
         auth = httpx.BasicAuth(endpoint.username, endpoint.password.get_secret_value())
@@ -22,4 +25,5 @@ def http_client(endpoint: EndpointSettings, timeout: float = 10.0) -> httpx.Clie
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         verify = context
-    return httpx.Client(timeout=httpx.Timeout(timeout), auth=auth, verify=verify)
+    return httpx.Client(timeout=httpx.Timeout(timeout), auth=auth, verify=verify,
+                        transport=transport)

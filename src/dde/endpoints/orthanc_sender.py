@@ -12,21 +12,27 @@ from dde.config import DeliverySettings, EndpointSettings
 from dde.endpoints.http import http_client
 from dde.endpoints.sending import SendResult, Shipment
 
+_RETRY_LATER = (408, 429)
+"""Client-error statuses that mean "not now" (request timeout, too many requests)."""
+
 
 class OrthancRestSender:
-    def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings) -> None:
+    def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
+                 transport: httpx.BaseTransport | None = None) -> None:
         if not endpoint.url:
             raise ValueError(f"endpoint {endpoint.name} of kind orthanc-rest needs a url")
         self.endpoint = endpoint
         self._timeout = delivery.dimse_timeout
         self._client: httpx.Client | None = None
+        self._transport = transport
 
     def prepare(self, shipments: list[Shipment]) -> None:
         return None
 
     def send(self, shipment: Shipment) -> SendResult:
         if self._client is None:
-            self._client = http_client(self.endpoint, timeout=self._timeout)
+            self._client = http_client(self.endpoint, timeout=self._timeout,
+                                       transport=self._transport)
         try:
             with shipment.path.open("rb") as body:
                 response = self._client.post(
@@ -49,7 +55,12 @@ class OrthancRestSender:
             pass
         if response.status_code in (401, 403):
             return SendResult.unreachable(f"{detail} (check the endpoint's credentials)")
-        return SendResult.refused(detail, permanent=400 <= response.status_code < 500)
+        if response.status_code == 404:
+            # Orthanc always has POST /instances: the url is wrong for every instance alike.
+            return SendResult.unreachable(f"{detail} (check the endpoint's url)")
+        permanent = (400 <= response.status_code < 500
+                     and response.status_code not in _RETRY_LATER)
+        return SendResult.refused(detail, permanent=permanent)
 
     def release(self) -> None:
         client, self._client = self._client, None

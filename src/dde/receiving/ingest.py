@@ -18,7 +18,7 @@ from dde.dicom import status as dimse
 from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
 from dde.receiving.spool import Spool, SpoolError, encode_file_meta
 from dde.routing.decision import NoRoute
-from dde.routing.router import Router
+from dde.routing.router import Origin, Router
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,9 @@ class IngestPipeline:
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         try:
+            origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
             instance_id, route = self._ledger.ingest(
-                record, lambda view: self._router.route(header, view)
+                record, lambda view: self._router.route(header, view, origin)
             )
         except NoRoute as exc:
             self._spool.remove(spooled.relative_path)
@@ -99,6 +100,11 @@ class IngestPipeline:
             return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed")
 
         destinations = route.destinations + route.mirrors
+        if route.discard:
+            log.info("received instance #%d (%s, %d bytes) from %s -> discarded [rule %s]",
+                     instance_id, _short_class(incoming.sop_class_uid), spooled.size,
+                     incoming.calling_aet, route.rule)
+            return IngestResult(dimse.SUCCESS, "discarded", instance_id, route)
         log.info("received instance #%d (%s, %d bytes) from %s -> %s [rule %s]", instance_id,
                  _short_class(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
                  ", ".join(destinations), route.rule)

@@ -7,7 +7,7 @@ every instance is also mirrored to the probe.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 DEFAULT_RULE = "default"
@@ -51,24 +51,36 @@ def decide_storage(
     group: str,
     candidates: Sequence[Candidate],
     rule: str = DEFAULT_RULE,
+    *,
+    lost: Collection[str] = (),
+    choose: Callable[[Sequence[Candidate]], Candidate | None] = least_loaded,
+    strategy: str = "least-loaded",
 ) -> Decision:
     """Choose the storage endpoint for one instance.
 
     ``pinned`` is the endpoint this study is already pinned to, if any. A pin to an
-    endpoint that is still a member of the group is always kept (study affinity); a pin to
-    an endpoint that left the group is replaced.
+    endpoint that is still a member of the group is kept (study affinity), even while that
+    endpoint is down or draining — unless it is in ``lost`` (down longer than the failover
+    time, or disabled): then the rest of the study moves. A pin to an endpoint that left the
+    group is replaced too. ``choose`` is the group's strategy for new studies.
     """
     members = {c.name for c in candidates}
-    if pinned is not None and pinned in members:
+    if pinned is not None and pinned in members and pinned not in lost:
         return Decision(rule, pinned, new_pin=False, reason=f"study pinned to {pinned}")
-    chosen = least_loaded(candidates)
+    chosen = choose(candidates)
     if chosen is None:
         if not candidates:
             raise NoRoute(f"group {group!r} has no endpoints")
         raise NoRoute(f"no endpoint of group {group!r} is available")
-    loads = ", ".join(f"{c.name}={c.load}" for c in sorted(candidates, key=lambda c: c.name))
+    loads = ", ".join(f"{c.name}={c.load}" + ("" if c.available else " unavailable")
+                      for c in sorted(candidates, key=lambda c: c.name))
     if study_instance_uid is None:
         return Decision(rule, chosen.name, new_pin=False,
-                        reason=f"no StudyInstanceUID; least-loaded ({loads})")
-    why = "new study" if pinned is None else f"pinned {pinned} left the group; new pin"
-    return Decision(rule, chosen.name, new_pin=True, reason=f"{why}; least-loaded ({loads})")
+                        reason=f"no StudyInstanceUID; {strategy} ({loads})")
+    if pinned is None:
+        why = "new study"
+    elif pinned in lost:
+        why = f"pinned {pinned} is unavailable past failover; study moved"
+    else:
+        why = f"pinned {pinned} left the group; new pin"
+    return Decision(rule, chosen.name, new_pin=True, reason=f"{why}; {strategy} ({loads})")

@@ -1,61 +1,147 @@
 """The router: turns a header and the live endpoint picture into a ledger route.
 
-It joins the pure decision (:mod:`dde.routing.decision`) with what only the running router
-knows: the configured endpoints, their cached load, and — inside the ingest transaction —
-the study pins and queue depths.
+It joins the pure parts — rules (:mod:`dde.routing.rules`), strategies and the storage
+decision — with what only the running router knows: the configured endpoints and their
+state, health and cached load, and (inside the ingest transaction) the study pins and
+queue depths.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
-from dde.config import EndpointSettings, RoutingSettings
+from dde.config import EndpointSettings, EndpointState, RoutingSettings
 from dde.delivery.ledger import IngestView, Route
-from dde.endpoints.load import LoadBook
 from dde.receiving.header import InstanceHeader
+from dde.routing.conditions import Subject
 from dde.routing.decision import Candidate, NoRoute, decide_storage
+from dde.routing.rules import RuleSet, default_ruleset, evaluate
+from dde.routing.strategies import StrategyState, choose
+
+
+class HealthView(Protocol):
+    def is_down(self, name: str) -> bool: ...
+
+    def failed_over(self) -> set[str]: ...
+
+
+class LoadView(Protocol):
+    def stored(self, name: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The association an instance came on (what rules may test besides the header)."""
+
+    calling_aet: str = ""
+    called_aet: str = ""
+    source_ip: str = ""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    rule: str
+    destinations: tuple[str, ...]
+    reason: str
+    discard: bool = False
 
 
 class Router:
     def __init__(self, routing: RoutingSettings, endpoints: Sequence[EndpointSettings],
-                 loads: LoadBook) -> None:
+                 loads: LoadView, health: HealthView | None = None,
+                 ruleset: RuleSet | None = None) -> None:
         self._lock = threading.Lock()
-        self._routing = routing
-        self._endpoints = list(endpoints)
         self._loads = loads
+        self._health = health
+        self._strategy_state: dict[str, StrategyState] = {}
+        self._ruleset = ruleset or default_ruleset(routing.group, routing.strategy,
+                                                   routing.mirror)
+        self._endpoints = {e.name: e for e in endpoints}
 
-    def configure(self, routing: RoutingSettings, endpoints: Sequence[EndpointSettings]) -> None:
+    def configure(self, ruleset: RuleSet, endpoints: Sequence[EndpointSettings]) -> None:
         with self._lock:
-            self._routing = routing
-            self._endpoints = list(endpoints)
+            self._ruleset = ruleset
+            self._endpoints = {e.name: e for e in endpoints}
 
-    def candidates(self, queued: dict[str, int]) -> tuple[str, list[Candidate]]:
+    @property
+    def ruleset(self) -> RuleSet:
         with self._lock:
-            group = self._routing.group
-            members = [e for e in self._endpoints if group in e.groups]
-        return group, [
+            return self._ruleset
+
+    def _down(self, name: str) -> bool:
+        return self._health is not None and self._health.is_down(name)
+
+    def _lost(self) -> set[str]:
+        """Endpoints that may not keep their pins: disabled, or down past failover."""
+        with self._lock:
+            disabled = {n for n, e in self._endpoints.items()
+                        if e.state is EndpointState.DISABLED}
+        return disabled | (self._health.failed_over() if self._health is not None else set())
+
+    def candidates(self, group: str, queued: dict[str, int]) -> list[Candidate]:
+        with self._lock:
+            members = [e for e in self._endpoints.values() if group in e.groups]
+        return [
             Candidate(e.name, self._loads.stored(e.name) + queued.get(e.name, 0),
-                      available=True, weight=e.weight)
-            for e in members
+                      available=e.state is EndpointState.ENABLED and not self._down(e.name),
+                      weight=e.weight)
+            for e in sorted(members, key=lambda e: e.name)
         ]
 
     def mirrors(self) -> tuple[str, ...]:
         with self._lock:
-            names = {e.name for e in self._endpoints}
-            return tuple(m for m in self._routing.mirror if m in names)
+            return tuple(m for m in self._ruleset.mirror if m in self._endpoints)
 
-    def route(self, header: InstanceHeader, view: IngestView) -> Route:
+    def route(self, header: InstanceHeader, view: IngestView,
+              origin: Origin = Origin()) -> Route:
         """Decide inside the ingest transaction. Raises :class:`NoRoute`."""
+        ruleset = self.ruleset
+        verdict = evaluate(ruleset, Subject(header.dataset, origin.calling_aet,
+                                            origin.called_aet, origin.source_ip))
+        if verdict.discard:
+            return Route(verdict.rule, (), (), discard=True,
+                         reason=f"discarded by rule {verdict.rule}")
+        destinations: list[str] = []
+        with self._lock:
+            known = set(self._endpoints)
+        for name in verdict.endpoints:
+            if name in known and name not in destinations:
+                destinations.append(name)
+        pins: list[tuple[str, str, str]] = []
+        reasons: list[str] = []
         study = header.study_instance_uid
-        pinned = view.pin_for(study) if study else None
-        group, candidates = self.candidates(view.queued_counts() if pinned is None else {})
-        if pinned is not None and pinned not in {c.name for c in candidates}:
-            group, candidates = self.candidates(view.queued_counts())
-        decision = decide_storage(study, pinned, group, candidates)
-        mirrors = tuple(m for m in self.mirrors() if m != decision.destination)
-        pin = (study, decision.destination, group) if decision.new_pin and study else None
-        return Route(decision.rule, (decision.destination,), mirrors, pin)
+        queued: dict[str, int] | None = None
+        lost = self._lost()
+        for group_route in verdict.groups:
+            group = group_route.group
+            pinned = view.pin_for(study, group) if study else None
+            with self._lock:
+                pinned_here = pinned in self._endpoints and group in self._endpoints[pinned].groups
+            if pinned is None or pinned in lost or not pinned_here:  # a new choice is made
+                queued = view.queued_counts() if queued is None else queued
+            candidates = self.candidates(group, queued or {})
+            state = self._strategy_state.setdefault(group, StrategyState())
+            strategy = group_route.strategy
+
+            def pick(options: Sequence[Candidate], strategy: str = strategy,
+                     state: StrategyState = state) -> Candidate | None:
+                return choose(strategy, options, state)
+
+            decision = decide_storage(study, pinned, group, candidates, verdict.rule,
+                                      lost=lost, choose=pick, strategy=strategy)
+            if decision.destination not in destinations:
+                destinations.append(decision.destination)
+            if decision.new_pin and study:
+                pins.append((study, decision.destination, group))
+            reasons.append(f"{group}: {decision.reason}")
+        if not destinations:
+            raise NoRoute(f"rule {verdict.rule} names no configured endpoint")
+        mirrors = tuple(m for m in verdict.mirror if m in known and m not in destinations)
+        return Route(verdict.rule, tuple(destinations), mirrors, pins=tuple(pins),
+                     reason="; ".join(reasons) or f"rule {verdict.rule}")
 
 
-__all__ = ["NoRoute", "Router"]
+__all__ = ["NoRoute", "Origin", "Router"]

@@ -1,0 +1,200 @@
+"""Health of every endpoint: background probes and the dispatcher's results feed a breaker.
+
+A DICOM endpoint is probed with C-ECHO, an ``orthanc-rest`` one with ``GET {url}/system``.
+The breaker of each endpoint decides whether it is up (gets new studies) or down, and for how
+long it has been down (failover).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dde.config import EndpointKind, EndpointSettings, HealthSettings
+from dde.endpoints.breaker import Breaker
+from dde.endpoints.dicom_sender import tls_context, user_identity
+from dde.endpoints.http import http_client
+from dde.net import on_connection_open
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[EndpointSettings], str | None]
+"""Returns None when the endpoint answered, else the reason it did not."""
+
+
+def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str | None:
+    ae = AE(ae_title=calling_aet)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.connection_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    context = tls_context(endpoint)
+    try:
+        assoc: Any = ae.associate(
+            endpoint.host, endpoint.port, ae_title=endpoint.aet,
+            tls_args=(context, endpoint.host) if context is not None else None,
+            ext_neg=user_identity(endpoint) or None,
+            evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
+        )
+    except (OSError, ValueError) as exc:
+        return f"C-ECHO failed: {exc}"
+    if not assoc.is_established:
+        return ("C-ECHO: association rejected" if assoc.is_rejected
+                else "C-ECHO: no association (refused, timed out or aborted)")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if getattr(status, "Status", None) != 0:
+        return "C-ECHO: no success response"
+    return None
+
+
+def http_system(endpoint: EndpointSettings, timeout: float) -> str | None:
+    try:
+        with http_client(endpoint, timeout=timeout) as client:
+            response = client.get(f"{endpoint.url}/system")
+    except httpx.HTTPError as exc:
+        return f"GET /system failed: {type(exc).__name__}"
+    if response.status_code != 200:
+        return f"GET /system: HTTP {response.status_code}"
+    return None
+
+
+class HealthMonitor:
+    def __init__(self, settings: HealthSettings, calling_aet: str,
+                 probe: Probe | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self._calling_aet = calling_aet
+        self._probe = probe or self._default_probe
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, EndpointSettings] = {}
+        self._breakers: dict[str, Breaker] = {}
+        self._probed: set[str] = set()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listeners: list[Callable[[str, bool], None]] = []
+        """Called with (endpoint name, is up) when an endpoint goes down or comes back."""
+
+    def _default_probe(self, endpoint: EndpointSettings) -> str | None:
+        timeout = self.settings.probe_timeout_seconds
+        if endpoint.kind is EndpointKind.ORTHANC_REST:
+            return http_system(endpoint, timeout)
+        return c_echo(endpoint, self._calling_aet, timeout)
+
+    def configure(self, settings: HealthSettings, endpoints: Iterable[EndpointSettings]) -> None:
+        with self._lock:
+            self.settings = settings
+            self._endpoints = {e.name: e for e in endpoints}
+            for name in self._endpoints:
+                self._breakers.setdefault(name, self._new_breaker())
+            for name in list(self._breakers):
+                if name not in self._endpoints:
+                    del self._breakers[name]
+                    self._probed.discard(name)
+        self._wake.set()
+
+    def _new_breaker(self) -> Breaker:
+        return Breaker(threshold=self.settings.failure_threshold,
+                       base_backoff=min(1.0, self.settings.interval_seconds),
+                       max_backoff=max(self.settings.interval_seconds * 4, 5.0))
+
+    # -- what the others ask -------------------------------------------------------------
+    def health(self, name: str) -> str:
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None or (name not in self._probed and not breaker.down):
+                return "unknown"
+            return "down" if breaker.down else "up"
+
+    def is_down(self, name: str) -> bool:
+        with self._lock:
+            breaker = self._breakers.get(name)
+            return breaker is not None and breaker.down
+
+    def allows(self, name: str) -> bool:
+        with self._lock:
+            breaker = self._breakers.get(name)
+            return breaker is None or breaker.allows(self._clock())
+
+    def failed_over(self) -> set[str]:
+        """Endpoints down for longer than ``failover_after_seconds``."""
+        now = self._clock()
+        with self._lock:
+            limit = self.settings.failover_after_seconds
+            return {name for name, b in self._breakers.items()
+                    if b.down and b.down_for(now) >= limit}
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        now = self._clock()
+        with self._lock:
+            names = list(self._breakers)
+        result = {}
+        for name in names:
+            with self._lock:
+                breaker = self._breakers.get(name)
+                if breaker is None:
+                    continue
+                entry = {"breaker": breaker.state(now).value,
+                         "down_since": breaker.down_since if breaker.down else None,
+                         "last_error": breaker.last_error}
+            entry["health"] = self.health(name)
+            result[name] = entry
+        return result
+
+    # -- what feeds it -------------------------------------------------------------------
+    def report(self, name: str, ok: bool, error: str | None = None) -> None:
+        changed = False
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                return
+            was_down = breaker.down
+            self._probed.add(name)
+            if ok:
+                breaker.record_success()
+            else:
+                breaker.record_failure(self._clock(), error or "failed")
+            changed = was_down != breaker.down
+        if changed:
+            if ok:
+                log.info("%s is up again", name)
+            else:
+                log.warning("%s is down (breaker open): %s", name, error)
+            for listener in self.listeners:
+                listener(name, ok)
+
+    def probe_once(self) -> None:
+        with self._lock:
+            endpoints = list(self._endpoints.values())
+        for endpoint in endpoints:
+            if self._stop.is_set():
+                return
+            try:
+                problem = self._probe(endpoint)
+            except Exception as exc:  # a probe must never kill the monitor
+                problem = f"probe failed: {type(exc).__name__}"
+            self.report(endpoint.name, problem is None, problem)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.probe_once()
+            self._wake.wait(self.settings.interval_seconds)
+            self._wake.clear()

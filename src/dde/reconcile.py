@@ -1,0 +1,172 @@
+"""Probe reconciliation: does the probe hold every instance the storage PACS hold?
+
+Orthanc names an instance by a hash of its patient, study, series and SOP instance
+identifiers, so the same instance has the same ID in every Orthanc: comparing the paged ID
+listings (``GET /instances?since=&limit=``) finds the differences without reading a single
+file. Repair fetches only the missing instances from a storage that has them and queues
+them for the probe through the ledger (the running router delivers them). The report holds
+counts, never patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import httpx
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from dde.config import EndpointSettings, Settings
+from dde.delivery.ledger import Ledger, NewInstance, Route
+from dde.endpoints.http import http_client
+from dde.receiving.header import BrokenDataset, parse_header
+from dde.receiving.spool import Spool, SpoolError, encode_file_meta
+from dde.routing.rules import RuleSet
+
+log = logging.getLogger(__name__)
+
+PAGE = 1000
+ClientFactory = Callable[[EndpointSettings], httpx.Client]
+
+
+class ReconcileError(Exception):
+    pass
+
+
+@dataclass
+class ReconcileReport:
+    storage: dict[str, int] = field(default_factory=dict)
+    probe: dict[str, int] = field(default_factory=dict)
+    missing_in_probe: dict[str, int] = field(default_factory=dict)
+    only_in_probe: dict[str, int] = field(default_factory=dict)
+    repaired: int = 0
+    repair_failed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def consistent(self) -> bool:
+        return not any(self.missing_in_probe.values())
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "consistent": self.consistent}
+
+
+def list_instance_ids(client: httpx.Client, url: str) -> set[str]:
+    ids: set[str] = set()
+    since = 0
+    while True:
+        response = client.get(f"{url}/instances", params={"since": since, "limit": PAGE})
+        response.raise_for_status()
+        page = response.json()
+        if not isinstance(page, list):
+            raise ReconcileError(f"{url}/instances did not answer a list")
+        ids.update(str(i) for i in page)
+        if len(page) < PAGE:
+            return ids
+        since += PAGE
+
+
+def roles(settings: Settings, ruleset: RuleSet) -> tuple[list[EndpointSettings],
+                                                          list[EndpointSettings]]:
+    """(storage endpoints, probe endpoints): probes are the mirrors; storage all the others."""
+    mirrors = set(ruleset.mirror)
+    probes = [e for e in settings.endpoints if e.name in mirrors]
+    storages = [e for e in settings.endpoints if e.name not in mirrors]
+    return storages, probes
+
+
+def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = None,
+              spool: Spool | None = None, repair: bool = False,
+              client_factory: ClientFactory | None = None) -> ReconcileReport:
+    factory = client_factory or (lambda e: http_client(e, timeout=30.0))
+    started = time.monotonic()
+    storages, probes = roles(settings, ruleset)
+    unreadable = [e.name for e in storages + probes if not e.url]
+    if not probes:
+        raise ReconcileError("no probe: the rules mirror to no endpoint")
+    if unreadable:
+        raise ReconcileError(f"no url (Orthanc REST) configured for: {', '.join(unreadable)}")
+    report = ReconcileReport()
+    holdings: dict[str, set[str]] = {}
+    for endpoint in storages + probes:
+        try:
+            with factory(endpoint) as client:
+                holdings[endpoint.name] = list_instance_ids(client, str(endpoint.url))
+        except httpx.HTTPError as exc:
+            raise ReconcileError(f"cannot list {endpoint.name}: {type(exc).__name__}") from None
+    stored: dict[str, str] = {}
+    for endpoint in storages:
+        report.storage[endpoint.name] = len(holdings[endpoint.name])
+        for instance_id in holdings[endpoint.name]:
+            stored.setdefault(instance_id, endpoint.name)
+    all_stored = set(stored)
+    for probe in probes:
+        held = holdings[probe.name]
+        report.probe[probe.name] = len(held)
+        missing = all_stored - held
+        report.missing_in_probe[probe.name] = len(missing)
+        report.only_in_probe[probe.name] = len(held - all_stored)
+        if repair and missing:
+            if ledger is None or spool is None:
+                raise ReconcileError("--repair needs the router's ledger and spool")
+            ok, failed = _repair(settings, probe, missing, stored, ledger, spool, factory)
+            report.repaired += ok
+            report.repair_failed += failed
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
+            stored: dict[str, str], ledger: Ledger, spool: Spool,
+            factory: ClientFactory) -> tuple[int, int]:
+    ok = failed = 0
+    by_source: dict[str, list[str]] = {}
+    for instance_id in sorted(missing):
+        by_source.setdefault(stored[instance_id], []).append(instance_id)
+    for source_name, ids in by_source.items():
+        source = settings.endpoint(source_name)
+        assert source is not None
+        with factory(source) as client:
+            for instance_id in ids:
+                try:
+                    response = client.get(f"{source.url}/instances/{instance_id}/file")
+                    response.raise_for_status()
+                    _queue_copy(response.content, source_name, probe.name, ledger, spool)
+                    ok += 1
+                except (httpx.HTTPError, ReconcileError, SpoolError) as exc:
+                    failed += 1
+                    log.warning("reconcile: could not queue a copy from %s: %s", source_name,
+                                exc)
+    return ok, failed
+
+
+def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: Spool) -> None:
+    stream = io.BytesIO(part10)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+        syntax = str(meta.TransferSyntaxUID)
+        sop_class = str(meta.MediaStorageSOPClassUID)
+        sop_instance = str(meta.MediaStorageSOPInstanceUID)
+    except Exception:
+        raise ReconcileError("the storage returned a file without a usable file meta") from None
+    dataset = part10[stream.tell():]
+    try:
+        header = parse_header(dataset, syntax)
+    except BrokenDataset as exc:
+        raise ReconcileError(str(exc)) from None
+    spooled = spool.write(encode_file_meta(sop_class, sop_instance, syntax, "DDE_RECONCILE"),
+                          dataset)
+    record = NewInstance(
+        sop_instance_uid=sop_instance, sop_class_uid=sop_class, transfer_syntax_uid=syntax,
+        study_instance_uid=header.study_instance_uid,
+        series_instance_uid=header.series_instance_uid, patient_id=header.patient_id,
+        accession_number=header.accession_number, modality=header.modality,
+        calling_aet=source, called_aet="DDE_RECONCILE", source_ip=None,
+        spool_path=spooled.relative_path, size=spooled.size, received_at=time.time(),
+    )
+    ledger.ingest(record, lambda view: Route("reconcile", (), (probe,),
+                                             reason=f"missing in {probe}, copied from {source}"))

@@ -1,0 +1,85 @@
+"""``dde route explain``: the decision for a file, without sending it, with live state.
+
+The running router publishes each endpoint's health and load to the ledger; the
+explanation uses those, the persisted study pins and the queue depths, and the active rules.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from dde.config import Settings
+from dde.delivery.ledger import Ledger
+from dde.endpoints.registry import STATUS_FRESH_SECONDS
+from dde.receiving.header import BrokenDataset, parse_header
+from dde.routing.decision import NoRoute
+from dde.routing.router import Origin, Router
+from dde.routing.rules import RuleSet
+
+
+class ExplainError(Exception):
+    pass
+
+
+class PublishedState:
+    """Health and load as the running router last published them (stale → unknown)."""
+
+    def __init__(self, ledger: Ledger | None, failover_after: float) -> None:
+        status = ledger.endpoint_status() if ledger is not None else {}
+        now = time.time()
+        self._status = {n: s for n, s in status.items()
+                        if now - float(s["updated_at"]) < STATUS_FRESH_SECONDS}
+        self._failover_after = failover_after
+        self._now = now
+
+    def is_down(self, name: str) -> bool:
+        return self._status.get(name, {}).get("health") == "down"
+
+    def failed_over(self) -> set[str]:
+        return {n for n, s in self._status.items() if s.get("health") == "down"
+                and s.get("down_since") is not None
+                and self._now - float(s["down_since"]) >= self._failover_after}
+
+    def stored(self, name: str) -> int:
+        load = self._status.get(name, {}).get("load")
+        return int(load) if load is not None else 0
+
+
+def read_part10(path: Path) -> tuple[bytes, str]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ExplainError(f"{path}: {exc.strerror}") from None
+    stream = io.BytesIO(raw)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+        syntax = str(meta.TransferSyntaxUID)
+    except Exception:
+        raise ExplainError(f"{path}: not a DICOM Part-10 file with a transfer syntax") from None
+    return raw[stream.tell():], syntax
+
+
+def explain(path: Path, settings: Settings, ruleset: RuleSet, ledger: Ledger | None,
+            origin: Origin) -> dict[str, object]:
+    dataset, syntax = read_part10(path)
+    try:
+        header = parse_header(dataset, syntax)
+    except BrokenDataset as exc:
+        raise ExplainError(f"{path}: the router would refuse it: {exc}") from None
+    state = PublishedState(ledger, settings.health.failover_after_seconds)
+    router = Router(settings.routing, settings.endpoints, state, state, ruleset)
+    if ledger is None:
+        raise ExplainError("no ledger yet: start the router once (dde serve / dde stack up)")
+    try:
+        route = router.route(header, ledger.view(), origin)
+    except NoRoute as exc:
+        return {"rule": None, "destinations": [], "mirrors": [], "refused": True,
+                "reason": f"no route: {exc} (the router answers a failure status)"}
+    return {"rule": route.rule, "destinations": list(route.destinations + route.mirrors),
+            "mirrors": list(route.mirrors), "discard": route.discard,
+            "reason": route.reason or f"rule {route.rule}"}

@@ -1,0 +1,348 @@
+"""Routing rules: the declarative file format, its validation, and its evaluation. Pure.
+
+```yaml
+rules:
+  - name: mr-to-orthanc2
+    when: {Modality: MR}                 # every key must match
+    route: [ORTHANC2]
+  - name: research-copy
+    when: {CallingAET: "RESEARCH_*", StudyDescription: {regex: "(?i)brain"}}
+    route: [ORTHANC1]
+    continue: true                       # also evaluate the rules below
+  - name: drop-tests
+    when: {PatientID: {in: ["TEST", "PHANTOM"]}}
+    action: discard
+  - name: default
+    route: {group: storage, strategy: least-loaded}
+mirror: [ORTHANC-PROBE]
+```
+
+Nothing is evaluated as code. Every problem is reported with the line it is on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from pydicom.datadict import tag_for_keyword
+
+from dde.routing.conditions import (
+    ALWAYS,
+    CONTEXT_FIELDS,
+    AllOf,
+    AnyOf,
+    Condition,
+    Equals,
+    Exists,
+    Field,
+    InRange,
+    Matches,
+    Not,
+    OneOf,
+    Subject,
+    matches,
+)
+from dde.routing.decision import NoRoute
+
+STRATEGIES = ("least-loaded", "round-robin", "weighted")
+_TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
+_RULE_KEYS = {"name", "when", "route", "action", "continue"}
+
+
+class RulesError(Exception):
+    """An invalid rules document; ``line`` is 1-based, or None when it has no place."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+
+
+@dataclass(frozen=True)
+class GroupRoute:
+    group: str
+    strategy: str = "least-loaded"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Condition
+    endpoints: tuple[str, ...] = ()
+    group: GroupRoute | None = None
+    discard: bool = False
+    continue_: bool = False
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    rules: tuple[Rule, ...]
+    mirror: tuple[str, ...] = ()
+
+    def endpoint_names(self) -> set[str]:
+        names = set(self.mirror)
+        for rule in self.rules:
+            names.update(rule.endpoints)
+        return names
+
+    def groups(self) -> set[str]:
+        return {rule.group.group for rule in self.rules if rule.group is not None}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the rules say about one instance, before groups are resolved to endpoints."""
+
+    rules: tuple[str, ...]
+    endpoints: tuple[str, ...]
+    groups: tuple[GroupRoute, ...]
+    discard: bool
+    mirror: tuple[str, ...]
+
+    @property
+    def rule(self) -> str:
+        return "+".join(self.rules)
+
+
+def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
+    """Apply the rules in order: the first match wins unless it says ``continue: true``.
+
+    Raises :class:`NoRoute` when no rule matches.
+    """
+    matched: list[str] = []
+    endpoints: list[str] = []
+    groups: list[GroupRoute] = []
+    for rule in ruleset.rules:
+        if not matches(rule.when, subject):
+            continue
+        matched.append(rule.name)
+        if rule.discard:
+            return Verdict(tuple(matched), (), (), True, ())
+        for name in rule.endpoints:
+            if name not in endpoints:
+                endpoints.append(name)
+        if rule.group is not None and rule.group not in groups:
+            groups.append(rule.group)
+        if not rule.continue_:
+            break
+    if not matched:
+        raise NoRoute("no rule matches and there is no default rule")
+    return Verdict(tuple(matched), tuple(endpoints), tuple(groups), False, ruleset.mirror)
+
+
+def default_ruleset(group: str = "storage", strategy: str = "least-loaded",
+                    mirror: Iterable[str] = ()) -> RuleSet:
+    return RuleSet((Rule("default", ALWAYS, group=GroupRoute(group, strategy)),),
+                   tuple(mirror))
+
+
+# -- parsing ---------------------------------------------------------------------------------
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _scalar(node: yaml.Node, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise RulesError(f"{what} must be a single value", _line(node))
+    return str(node.value)
+
+
+def _plain(node: yaml.Node) -> Any:
+    """A node's Python value (scalars typed as YAML would)."""
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _field(name: str, line: int) -> Field:
+    if name in CONTEXT_FIELDS:
+        return Field(name, None)
+    match = _TAG.match(name)
+    if match:
+        return Field(name, int(match.group(1) + match.group(2), 16))
+    tag = tag_for_keyword(name)
+    if tag is None and name.startswith("("):
+        raise RulesError(f"{name!r} is not a tag: inside {{...}} write a tag in quotes, "
+                         '"(0008,0060)"', line)
+    if tag is None:
+        raise RulesError(
+            f"unknown attribute {name!r} (use a DICOM keyword such as Modality, a tag such "
+            f"as (0008,0060), or one of {', '.join(CONTEXT_FIELDS)})", line)
+    return Field(name, int(tag))
+
+
+def _value_test(field: Field, node: yaml.Node) -> Condition:
+    line = _line(node)
+    if isinstance(node, yaml.ScalarNode):
+        return Equals(field, str(node.value))
+    if isinstance(node, yaml.SequenceNode):
+        raise RulesError(f"{field.name}: a list of values must be written {{in: [...]}}", line)
+    assert isinstance(node, yaml.MappingNode)
+    if len(node.value) != 1:
+        raise RulesError(f"{field.name}: a test has exactly one operator "
+                         "(in, regex, range, exists, not)", line)
+    key_node, value_node = node.value[0]
+    operator = _scalar(key_node, "an operator")
+    value_line = _line(value_node)
+    if operator == "in":
+        if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+            raise RulesError(f"{field.name}: 'in' takes a non-empty list", value_line)
+        return OneOf(field, tuple(_scalar(v, "an 'in' value") for v in value_node.value))
+    if operator == "regex":
+        pattern = _scalar(value_node, "a regex")
+        try:
+            return Matches(field, re.compile(pattern))
+        except re.error as exc:
+            raise RulesError(f"{field.name}: invalid regex: {exc}", value_line) from None
+    if operator == "range":
+        bounds = _plain(value_node)
+        if not isinstance(bounds, list) or len(bounds) != 2:
+            raise RulesError(f"{field.name}: 'range' takes [low, high] (null for open)",
+                             value_line)
+        low, high = (b if b is None or isinstance(b, int | float) else str(b) for b in bounds)
+        if low is None and high is None:
+            raise RulesError(f"{field.name}: 'range' needs at least one bound", value_line)
+        return InRange(field, low, high)
+    if operator == "exists":
+        flag = _plain(value_node)
+        if not isinstance(flag, bool):
+            raise RulesError(f"{field.name}: 'exists' takes true or false", value_line)
+        return Exists(field, flag)
+    if operator == "not":
+        return Not(_value_test(field, value_node))
+    raise RulesError(f"{field.name}: unknown operator {operator!r} "
+                     "(in, regex, range, exists, not)", _line(key_node))
+
+
+def _condition(node: yaml.Node) -> Condition:
+    if not isinstance(node, yaml.MappingNode):
+        raise RulesError("'when' must be a mapping of attribute: test", _line(node))
+    parts: list[Condition] = []
+    for key_node, value_node in node.value:
+        key = _scalar(key_node, "an attribute name")
+        if key in ("any", "all"):
+            if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
+                raise RulesError(f"'{key}' takes a non-empty list of conditions",
+                                 _line(value_node))
+            inner = tuple(_condition(item) for item in value_node.value)
+            parts.append(AnyOf(inner) if key == "any" else AllOf(inner))
+        elif key == "not":
+            parts.append(Not(_condition(value_node)))
+        else:
+            parts.append(_value_test(_field(key, _line(key_node)), value_node))
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
+
+
+def _names(node: yaml.Node, what: str) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode) or not node.value:
+        raise RulesError(f"{what} must be a non-empty list of endpoint names", _line(node))
+    return tuple(_scalar(item, "an endpoint name") for item in node.value)
+
+
+def _rule(node: yaml.Node, index: int) -> Rule:
+    line = _line(node)
+    if not isinstance(node, yaml.MappingNode):
+        raise RulesError(f"rule {index + 1} must be a mapping", line)
+    fields = {_scalar(k, "a rule key"): (k, v) for k, v in node.value}
+    unknown = set(fields) - _RULE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RulesError(f"unknown rule key {key!r} (name, when, route, action, continue)",
+                         _line(fields[key][0]))
+    if "name" not in fields:
+        raise RulesError(f"rule {index + 1} has no name", line)
+    name = _scalar(fields["name"][1], "name")
+    when = _condition(fields["when"][1]) if "when" in fields else ALWAYS
+    action = _scalar(fields["action"][1], "action") if "action" in fields else "route"
+    if action not in ("route", "discard"):
+        raise RulesError(f"rule {name!r}: action is 'route' or 'discard'",
+                         _line(fields["action"][1]))
+    continue_ = False
+    if "continue" in fields:
+        flag = _plain(fields["continue"][1])
+        if not isinstance(flag, bool):
+            raise RulesError(f"rule {name!r}: continue takes true or false",
+                             _line(fields["continue"][1]))
+        continue_ = flag
+    if action == "discard":
+        if "route" in fields:
+            raise RulesError(f"rule {name!r}: a discard rule has no route",
+                             _line(fields["route"][0]))
+        return Rule(name, when, discard=True, continue_=False, line=line)
+    if "route" not in fields:
+        raise RulesError(f"rule {name!r} has neither a route nor action: discard", line)
+    route_node = fields["route"][1]
+    if isinstance(route_node, yaml.MappingNode):
+        route = _plain(route_node)
+        if set(route) - {"group", "strategy"} or "group" not in route:
+            raise RulesError(f"rule {name!r}: route is a list of endpoints or "
+                             "{group: NAME, strategy: least-loaded|round-robin|weighted}",
+                             _line(route_node))
+        strategy = str(route.get("strategy", "least-loaded"))
+        if strategy not in STRATEGIES:
+            raise RulesError(f"rule {name!r}: unknown strategy {strategy!r} "
+                             f"({', '.join(STRATEGIES)})", _line(route_node))
+        return Rule(name, when, group=GroupRoute(str(route["group"]), strategy),
+                    continue_=continue_, line=line)
+    return Rule(name, when, endpoints=_names(route_node, f"rule {name!r}: route"),
+                continue_=continue_, line=line)
+
+
+def parse_rules(text: str, endpoints: Iterable[str] | None = None,
+                groups: Iterable[str] | None = None) -> RuleSet:
+    """Parse and validate a rules document; raise :class:`RulesError` with the line.
+
+    With ``endpoints``/``groups``, every endpoint and group the rules name must exist.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = int(mark.line) + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RulesError(f"not valid YAML: {problem}", line) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise RulesError("a rules document is a mapping with 'rules' (and 'mirror')",
+                         _line(root) if root is not None else None)
+    top = {_scalar(k, "a top-level key"): (k, v) for k, v in root.value}
+    unknown = set(top) - {"rules", "mirror"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise RulesError(f"unknown top-level key {key!r} (rules, mirror)", _line(top[key][0]))
+    if "rules" not in top:
+        raise RulesError("the document has no 'rules' list", _line(root))
+    rules_node = top["rules"][1]
+    if not isinstance(rules_node, yaml.SequenceNode) or not rules_node.value:
+        raise RulesError("'rules' must be a non-empty list", _line(rules_node))
+    rules = tuple(_rule(node, i) for i, node in enumerate(rules_node.value))
+    seen: dict[str, int | None] = {}
+    for rule in rules:
+        if rule.name in seen:
+            raise RulesError(f"rule name {rule.name!r} is used twice", rule.line)
+        seen[rule.name] = rule.line
+    mirror: tuple[str, ...] = ()
+    if "mirror" in top:
+        mirror_node = top["mirror"][1]
+        if not (isinstance(mirror_node, yaml.ScalarNode) and mirror_node.value in ("", "null")):
+            mirror = _names(mirror_node, "mirror")
+    ruleset = RuleSet(rules, mirror)
+    if endpoints is not None:
+        known = set(endpoints)
+        for rule in rules:
+            for name in rule.endpoints:
+                if name not in known:
+                    raise RulesError(f"rule {rule.name!r}: unknown endpoint {name!r}", rule.line)
+        for name in mirror:
+            if name not in known:
+                raise RulesError(f"mirror: unknown endpoint {name!r}", _line(top["mirror"][1]))
+    if groups is not None:
+        known_groups = set(groups)
+        for rule in rules:
+            if rule.group is not None and rule.group.group not in known_groups:
+                raise RulesError(f"rule {rule.name!r}: no endpoint is in group "
+                                 f"{rule.group.group!r}", rule.line)
+    return ruleset
