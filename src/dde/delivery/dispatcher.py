@@ -174,6 +174,12 @@ class EndpointWorker:
                         item.transfer_syntax_uid)
 
 
+def _delivery_key(endpoint: EndpointSettings) -> object:
+    """What a worker's sender depends on; a change elsewhere (state, weight, groups) keeps
+    the worker and its association."""
+    return endpoint.model_dump(exclude={"state", "weight", "groups"})
+
+
 class Dispatcher:
     """Owns the workers (one per endpoint) and the spool janitor."""
 
@@ -192,6 +198,7 @@ class Dispatcher:
         self._retention = retention
         self._workers: dict[str, EndpointWorker] = {}
         self._lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._janitor_wake = threading.Event()
         self._stop = threading.Event()
         self._janitor = threading.Thread(target=self._janitor_run, name="spool-janitor",
@@ -207,12 +214,17 @@ class Dispatcher:
         A disabled endpoint has no worker: its queue waits until it is enabled again.
         """
         wanted = {e.name: e for e in endpoints if e.state is not EndpointState.DISABLED}
+        with self._sync_lock:
+            with self._lock:
+                stale = [self._workers.pop(name) for name, worker in list(self._workers.items())
+                         if name not in wanted
+                         or _delivery_key(wanted[name]) != _delivery_key(worker.endpoint)]
+            for worker in stale:  # outside _lock: wake() on the receive path never waits
+                worker.stop()
+            self._start_missing(wanted)
+
+    def _start_missing(self, wanted: dict[str, EndpointSettings]) -> None:
         with self._lock:
-            for name in list(self._workers):
-                worker = self._workers[name]
-                if name not in wanted or wanted[name] != worker.endpoint:
-                    worker.stop()
-                    del self._workers[name]
             for name, endpoint in wanted.items():
                 if name not in self._workers:
                     worker = EndpointWorker(

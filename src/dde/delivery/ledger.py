@@ -361,7 +361,10 @@ class Ledger:
                 ).fetchone()
                 if row is None:
                     continue
-                check_transition(DeliveryState(row[0]), outcome.state)
+                previous = DeliveryState(row[0])
+                if previous is DeliveryState.DELIVERED:
+                    continue  # delivered is final; a late duplicate outcome changes nothing
+                check_transition(previous, outcome.state)
                 connection.execute(
                     "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
                     " next_attempt_at = ?, updated_at = ?,"

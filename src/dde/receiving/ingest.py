@@ -69,7 +69,11 @@ class IngestPipeline:
         except BrokenDataset as exc:
             log.warning("refused an instance from %s: %s", incoming.calling_aet, exc)
             return IngestResult(dimse.CANNOT_UNDERSTAND, str(exc))
-        if header.sop_instance_uid and header.sop_instance_uid != incoming.sop_instance_uid:
+        if not header.sop_instance_uid:
+            log.warning("refused an instance from %s: the dataset has no SOP Instance UID",
+                        incoming.calling_aet)
+            return IngestResult(dimse.CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID")
+        if header.sop_instance_uid != incoming.sop_instance_uid:
             log.warning("refused an instance from %s: dataset SOP Instance UID differs from "
                         "the C-STORE request's", incoming.calling_aet)
             return IngestResult(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -98,6 +102,9 @@ class IngestPipeline:
             log.error("refused an instance from %s: ledger write failed: %s",
                       incoming.calling_aet, exc)
             return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed")
+        except Exception:
+            self._spool.remove(spooled.relative_path)
+            raise
 
         destinations = route.destinations + route.mirrors
         if route.discard:

@@ -1,0 +1,202 @@
+"""Small builders and fakes for the unit tests (no network, no Orthanc)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import generate_uid
+
+from dde.config import EndpointSettings
+from dde.delivery.ledger import IngestView, Ledger, NewInstance, Route
+from dde.endpoints.load import LoadBook
+from dde.endpoints.sending import SendResult, Shipment
+from dde.receiving.ingest import Incoming
+from tests.support.datagen import make_instance
+
+
+def split_part10(raw: bytes) -> tuple[str, bytes]:
+    """(transfer syntax UID, encoded dataset without file meta) of a Part-10 file."""
+    stream = io.BytesIO(raw)
+    read_preamble(stream, False)
+    meta = _read_file_meta_info(stream)
+    return str(meta.TransferSyntaxUID), stream.read()
+
+
+def bundled_file(name: str) -> Path:
+    """One of pydicom's bundled test files (never the network)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"pydicom does not bundle {name}"
+    return Path(path)
+
+
+def part10_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Generated:
+    """A generated instance, encoded as the C-STORE dataset (no file meta)."""
+
+    dataset: bytes
+    transfer_syntax_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+
+    def incoming(self, calling_aet: str = "TEST_SCU", **changes: Any) -> Incoming:
+        fields: dict[str, Any] = {
+            "dataset": self.dataset, "transfer_syntax_uid": self.transfer_syntax_uid,
+            "sop_class_uid": self.sop_class_uid, "sop_instance_uid": self.sop_instance_uid,
+            "calling_aet": calling_aet, "called_aet": "DYNAMIC_DICOM_MW",
+            "source_ip": "127.0.0.1",
+        }
+        fields.update(changes)
+        return Incoming(**fields)
+
+
+def generated(study_uid: str | None = None, number: int = 1, rows: int = 8,
+              columns: int = 8) -> Generated:
+    study_uid = study_uid or generate_uid()
+    ds = make_instance(study_uid=study_uid, series_uid=generate_uid(), number=number,
+                       rows=rows, columns=columns)
+    syntax, dataset = split_part10(part10_bytes(ds))
+    return Generated(dataset, syntax, str(ds.SOPClassUID), str(ds.SOPInstanceUID), study_uid)
+
+
+def endpoint(name: str, groups: Iterable[str] = ("storage",), **extra: Any) -> EndpointSettings:
+    return EndpointSettings(name=name, aet=name[:16], groups=list(groups), **extra)
+
+
+def new_instance(spool_path: str = "ab/cd.dcm", *, sop_instance_uid: str | None = None,
+                 study_instance_uid: str | None = "1.2.3.4", received_at: float | None = None,
+                 size: int = 100) -> NewInstance:
+    return NewInstance(
+        sop_instance_uid=sop_instance_uid or generate_uid(),
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        study_instance_uid=study_instance_uid,
+        series_instance_uid="1.2.3.4.5",
+        patient_id="DDE-TEST-1",
+        accession_number="ACC1",
+        modality="CT",
+        calling_aet="TEST_SCU",
+        called_aet="DYNAMIC_DICOM_MW",
+        source_ip="127.0.0.1",
+        spool_path=spool_path,
+        size=size,
+        received_at=time.time() if received_at is None else received_at,
+    )
+
+
+def ingest_to(ledger: Ledger, destinations: Iterable[str], mirrors: Iterable[str] = (), *,
+              pin: tuple[str, str, str] | None = None, **instance: Any) -> int:
+    """Commit one instance routed to ``destinations`` (+ ``mirrors``); return its id."""
+    route = Route("default", tuple(destinations), tuple(mirrors), pin)
+    instance_id, _ = ledger.ingest(new_instance(**instance), lambda view: route)
+    return instance_id
+
+
+def delivery_rows(ledger: Ledger, instance_id: int) -> dict[str, tuple[Any, ...]]:
+    """{endpoint: (id, state, attempts, last_error, next_attempt_at)} of one instance."""
+    rows = ledger.execute(
+        "SELECT endpoint, id, state, attempts, last_error, next_attempt_at FROM deliveries"
+        " WHERE instance_id = ?", (instance_id,),
+    )
+    return {str(row[0]): tuple(row[1:]) for row in rows}
+
+
+@dataclass
+class FakeView(IngestView):
+    """An ``IngestView`` that the test feeds: study pins and pending counts per endpoint.
+
+    ``pins`` maps (study, group) to the pinned endpoint. (The dataclass ``__init__``
+    replaces IngestView's: no database connection.)"""
+
+    pins: dict[tuple[str, str], str] = field(default_factory=dict)
+    queued: dict[str, int] = field(default_factory=dict)
+
+    def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
+        for (study, pinned_group), name in sorted(self.pins.items()):
+            if study == study_instance_uid and group in (None, pinned_group):
+                return name
+        return None
+
+    def queued_counts(self) -> dict[str, int]:
+        return dict(self.queued)
+
+    def commit(self, route: Route) -> None:
+        """What the ledger would write for ``route``: pending deliveries and the pins."""
+        for name in route.destinations + route.mirrors:
+            self.queued[name] = self.queued.get(name, 0) + 1
+        for study, name, group in route.all_pins():
+            self.pins[(study, group)] = name
+
+
+def statistics_client_factory(counts: dict[str, int]) -> Callable[[EndpointSettings],
+                                                                   httpx.Client]:
+    """A LoadBook client factory answering ``GET /statistics`` from ``counts`` by name."""
+
+    def factory(endpoint_settings: EndpointSettings) -> httpx.Client:
+        def handler(request: httpx.Request) -> httpx.Response:
+            assert request.url.path == "/statistics"
+            return httpx.Response(200, json={"CountInstances": counts[endpoint_settings.name]})
+
+        return httpx.Client(transport=httpx.MockTransport(handler))
+
+    return factory
+
+
+def load_book(counts: dict[str, int] | None = None,
+              endpoints: Iterable[EndpointSettings] = ()) -> LoadBook:
+    """A LoadBook with no poller thread; polled once when ``counts`` are given."""
+    book = LoadBook(60.0, client_factory=statistics_client_factory(counts or {}))
+    book.set_endpoints(endpoints)
+    if counts is not None:
+        book.poll_once()
+    return book
+
+
+ResultScript = Callable[[Shipment], SendResult]
+
+
+class FakeSender:
+    """A ``Sender`` that records every call and answers with ``script(shipment)``."""
+
+    def __init__(self, script: ResultScript | None = None) -> None:
+        self.script = script or (lambda shipment: SendResult.delivered("ok"))
+        self.sent: list[Shipment] = []
+        self.sent_bytes: list[bytes] = []
+        self.prepared: list[list[Shipment]] = []
+        self.releases = 0
+        self.lock = threading.Lock()
+
+    def prepare(self, shipments: list[Shipment]) -> None:
+        with self.lock:
+            self.prepared.append(list(shipments))
+
+    def send(self, shipment: Shipment) -> SendResult:
+        with self.lock:
+            self.sent.append(shipment)
+            self.sent_bytes.append(shipment.path.read_bytes())
+        return self.script(shipment)
+
+    def release(self) -> None:
+        with self.lock:
+            self.releases += 1
+
+    def sent_uids(self) -> list[str]:
+        with self.lock:
+            return [s.sop_instance_uid for s in self.sent]

@@ -1,0 +1,23 @@
+"""Fixtures of the unit tests: a ledger and a spool in a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dde.delivery.ledger import Ledger
+from dde.receiving.spool import Spool
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    book = Ledger(tmp_path / "dde.sqlite3")
+    yield book
+    book.close()
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "spool")
