@@ -44,6 +44,8 @@ class ReconcileReport:
     only_in_probe: dict[str, int] = field(default_factory=dict)
     repaired: int = 0
     repair_failed: int = 0
+    already_queued: int = 0
+    """Missing in the probe, but a delivery to it is still pending (late, not lost)."""
     seconds: float = 0.0
 
     @property
@@ -112,17 +114,19 @@ def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = N
         if repair and missing:
             if ledger is None or spool is None:
                 raise ReconcileError("--repair needs the router's ledger and spool")
-            ok, failed = _repair(settings, probe, missing, stored, ledger, spool, factory)
+            ok, failed, waiting = _repair(settings, probe, missing, stored, ledger, spool,
+                                          factory)
             report.repaired += ok
             report.repair_failed += failed
+            report.already_queued += waiting
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
 
 def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
             stored: dict[str, str], ledger: Ledger, spool: Spool,
-            factory: ClientFactory) -> tuple[int, int]:
-    ok = failed = 0
+            factory: ClientFactory) -> tuple[int, int, int]:
+    ok = failed = waiting = 0
     by_source: dict[str, list[str]] = {}
     for instance_id in sorted(missing):
         by_source.setdefault(stored[instance_id], []).append(instance_id)
@@ -134,16 +138,19 @@ def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
                 try:
                     response = client.get(f"{source.url}/instances/{instance_id}/file")
                     response.raise_for_status()
-                    _queue_copy(response.content, source_name, probe.name, ledger, spool)
-                    ok += 1
+                    if _queue_copy(response.content, source_name, probe.name, ledger, spool):
+                        ok += 1
+                    else:
+                        waiting += 1
                 except (httpx.HTTPError, ReconcileError, SpoolError) as exc:
                     failed += 1
                     log.warning("reconcile: could not queue a copy from %s: %s", source_name,
                                 exc)
-    return ok, failed
+    return ok, failed, waiting
 
 
-def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: Spool) -> None:
+def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: Spool) -> bool:
+    """Queue a copy for the probe; False when one is already pending (nothing queued)."""
     stream = io.BytesIO(part10)
     try:
         read_preamble(stream, False)
@@ -153,6 +160,8 @@ def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: S
         sop_instance = str(meta.MediaStorageSOPInstanceUID)
     except Exception:
         raise ReconcileError("the storage returned a file without a usable file meta") from None
+    if ledger.waiting_for(sop_instance, probe):
+        return False
     dataset = part10[stream.tell():]
     try:
         header = parse_header(dataset, syntax)
@@ -170,3 +179,4 @@ def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: S
     )
     ledger.ingest(record, lambda view: Route("reconcile", (), (probe,),
                                              reason=f"missing in {probe}, copied from {source}"))
+    return True

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-
 from tests.support.datagen import write_series, write_studies
 from tests.support.fixtures import ReferenceStack
 from tests.support.orthanc import storescu
@@ -18,7 +17,7 @@ def _dataset_bytes(part10: bytes) -> bytes:
     """The encoded dataset after the file meta group (Orthanc writes its own meta)."""
     import io
 
-    from pydicom.filereader import read_preamble, _read_file_meta_info
+    from pydicom.filereader import _read_file_meta_info, read_preamble
 
     stream = io.BytesIO(part10)
     read_preamble(stream, False)

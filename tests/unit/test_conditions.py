@@ -14,7 +14,13 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from dde.receiving.header import parse_header
 from dde.routing.conditions import (
@@ -355,13 +361,13 @@ def test_context_fields_are_not_read_from_the_header() -> None:
 
 # -- character sets ---------------------------------------------------------------------------
 
-def parse(**elements: object) -> Dataset:
-    """Encode a dataset with pydicom (Explicit VR LE) and parse it back as the router does."""
+def parse(syntax: str = ExplicitVRLittleEndian, **elements: object) -> Dataset:
+    """Encode a dataset with pydicom and parse it back as the router does."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     charset = elements.pop("SpecificCharacterSet", None)
     if charset is not None:
         ds.SpecificCharacterSet = charset
@@ -411,6 +417,15 @@ def test_utf8_wildcard_question_mark_is_one_character_not_one_byte() -> None:
     s = Subject(parse(SpecificCharacterSet="ISO_IR 192", PatientName="山田^太郎"))
     assert matches(when({"PatientName": "??^??"}), s)
     assert not matches(when({"PatientName": "????^??"}), s)
+
+
+def test_implicit_vr_headers_match_like_explicit_ones() -> None:
+    s = Subject(parse(ImplicitVRLittleEndian, SpecificCharacterSet="ISO_IR 100",
+                      PatientName="Müller^Jürgen", Modality="MR",
+                      ImageType=["DERIVED", "SECONDARY"], SeriesNumber=12))
+    assert matches(when({"PatientName": "Müller^Jürgen"}), s)
+    assert matches(when({"Modality": "MR", "ImageType": "SECONDARY"}), s)
+    assert matches(when({"SeriesNumber": {"range": [10, 20]}}), s)
 
 
 def test_the_same_name_in_two_character_sets_matches_the_same_rule() -> None:

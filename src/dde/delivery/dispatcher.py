@@ -64,10 +64,21 @@ class EndpointWorker:
         """The endpoint answers again: end the backoff now."""
         self._recovered.set()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
         self._recovered.set()
+
+    def stop(self, timeout: float = 30.0, grace: float = 2.0) -> None:
+        """Stop after the instance in hand; a peer holding it longer than ``grace`` seconds
+        is aborted (that delivery stays pending and is sent again after the restart)."""
+        self.request_stop()
+        self._thread.join(grace)
+        if self._thread.is_alive():
+            log.warning("aborting the delivery in progress to %s to stop", self.name)
+            abort = getattr(self._sender, "abort", None)
+            if abort is not None:
+                abort()
         self._thread.join(timeout)
 
     @property
@@ -109,7 +120,7 @@ class EndpointWorker:
         outcomes: list[DeliveryOutcome] = []
         unreachable: str | None = None
         delivered = 0
-        for position, item in enumerate(batch):
+        for item in batch:
             if self._stop.is_set():
                 break
             shipment = shipments[item.id]
@@ -128,7 +139,7 @@ class EndpointWorker:
                          self.name, item.attempts + 1)
             elif result.status is SendStatus.UNREACHABLE:
                 unreachable = result.detail
-                self._ledger.note_error([i.id for i in batch[position:]], result.detail)
+                self._ledger.note_endpoint_error(self.name, result.detail)
                 break
             else:
                 outcomes.append(self._refused(item, result.detail, result.permanent))
@@ -260,6 +271,8 @@ class Dispatcher:
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
+        for worker in workers:
+            worker.request_stop()
         for worker in workers:
             worker.stop()
         if self._janitor.is_alive():

@@ -389,6 +389,17 @@ class Ledger:
                 [(error, time.time(), i) for i in ids],
             )
 
+    def note_endpoint_error(self, endpoint: str, error: str) -> None:
+        """Record an endpoint-level error on every delivery waiting for ``endpoint`` (all
+        wait for the same reason, not only the batch in hand), without spending attempts."""
+        with self._transaction() as connection:
+            connection.execute(
+                "UPDATE deliveries SET last_error = ?, updated_at = ?"
+                " WHERE endpoint = ? AND state = 'pending'"
+                " AND (last_error IS NULL OR last_error != ?)",
+                (error, time.time(), endpoint, error),
+            )
+
     def releasable_spool_files(self, older_than: float, limit: int = 500) -> list[tuple[int, str]]:
         """Spool files whose every delivery is delivered, the last one before ``older_than``."""
         rows = self._connect().execute(
@@ -561,6 +572,15 @@ class Ledger:
                 (now, source, target, moved, reason),
             )
         return moved
+
+    def waiting_for(self, sop_instance_uid: str, endpoint: str) -> bool:
+        """Is a delivery of this instance to ``endpoint`` still pending?"""
+        row = self._connect().execute(
+            "SELECT 1 FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+            " WHERE i.sop_instance_uid = ? AND d.endpoint = ? AND d.state = 'pending' LIMIT 1",
+            (sop_instance_uid, endpoint),
+        ).fetchone()
+        return row is not None
 
     def waiting_count(self, endpoint: str) -> int:
         row = self._connect().execute(

@@ -158,6 +158,17 @@ class DicomSender:
             detail += f": {str(comment)[:200]}"
         return SendResult.refused(detail, permanent=dimse.is_permanent_failure(code))
 
+    def abort(self) -> None:
+        """From another thread: abort the association so that a C-STORE waiting for its
+        response returns now (pynetdicom's abort does not wake that wait, hence the put)."""
+        assoc = self._assoc
+        if assoc is None:
+            return
+        try:
+            assoc.abort()
+        finally:
+            assoc.dimse.msg_queue.put((None, None))
+
     def release(self) -> None:
         assoc, self._assoc = self._assoc, None
         self._proposed = set()

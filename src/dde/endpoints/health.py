@@ -94,7 +94,11 @@ class HealthMonitor:
             self.settings = settings
             self._endpoints = {e.name: e for e in endpoints}
             for name in self._endpoints:
-                self._breakers.setdefault(name, self._new_breaker())
+                breaker = self._breakers.setdefault(name, self._new_breaker())
+                fresh = self._new_breaker()
+                breaker.threshold = fresh.threshold
+                breaker.base_backoff = fresh.base_backoff
+                breaker.max_backoff = fresh.max_backoff
             for name in list(self._breakers):
                 if name not in self._endpoints:
                     del self._breakers[name]

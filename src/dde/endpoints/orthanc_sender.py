@@ -62,6 +62,11 @@ class OrthancRestSender:
                      and response.status_code not in _RETRY_LATER)
         return SendResult.refused(detail, permanent=permanent)
 
+    def abort(self) -> None:
+        client = self._client
+        if client is not None:
+            client.close()
+
     def release(self) -> None:
         client, self._client = self._client, None
         if client is not None:

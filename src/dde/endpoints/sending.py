@@ -54,3 +54,6 @@ class Sender(Protocol):
 
     def release(self) -> None:
         """Close any open association/connection (the queue is empty or we stop)."""
+
+    def abort(self) -> None:
+        """From another thread, when stopping: make a send blocked on the peer return now."""

@@ -89,6 +89,10 @@ def parse_header(encoded: bytes, transfer_syntax_uid: str) -> InstanceHeader:
             stream, implicit_vr, little_endian, defer_size=None
         ):
             if isinstance(element, RawDataElement):
+                if not implicit_vr and element.VR is None:
+                    raise BrokenDataset(
+                        f"element {element.tag} has no valid VR in an explicit VR transfer "
+                        "syntax (implicit VR data sent as explicit?)")
                 length = element.length
                 value = element.value
                 if length != UNDEFINED_LENGTH and value is not None and len(value) != length:

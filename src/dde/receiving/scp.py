@@ -12,8 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    _NON_PATIENT_OBJECT_CLASSES,
+    Verification,
+)
 
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
@@ -23,6 +27,7 @@ from dde.receiving.ingest import Incoming, IngestPipeline
 log = logging.getLogger(__name__)
 
 _config.UNRESTRICTED_STORAGE_SERVICE = True
+ALL_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
 
 
 class StorageSCP:
@@ -41,6 +46,10 @@ class StorageSCP:
     def start(self) -> None:
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_supported_context(Verification)
+        # Storage classes pynetdicom files outside the storage service (colour palettes,
+        # hanging protocols, implant templates, …) are not covered by the unrestricted mode.
+        for uid in _NON_PATIENT_OBJECT_CLASSES.values():
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.acse_timeout = self.settings.acse_timeout

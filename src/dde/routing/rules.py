@@ -155,6 +155,8 @@ def _scalar(node: yaml.Node, what: str) -> str:
 
 def _plain(node: yaml.Node) -> Any:
     """A node's Python value (scalars typed as YAML would)."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+        return None
     return yaml.safe_load(yaml.serialize(node))
 
 
@@ -247,7 +249,12 @@ def _rule(node: yaml.Node, index: int) -> Rule:
     line = _line(node)
     if not isinstance(node, yaml.MappingNode):
         raise RulesError(f"rule {index + 1} must be a mapping", line)
-    fields = {_scalar(k, "a rule key"): (k, v) for k, v in node.value}
+    fields: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in node.value:
+        key = _scalar(k, "a rule key")
+        if key in fields:
+            raise RulesError(f"rule {index + 1}: {key!r} is written twice", _line(k))
+        fields[key] = (k, v)
     unknown = set(fields) - _RULE_KEYS
     if unknown:
         key = sorted(unknown)[0]
@@ -308,7 +315,12 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
     if root is None or not isinstance(root, yaml.MappingNode):
         raise RulesError("a rules document is a mapping with 'rules' (and 'mirror')",
                          _line(root) if root is not None else None)
-    top = {_scalar(k, "a top-level key"): (k, v) for k, v in root.value}
+    top: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for k, v in root.value:
+        key = _scalar(k, "a top-level key")
+        if key in top:
+            raise RulesError(f"{key!r} is written twice", _line(k))
+        top[key] = (k, v)
     unknown = set(top) - {"rules", "mirror"}
     if unknown:
         key = sorted(unknown)[0]
@@ -327,7 +339,7 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
     mirror: tuple[str, ...] = ()
     if "mirror" in top:
         mirror_node = top["mirror"][1]
-        if not (isinstance(mirror_node, yaml.ScalarNode) and mirror_node.value in ("", "null")):
+        if _plain(mirror_node) not in (None, []):
             mirror = _names(mirror_node, "mirror")
     ruleset = RuleSet(rules, mirror)
     if endpoints is not None:
