@@ -138,7 +138,12 @@ def send(paths: tuple[Path, ...], host: str, port: int, aec: str, aet: str,
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
-    """Where one instance went: when it arrived, from whom, which rule, each delivery."""
+    """Where one instance went: when it arrived, from whom, which rule, each delivery.
+
+    SOP_INSTANCE_UID may also be the path of a DICOM file: its SOP Instance UID is used.
+    """
+    if Path(sop_instance_uid).is_file():
+        sop_instance_uid = _uid_of_file(Path(sop_instance_uid))
     ledger = _ledger(ctx)
     records = ledger.where(sop_instance_uid)
     if not records:
@@ -178,6 +183,33 @@ def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
                       str(d["state"]), str(d["attempts"]), escape(str(d["last_error"] or "")))
     out.print(table)
+
+
+def _uid_of_file(path: Path) -> str:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(dataset.SOPInstanceUID)
+    except (InvalidDicomError, OSError, AttributeError, ValueError):
+        raise UserError(f"{path}: not a DICOM file with a SOP Instance UID") from None
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--studies", default=2, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--instances", default=10, show_default=True, type=click.IntRange(1, 10000),
+              help="Instances per study.")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(8, 4096),
+              help="Rows and columns of the 16-bit CT images.")
+def generate(folder: Path, studies: int, instances: int, size: int) -> None:
+    """Write synthetic CT studies (generated pixels, no real patient) to send for a try."""
+    from dde.synthetic import write_studies
+
+    written = write_studies(folder, studies, instances, rows=size, columns=size)
+    total = sum(len(files) for files in written.values())
+    click.echo(f"wrote {total} instances of {studies} studies to {folder}")
 
 
 @main.group(invoke_without_command=True)

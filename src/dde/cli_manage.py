@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dde.config import ConfigError, EndpointKind, EndpointSettings, EndpointState, Home
-from dde.config_store import ConfigStore
+from dde.config_store import ConfigStore, default_rules_text
 from dde.delivery.ledger import Ledger, LedgerError
 from dde.endpoints import registry
 from dde.output import console
@@ -165,14 +165,7 @@ def rules_show(ctx: click.Context) -> None:
     settings = _settings(store)
     text = store.rules_text(settings)
     if text is None:
-        routing = settings.routing
-        mirror = json.dumps(list(routing.mirror))
-        text = (
-            "# no rules.yaml: the default rule applies\n"
-            "rules:\n  - name: default\n"
-            f"    route: {{group: {routing.group}, strategy: {routing.strategy}}}\n"
-            f"mirror: {mirror}\n"
-        )
+        text = default_rules_text(settings)
     click.echo(text, nl=not text.endswith("\n"))
 
 

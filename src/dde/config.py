@@ -6,7 +6,8 @@ Orthanc data. Two state folders never share a file.
 
 ``dde.yaml`` is written with the defaults on first use. Environment variables override the
 receiver's listening address (``DDE_AE_TITLE``, ``DDE_DICOM_PORT``, ``DDE_DICOM_HOST``)
-so that a deployment can move the router without editing the file.
+and the web part's (``DDE_WEB_HOST``, ``DDE_WEB_PORT``) so that a deployment can move the
+router without editing the file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_FILE_NAME = "dde.yaml"
 DEFAULT_HOME = "var"
@@ -71,6 +80,12 @@ class EndpointSettings(_Strict):
     password: SecretStr | None = None
     tls: TlsSettings = Field(default_factory=TlsSettings)
 
+    @model_validator(mode="after")
+    def _rest_needs_url(self) -> EndpointSettings:
+        if self.kind is EndpointKind.ORTHANC_REST and not self.url:
+            raise ValueError("an orthanc-rest endpoint needs a url (Orthanc's HTTP root)")
+        return self
+
     @field_validator("aet")
     @classmethod
     def _aet_is_ascii(cls, value: str) -> str:
@@ -116,6 +131,17 @@ class ReconcileSettings(_Strict):
     """Compare the storage PACS with the probe this often (0: only on `dde reconcile`)."""
     repair: bool = False
     """Queue the copies the probe misses when the periodic check finds some."""
+
+
+class WebSettings(_Strict):
+    """The HTTP side of the router: REST API, pages, ``/metrics`` and ``/healthz``."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    """0 picks a free port (tests); the bound one is then logged."""
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest upload (one request, or the files of a zip once extracted)."""
 
 
 class SpoolSettings(_Strict):
@@ -172,6 +198,7 @@ class Settings(_Strict):
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
     @field_validator("endpoints")
@@ -230,21 +257,25 @@ class Home:
             folder.mkdir(parents=True, exist_ok=True)
 
 
+_ENVIRONMENT: tuple[tuple[str, str, str, type], ...] = (
+    ("DDE_AE_TITLE", "receiver", "ae_title", str),
+    ("DDE_DICOM_HOST", "receiver", "host", str),
+    ("DDE_DICOM_PORT", "receiver", "port", int),
+    ("DDE_WEB_HOST", "web", "host", str),
+    ("DDE_WEB_PORT", "web", "port", int),
+)
+
+
 def _apply_environment(raw: dict[str, Any]) -> dict[str, Any]:
-    receiver = dict(raw.get("receiver") or {})
-    for variable, key, cast in (
-        ("DDE_AE_TITLE", "ae_title", str),
-        ("DDE_DICOM_HOST", "host", str),
-        ("DDE_DICOM_PORT", "port", int),
-    ):
+    sections: dict[str, dict[str, Any]] = {}
+    for variable, section, key, cast in _ENVIRONMENT:
         if variable in os.environ:
+            values = sections.setdefault(section, dict(raw.get(section) or {}))
             try:
-                receiver[key] = cast(os.environ[variable])
+                values[key] = cast(os.environ[variable])
             except ValueError as exc:
                 raise ConfigError(f"{variable}: {exc}") from exc
-    if receiver:
-        raw = {**raw, "receiver": receiver}
-    return raw
+    return {**raw, **sections} if sections else raw
 
 
 def parse_settings(raw: object, source: str = "configuration",

@@ -10,6 +10,7 @@ same way, and an invalid one is refused (logged) while the old configuration sta
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,18 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def default_rules_text(settings: Settings) -> str:
+    """The rules document equivalent to the default rule (shown when no rules.yaml exists)."""
+    routing = settings.routing
+    mirror = json.dumps(list(routing.mirror))
+    return (
+        "# no rules.yaml: the default rule applies\n"
+        "rules:\n  - name: default\n"
+        f"    route: {{group: {routing.group}, strategy: {routing.strategy}}}\n"
+        f"mirror: {mirror}\n"
+    )
 
 
 class ConfigStore:

@@ -8,6 +8,7 @@ deadline and a poll), never with bare sleeps.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import time
@@ -30,15 +31,26 @@ T = TypeVar("T")
 _handed_out: set[int] = set()
 
 
+# Below Linux's ephemeral range (32768-60999): the client sockets the tests open (storescu,
+# httpx, pynetdicom) can never take a port between free_port() and the server's bind.
+PORT_RANGE = (20000, 32000)
+_random = random.Random(os.getpid() ^ int(time.time()))
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now, and not handed out before by this process."""
+    """A TCP port free on 127.0.0.1 and 0.0.0.0 now, not handed out before by this process."""
     while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
+        port = _random.randrange(*PORT_RANGE)
+        if port in _handed_out:
+            continue
+        try:
+            for host in ("127.0.0.1", "0.0.0.0"):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return port
 
 
 def wait_until(

@@ -22,6 +22,7 @@ from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import Sender, SendStatus, Shipment
 from dde.receiving.spool import Spool
+from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ class EndpointWorker:
                  policy: RetryPolicy, loads: LoadBook, *, batch_size: int,
                  idle_release: float, poll: float,
                  on_delivered: Callable[[], None] | None = None,
-                 health: HealthMonitor | None = None) -> None:
+                 health: HealthMonitor | None = None,
+                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
         self.endpoint = endpoint
         self._health = health
+        self._telemetry = telemetry
         self.name = endpoint.name
         self._ledger = ledger
         self._spool = spool
@@ -120,6 +123,7 @@ class EndpointWorker:
         outcomes: list[DeliveryOutcome] = []
         unreachable: str | None = None
         delivered = 0
+        received_at = {item.id: item.received_at for item in batch}
         for item in batch:
             if self._stop.is_set():
                 break
@@ -144,6 +148,7 @@ class EndpointWorker:
             else:
                 outcomes.append(self._refused(item, result.detail, result.permanent))
         self._ledger.record_outcomes(outcomes)
+        self._report(outcomes, received_at)
         if delivered:
             self._loads.note_delivered(self.name, delivered)
             if self._on_delivered is not None:
@@ -162,6 +167,20 @@ class EndpointWorker:
         self.consecutive_unreachable = 0
         self.last_error = None
         return bool(outcomes)
+
+    def _report(self, outcomes: list[DeliveryOutcome],
+                received_at: dict[int, float | None]) -> None:
+        now = time.time()
+        try:
+            for outcome in outcomes:
+                if outcome.state is DeliveryState.DELIVERED:
+                    since = received_at.get(outcome.delivery_id)
+                    self._telemetry.delivery_succeeded(
+                        self.name, max(0.0, now - since) if since is not None else None)
+                elif outcome.state is DeliveryState.FAILED:
+                    self._telemetry.delivery_failed(self.name)
+        except Exception:  # metrics must never stop delivery
+            log.exception("telemetry failed")
 
     def _refused(self, item: QueuedDelivery, detail: str, permanent: bool) -> DeliveryOutcome:
         attempts = item.attempts + 1
@@ -196,8 +215,10 @@ class Dispatcher:
 
     def __init__(self, ledger: Ledger, spool: Spool, policy: RetryPolicy, loads: LoadBook,
                  sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
-                 poll: float, retention: float, health: HealthMonitor | None = None) -> None:
+                 poll: float, retention: float, health: HealthMonitor | None = None,
+                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
         self._health = health
+        self._telemetry = telemetry
         self._ledger = ledger
         self._spool = spool
         self._policy = policy
@@ -243,6 +264,7 @@ class Dispatcher:
                         self._policy, self._loads, batch_size=self._batch_size,
                         idle_release=self._idle_release, poll=self._poll,
                         on_delivered=self._janitor_wake.set, health=self._health,
+                        telemetry=self._telemetry,
                     )
                     self._workers[name] = worker
                     worker.start()

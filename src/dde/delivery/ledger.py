@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_sop ON instances(sop_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
 CREATE INDEX IF NOT EXISTS instances_spooled ON instances(id) WHERE spool_path IS NOT NULL;
+CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
+CREATE INDEX IF NOT EXISTS instances_accession ON instances(accession_number);
+CREATE INDEX IF NOT EXISTS instances_received ON instances(received_at);
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY,
     instance_id INTEGER NOT NULL REFERENCES instances(id),
@@ -63,6 +66,8 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(endpoint, state, next_attempt_at, id);
 CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, endpoint);
+CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries(delivered_at)
+    WHERE delivered_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,
@@ -141,6 +146,7 @@ class QueuedDelivery:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    received_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,33 @@ class InstanceRecord:
     received_at: float
     spool_path: str | None
     deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+
+@dataclass
+class InstanceSummary:
+    """One row of a ledger search: the instance's identifiers and its deliveries."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    calling_aet: str
+    rule: str
+    size: int
+    received_at: float
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """Pending deliveries of one endpoint: how many, and when the oldest was queued."""
+
+    pending: int
+    oldest_created_at: float | None
 
 
 @dataclass
@@ -334,7 +367,7 @@ class Ledger:
     def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
         rows = self._connect().execute(
             "SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
-            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid"
+            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at"
             " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
             " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
@@ -449,6 +482,81 @@ class Ledger:
             ).fetchall()
             record.deliveries = [DeliveryRecord(*d) for d in deliveries]
         return records
+
+    def search(self, *, patient_id: str | None = None, accession_number: str | None = None,
+               study_instance_uid: str | None = None, since: float | None = None,
+               limit: int = 50, offset: int = 0) -> tuple[int, list[InstanceSummary]]:
+        """Instances matching every given criterion (exact match), newest first.
+
+        Returns (how many match in all, the page of ``limit`` from ``offset``) with the
+        deliveries of each instance of the page.
+        """
+        clauses: list[str] = []
+        parameters: list[Any] = []
+        for column, value in (("patient_id", patient_id),
+                              ("accession_number", accession_number),
+                              ("study_instance_uid", study_instance_uid)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                parameters.append(value)
+        if since is not None:
+            clauses.append("received_at >= ?")
+            parameters.append(since)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        connection = self._connect()
+        total = int(connection.execute(f"SELECT COUNT(*) FROM instances{where}",
+                                       parameters).fetchone()[0])
+        rows = connection.execute(
+            "SELECT id, sop_instance_uid, sop_class_uid, study_instance_uid,"
+            " series_instance_uid, patient_id, accession_number, modality, calling_aet, rule,"
+            f" size, received_at FROM instances{where}"
+            " ORDER BY received_at DESC, id DESC LIMIT ? OFFSET ?",
+            (*parameters, limit, offset),
+        ).fetchall()
+        found = [InstanceSummary(*row) for row in rows]
+        by_id = {summary.id: summary for summary in found}
+        if by_id:
+            marks = ",".join("?" for _ in by_id)
+            deliveries = connection.execute(
+                "SELECT instance_id, id, endpoint, role, state, attempts, last_error,"
+                " next_attempt_at, created_at, updated_at, delivered_at FROM deliveries"
+                f" WHERE instance_id IN ({marks}) ORDER BY role DESC, id",
+                tuple(by_id),
+            ).fetchall()
+            for instance_id, *delivery in deliveries:
+                by_id[int(instance_id)].deliveries.append(DeliveryRecord(*delivery))
+        return total, found
+
+    def queue_summary(self) -> dict[str, QueueSummary]:
+        """Per endpoint with pending deliveries: their count and the oldest's queue time."""
+        rows = self._connect().execute(
+            "SELECT endpoint, COUNT(*), MIN(created_at) FROM deliveries"
+            " WHERE state = 'pending' GROUP BY endpoint"
+        ).fetchall()
+        return {str(endpoint): QueueSummary(int(count), None if oldest is None else float(oldest))
+                for endpoint, count, oldest in rows}
+
+    def received_per_minute(self, since: float) -> dict[int, int]:
+        """Instances received per minute since ``since``: {minute (epoch // 60): count}."""
+        rows = self._connect().execute(
+            "SELECT CAST(received_at / 60 AS INTEGER) AS minute, COUNT(*) FROM instances"
+            " WHERE received_at >= ? GROUP BY minute",
+            (since,),
+        ).fetchall()
+        return {int(minute): int(count) for minute, count in rows}
+
+    def delivered_per_minute(self, since: float) -> dict[str, dict[int, int]]:
+        """Deliveries completed per endpoint and minute since ``since``."""
+        rows = self._connect().execute(
+            "SELECT endpoint, CAST(delivered_at / 60 AS INTEGER) AS minute, COUNT(*)"
+            " FROM deliveries WHERE delivered_at IS NOT NULL AND delivered_at >= ?"
+            " GROUP BY endpoint, minute",
+            (since,),
+        ).fetchall()
+        result: dict[str, dict[int, int]] = {}
+        for endpoint, minute, count in rows:
+            result.setdefault(str(endpoint), {})[int(minute)] = int(count)
+        return result
 
     def queue(self, states: Sequence[DeliveryState] = (DeliveryState.PENDING, DeliveryState.FAILED),
               limit: int = 1000) -> list[QueueEntry]:

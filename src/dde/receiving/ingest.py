@@ -1,4 +1,4 @@
-"""The durable receive path shared by C-STORE (and later uploads): check, spool, route, commit.
+"""The durable receive path shared by C-STORE and web uploads: check, spool, route, commit.
 
 Success is returned only when the spool file is fsync'd and the instance row plus one
 delivery row per destination are committed. Every failure maps to a named DIMSE failure
@@ -19,6 +19,7 @@ from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
 from dde.receiving.spool import Spool, SpoolError, encode_file_meta
 from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
+from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class Incoming:
     calling_aet: str
     called_aet: str
     source_ip: str | None
+    started: float | None = None
+    """``time.monotonic()`` when the sender's request reached the router (handler entry);
+    the acknowledgement latency is measured from here (default: when ingest starts)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class IngestResult:
     detail: str
     instance_id: int | None = None
     route: Route | None = None
+    reason: str = ""
+    """A short fixed label of why it was refused (metrics); empty on success."""
 
     @property
     def ok(self) -> bool:
@@ -50,34 +56,51 @@ class IngestResult:
 
 class IngestPipeline:
     def __init__(self, ledger: Ledger, spool: Spool, router: Router,
-                 on_committed: Callable[[Iterable[str]], None]) -> None:
+                 on_committed: Callable[[Iterable[str]], None],
+                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
         self._ledger = ledger
         self._spool = spool
         self._router = router
         self._on_committed = on_committed
+        self._telemetry = telemetry
 
     def ingest(self, incoming: Incoming) -> IngestResult:
+        started = incoming.started if incoming.started is not None else time.monotonic()
         try:
-            return self._ingest(incoming)
+            result = self._ingest(incoming)
         except Exception:  # the last line of defence: never a false success
             log.exception("internal error while receiving an instance")
-            return IngestResult(dimse.OUT_OF_RESOURCES, "internal error")
+            result = IngestResult(dimse.OUT_OF_RESOURCES, "internal error",
+                                  reason="internal_error")
+        self._report(result, len(incoming.dataset), time.monotonic() - started)
+        return result
+
+    def _report(self, result: IngestResult, size: int, seconds: float) -> None:
+        try:
+            if result.ok:
+                self._telemetry.instance_received(size, seconds)
+            else:
+                self._telemetry.instance_refused(result.reason or "other", seconds)
+        except Exception:  # metrics must never change the answer
+            log.exception("telemetry failed")
 
     def _ingest(self, incoming: Incoming) -> IngestResult:
         try:
             header = parse_header(incoming.dataset, incoming.transfer_syntax_uid)
         except BrokenDataset as exc:
             log.warning("refused an instance from %s: %s", incoming.calling_aet, exc)
-            return IngestResult(dimse.CANNOT_UNDERSTAND, str(exc))
+            return IngestResult(dimse.CANNOT_UNDERSTAND, str(exc), reason="broken_dataset")
         if not header.sop_instance_uid:
             log.warning("refused an instance from %s: the dataset has no SOP Instance UID",
                         incoming.calling_aet)
-            return IngestResult(dimse.CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID")
+            return IngestResult(dimse.CANNOT_UNDERSTAND, "the dataset has no SOP Instance UID",
+                                reason="no_sop_instance_uid")
         if header.sop_instance_uid != incoming.sop_instance_uid:
             log.warning("refused an instance from %s: dataset SOP Instance UID differs from "
                         "the C-STORE request's", incoming.calling_aet)
             return IngestResult(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                                "SOP Instance UID of the dataset differs from the request")
+                                "SOP Instance UID of the dataset differs from the request",
+                                reason="uid_mismatch")
 
         file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
                                      incoming.transfer_syntax_uid, incoming.calling_aet)
@@ -85,7 +108,7 @@ class IngestPipeline:
             spooled = self._spool.write(file_meta, incoming.dataset)
         except SpoolError as exc:
             log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
-            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc))
+            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc), reason="spool_error")
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         try:
@@ -96,12 +119,14 @@ class IngestPipeline:
         except NoRoute as exc:
             self._spool.remove(spooled.relative_path)
             log.warning("refused an instance from %s: no route: %s", incoming.calling_aet, exc)
-            return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}")
+            return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}",
+                                reason="no_route")
         except (sqlite3.Error, LedgerError) as exc:
             self._spool.remove(spooled.relative_path)
             log.error("refused an instance from %s: ledger write failed: %s",
                       incoming.calling_aet, exc)
-            return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed")
+            return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed",
+                                reason="ledger_error")
         except Exception:
             self._spool.remove(spooled.relative_path)
             raise

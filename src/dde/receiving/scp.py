@@ -10,6 +10,7 @@ to the ingest pipeline and answers the status it returns; an exception anywhere 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -42,6 +43,11 @@ class StorageSCP:
         if self._server is None:
             return self.settings.port
         return int(self._server.server_address[1])
+
+    @property
+    def running(self) -> bool:
+        """Whether the receiver is listening (between ``start`` and ``stop``)."""
+        return self._server is not None
 
     def start(self) -> None:
         ae = AE(ae_title=self.settings.ae_title)
@@ -77,6 +83,7 @@ class StorageSCP:
         return dimse.SUCCESS
 
     def _on_c_store(self, event: Any) -> int:
+        started = time.monotonic()
         try:
             request = event.request
             assoc = event.assoc
@@ -88,6 +95,7 @@ class StorageSCP:
                 calling_aet=str(assoc.requestor.ae_title),
                 called_aet=str(assoc.acceptor.ae_title),
                 source_ip=str(assoc.requestor.address),
+                started=started,
             )
         except Exception:
             log.exception("could not read a C-STORE request")

@@ -54,23 +54,43 @@ def read_part10(path: Path) -> tuple[bytes, str]:
         raw = path.read_bytes()
     except OSError as exc:
         raise ExplainError(f"{path}: {exc.strerror}") from None
+    return _split_part10(raw, str(path))
+
+
+def _split_part10(raw: bytes, label: str) -> tuple[bytes, str]:
+    """(encoded dataset, transfer syntax UID) of a Part-10 file's bytes; ``label`` names
+    the file in error messages."""
     stream = io.BytesIO(raw)
     try:
         read_preamble(stream, False)
         meta = _read_file_meta_info(stream)
         syntax = str(meta.TransferSyntaxUID)
     except Exception:
-        raise ExplainError(f"{path}: not a DICOM Part-10 file with a transfer syntax") from None
+        raise ExplainError(f"{label}: not a DICOM Part-10 file with a transfer syntax") from None
     return raw[stream.tell():], syntax
 
 
 def explain(path: Path, settings: Settings, ruleset: RuleSet, ledger: Ledger | None,
             origin: Origin) -> dict[str, object]:
     dataset, syntax = read_part10(path)
+    return explain_dataset(dataset, syntax, str(path), settings, ruleset, ledger, origin)
+
+
+def explain_bytes(raw: bytes, label: str, settings: Settings, ruleset: RuleSet,
+                  ledger: Ledger | None, origin: Origin) -> dict[str, object]:
+    """As :func:`explain`, for a Part-10 file's bytes (``label`` names it in messages)."""
+    dataset, syntax = _split_part10(raw, label)
+    return explain_dataset(dataset, syntax, label, settings, ruleset, ledger, origin)
+
+
+def explain_dataset(dataset: bytes, syntax: str, label: str, settings: Settings,
+                    ruleset: RuleSet, ledger: Ledger | None,
+                    origin: Origin) -> dict[str, object]:
+    """The decision for an encoded dataset (``label`` names it in error messages)."""
     try:
         header = parse_header(dataset, syntax)
     except BrokenDataset as exc:
-        raise ExplainError(f"{path}: the router would refuse it: {exc}") from None
+        raise ExplainError(f"{label}: the router would refuse it: {exc}") from None
     state = PublishedState(ledger, settings.health.failover_after_seconds)
     router = Router(settings.routing, settings.endpoints, state, state, ruleset)
     if ledger is None:

@@ -1,0 +1,72 @@
+"""Ledger records as JSON documents: the shapes ``dde where --json`` and ``dde queue --json``
+print, which the web API returns too.
+
+Times are local ISO 8601 with milliseconds (``2026-01-01T12:00:00.123``), as the CLI prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from dde.delivery.ledger import DeliveryRecord, InstanceRecord, InstanceSummary, QueueEntry
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(timestamp)) + (
+        f".{int((timestamp % 1) * 1000):03d}"
+    )
+
+
+def delivery_document(d: DeliveryRecord) -> dict[str, Any]:
+    return {"id": d.id, "endpoint": d.endpoint, "role": d.role, "state": d.state,
+            "attempts": d.attempts, "last_error": d.last_error,
+            "delivered_at": iso(d.delivered_at),
+            "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None}
+
+
+def where_document(records: Sequence[InstanceRecord]) -> dict[str, Any]:
+    """The latest reception of one SOP Instance UID and its deliveries (``records`` as
+    :meth:`Ledger.where` returns them, not empty)."""
+    latest = records[-1]
+    return {
+        "sop_instance_uid": latest.sop_instance_uid,
+        "sop_class_uid": latest.sop_class_uid,
+        "transfer_syntax_uid": latest.transfer_syntax_uid,
+        "received_at": iso(latest.received_at),
+        "calling_aet": latest.calling_aet,
+        "called_aet": latest.called_aet,
+        "source_ip": latest.source_ip,
+        "rule": latest.rule,
+        "size": latest.size,
+        "receptions": len(records),
+        "deliveries": [delivery_document(d) for d in latest.deliveries],
+    }
+
+
+def summary_document(s: InstanceSummary) -> dict[str, Any]:
+    """One ledger search result."""
+    return {
+        "sop_instance_uid": s.sop_instance_uid, "sop_class_uid": s.sop_class_uid,
+        "study_instance_uid": s.study_instance_uid,
+        "series_instance_uid": s.series_instance_uid, "patient_id": s.patient_id,
+        "accession_number": s.accession_number, "modality": s.modality,
+        "calling_aet": s.calling_aet, "rule": s.rule, "size": s.size,
+        "received_at": iso(s.received_at),
+        "deliveries": [delivery_document(d) for d in s.deliveries],
+    }
+
+
+def queue_document(counts: dict[str, dict[str, int]],
+                   entries: Sequence[QueueEntry]) -> dict[str, Any]:
+    return {
+        "counts": counts,
+        "deliveries": [
+            {**asdict(e), "next_attempt_at": iso(e.next_attempt_at),
+             "created_at": iso(e.created_at)} for e in entries
+        ],
+    }

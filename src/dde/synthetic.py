@@ -1,0 +1,74 @@
+"""Synthetic DICOM data: CT/MR series with generated pixels and no real patient.
+
+Used by `dde generate` (something to send on a fresh install), the tests and the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+_SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
+
+
+def make_instance(*, study_uid: str, series_uid: str, number: int, rows: int = 64,
+                  columns: int = 64, modality: str = "CT", patient_id: str = "DDE-TEST-1",
+                  patient_name: str = "Test^Patient", accession: str = "ACC1") -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = _SOP_CLASSES[modality]
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.AccessionNumber = accession
+    ds.Modality = modality
+    ds.StudyDate = "20260101"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = number
+    ds.Rows = rows
+    ds.Columns = columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = os.urandom(rows * columns * 2)
+    return ds
+
+
+def write_series(folder: Path, count: int, *, study_uid: str | None = None, rows: int = 64,
+                 columns: int = 64, modality: str = "CT", prefix: str = "img",
+                 patient_id: str = "DDE-TEST-1") -> list[Path]:
+    """Write ``count`` instances of one series (of one study) as Part-10 files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    paths = []
+    for number in range(1, count + 1):
+        ds = make_instance(study_uid=study_uid, series_uid=series_uid, number=number,
+                           rows=rows, columns=columns, modality=modality,
+                           patient_id=patient_id)
+        path = folder / f"{prefix}{number:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def write_studies(folder: Path, studies: int, per_study: int,
+                  **kwargs: object) -> dict[str, list[Path]]:
+    """Write several studies; return {StudyInstanceUID: files}."""
+    result: dict[str, list[Path]] = {}
+    for index in range(studies):
+        uid = generate_uid()
+        result[uid] = write_series(folder, per_study, study_uid=uid, prefix=f"s{index:02d}_",
+                                   **kwargs)  # type: ignore[arg-type]
+    return result
