@@ -39,6 +39,9 @@ class LoadBook:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client_factory = client_factory or _default_client
+        # One keep-alive client per endpoint: building a client (and its TLS context) per
+        # poll costs milliseconds of CPU each time.
+        self._clients: dict[str, tuple[EndpointSettings, httpx.Client]] = {}
 
     def set_endpoints(self, endpoints: Iterable[EndpointSettings]) -> None:
         with self._lock:
@@ -70,10 +73,10 @@ class LoadBook:
         for endpoint in endpoints:
             started = time.time()
             try:
-                with self._client_factory(endpoint) as client:
-                    response = client.get(f"{endpoint.url}/statistics")
-                    response.raise_for_status()
-                    count = int(response.json()["CountInstances"])
+                client = self._client_for(endpoint)
+                response = client.get(f"{endpoint.url}/statistics")
+                response.raise_for_status()
+                count = int(response.json()["CountInstances"])
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 with self._lock:
                     entry = self._loads.setdefault(endpoint.name, _Load())
@@ -87,6 +90,16 @@ class LoadBook:
                 entry.polled_at = started
                 entry.error = None
 
+    def _client_for(self, endpoint: EndpointSettings) -> httpx.Client:
+        cached = self._clients.get(endpoint.name)
+        if cached is not None and cached[0] == endpoint:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        client = self._client_factory(endpoint)
+        self._clients[endpoint.name] = (endpoint, client)
+        return client
+
     def start(self) -> None:
         self.poll_once()
         self._thread = threading.Thread(target=self._run, name="load-poller", daemon=True)
@@ -96,6 +109,9 @@ class LoadBook:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for _, client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
     def _run(self) -> None:
         while not self._stop.wait(self.refresh):
