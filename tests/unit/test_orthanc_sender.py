@@ -204,7 +204,10 @@ def test_the_password_never_shows_in_the_settings() -> None:
 
 
 def test_an_endpoint_without_url_is_refused() -> None:
-    endpoint = EndpointSettings(name="X", aet="X", kind=EndpointKind.ORTHANC_REST)
+    with pytest.raises(ValueError, match="needs a url"):
+        EndpointSettings(name="X", aet="X", kind=EndpointKind.ORTHANC_REST)
+    endpoint = EndpointSettings(name="X", aet="X", kind=EndpointKind.ORTHANC_REST,
+                                url="http://127.0.0.1:1")
 
     with pytest.raises(ValueError, match="needs a url"):
-        OrthancRestSender(endpoint, DeliverySettings())
+        OrthancRestSender(endpoint.model_copy(update={"url": None}), DeliverySettings())

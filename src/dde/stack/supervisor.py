@@ -305,6 +305,20 @@ def _stop_started(started: Sequence[_Started], timeout: float = STOP_TIMEOUT) ->
     return _stop([(s.part, s.record) for s in started], timeout)
 
 
+PORT_GRACE_SECONDS = 3.0
+
+
+def _port_in_use_after_grace(port: int) -> str | None:
+    """Like ``port_in_use``, but gives a process that is still exiting (a crashed part whose
+    /proc entry is already gone while its sockets are not yet closed) a moment to let go."""
+    deadline = time.monotonic() + PORT_GRACE_SECONDS
+    while True:
+        host = port_in_use(port)
+        if host is None or time.monotonic() >= deadline:
+            return host
+        time.sleep(0.05)
+
+
 def up(
     home: Home,
     settings: Settings,
@@ -330,7 +344,7 @@ def up(
         orthanc_binary()  # fail early, with the install hint
     for part in to_start:
         for port in part.ports:
-            host = port_in_use(port)
+            host = _port_in_use_after_grace(port)
             if host is not None:
                 raise _port_refusal(part, port, host, home.config_file)
     for part in to_start:
