@@ -200,3 +200,32 @@ class FakeSender:
     def sent_uids(self) -> list[str]:
         with self.lock:
             return [s.sop_instance_uid for s in self.sent]
+
+
+ISSUE_EXAMPLE_RULES = """\
+rules:
+  - name: mr-to-orthanc2
+    when: {Modality: MR}
+    route: [ORTHANC2]
+  - name: research-copy
+    when: {CallingAET: "RESEARCH_*", StudyDescription: {regex: "(?i)brain"}}
+    route: [ORTHANC1]
+    continue: true
+  - name: drop-tests
+    when: {PatientID: {in: ["TEST", "PHANTOM"]}}
+    action: discard
+  - name: default
+    route: {group: storage, strategy: least-loaded}
+mirror: [ORTHANC-PROBE]
+"""
+"""The rules document of issue 3 (and the README)."""
+
+
+@dataclass
+class FakeLoads:
+    """A LoadView: instances each PACS holds, by name."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def stored(self, name: str) -> int:
+        return self.counts.get(name, 0)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydicom.uid import generate_uid
 from tests.support.datagen import make_instance
+from tests.support.unitkit import ISSUE_EXAMPLE_RULES
 
 from dde.config import EndpointSettings, HealthSettings, Settings
 from dde.delivery.ledger import Ledger, NewInstance, Route
@@ -21,22 +22,7 @@ from dde.routing.rules import RuleSet, default_ruleset, parse_rules
 PROBE = "ORTHANC-PROBE"
 FAILOVER = 300.0
 
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: research-copy
-    when: {CallingAET: "RESEARCH_*", StudyDescription: {regex: "(?i)brain"}}
-    route: [ORTHANC1]
-    continue: true
-  - name: drop-tests
-    when: {PatientID: {in: ["TEST", "PHANTOM"]}}
-    action: discard
-  - name: default
-    route: {group: storage, strategy: least-loaded}
-mirror: [ORTHANC-PROBE]
-"""
+RULES = ISSUE_EXAMPLE_RULES
 
 
 def settings() -> Settings:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 from tests.support.datagen import make_instance
+from tests.support.unitkit import FakeLoads
 
 from dde.config import EndpointSettings, EndpointState, HealthSettings, RoutingSettings
 from dde.delivery.failover import fail_over_once
@@ -31,12 +32,7 @@ class Clock:
         return self.now
 
 
-@dataclass
-class Loads:
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def stored(self, name: str) -> int:
-        return self.counts.get(name, 0)
+Loads = FakeLoads
 
 
 @dataclass

@@ -10,6 +10,7 @@ import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 from tests.support.datagen import make_instance
+from tests.support.unitkit import ISSUE_EXAMPLE_RULES, FakeLoads
 
 from dde.config import EndpointSettings, EndpointState, RoutingSettings
 from dde.delivery.ledger import IngestView, Route
@@ -18,32 +19,12 @@ from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet, parse_rules
 
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: research-copy
-    when: {CallingAET: "RESEARCH_*", StudyDescription: {regex: "(?i)brain"}}
-    route: [ORTHANC1]
-    continue: true
-  - name: drop-tests
-    when: {PatientID: {in: ["TEST", "PHANTOM"]}}
-    action: discard
-  - name: default
-    route: {group: storage, strategy: least-loaded}
-mirror: [ORTHANC-PROBE]
-"""
+RULES = ISSUE_EXAMPLE_RULES
 
 PROBE = "ORTHANC-PROBE"
 
 
-@dataclass
-class Loads:
-    stored_counts: dict[str, int] = field(default_factory=dict)
-
-    def stored(self, name: str) -> int:
-        return self.stored_counts.get(name, 0)
+Loads = FakeLoads
 
 
 @dataclass
