@@ -54,6 +54,14 @@ def holder(uid_set: set[str], *orthancs: RunningOrthanc) -> set[str]:
     return {o.name for o in orthancs if o.sop_instance_uids() & uid_set}
 
 
+def add_storage(router: InProcessRouter, orthanc: RunningOrthanc) -> None:
+    registry.add_endpoint(router.app.store, EndpointSettings(
+        name=orthanc.name, aet=orthanc.aet, port=orthanc.dicom_port, url=orthanc.url,
+        groups=["storage"]))
+    wait_applied(router, lambda s: s.endpoint(orthanc.name) is not None,
+                 f"{orthanc.name} live")
+
+
 @pytest.fixture
 def live(orthanc_factory: OrthancFactory, tmp_path: Path) -> tuple[
         RunningOrthanc, RunningOrthanc, RunningOrthanc, InProcessRouter]:
@@ -91,10 +99,7 @@ def test_endpoint_added_at_runtime_receives_the_next_new_study(live, tmp_path: P
 def test_drained_endpoint_gets_no_new_study_but_keeps_its_pinned_one(live,
                                                                       tmp_path: Path) -> None:
     storage1, storage2, probe, router = live
-    registry.add_endpoint(router.app.store, EndpointSettings(
-        name="ORTHANC2", aet=storage2.aet, port=storage2.dicom_port, url=storage2.url,
-        groups=["storage"]))
-    wait_applied(router, lambda s: s.endpoint("ORTHANC2") is not None, "ORTHANC2 live")
+    add_storage(router, storage2)
     pinned_files = write_series(tmp_path / "pinned", 4)
     storescu(pinned_files[:2], router.port, "DYNAMIC_DICOM_MW")
     router.wait_idle()
@@ -124,10 +129,7 @@ def test_drained_endpoint_gets_no_new_study_but_keeps_its_pinned_one(live,
 def test_killed_endpoint_gets_no_new_study_and_its_pinned_study_moves(live,
                                                                      tmp_path: Path) -> None:
     storage1, storage2, probe, router = live
-    registry.add_endpoint(router.app.store, EndpointSettings(
-        name="ORTHANC2", aet=storage2.aet, port=storage2.dicom_port, url=storage2.url,
-        groups=["storage"]))
-    wait_applied(router, lambda s: s.endpoint("ORTHANC2") is not None, "ORTHANC2 live")
+    add_storage(router, storage2)
     # ORTHANC1 holds a study already, so the next new study is pinned to ORTHANC2
     send_study(router, tmp_path / "warm", 3)
     router.wait_idle()
@@ -157,10 +159,7 @@ def test_killed_endpoint_gets_no_new_study_and_its_pinned_study_moves(live,
 def test_rules_applied_live_route_mr_to_orthanc2_and_bad_rules_change_nothing(
         live, tmp_path: Path) -> None:
     storage1, storage2, probe, router = live
-    registry.add_endpoint(router.app.store, EndpointSettings(
-        name="ORTHANC2", aet=storage2.aet, port=storage2.dicom_port, url=storage2.url,
-        groups=["storage"]))
-    wait_applied(router, lambda s: s.endpoint("ORTHANC2") is not None, "ORTHANC2 live")
+    add_storage(router, storage2)
     good = tmp_path / "rules.yaml"
     good.write_text(
         "rules:\n"
