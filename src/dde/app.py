@@ -1,4 +1,4 @@
-"""Wiring only: config → ledger/spool → health/loads → router → dispatcher → receiver,
+"""Wiring only: config → ledger/spool → health/loads → router → dispatcher → receiver → web,
 plus the background loops that keep them live (config reload, status, failover)."""
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from dde.receiving.scp import StorageSCP
 from dde.receiving.spool import Spool
 from dde.routing.router import Router
 from dde.routing.rules import RuleSet
+from dde.telemetry import NULL_TELEMETRY, Telemetry
+from dde.web.auth import Authenticator, load_token
+from dde.web.metrics import WebMetrics
+from dde.web.server import WebServer, build_app
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,9 @@ class RouterApp:
             ruleset = self.store.ruleset(settings)
         self.ledger = Ledger(home.database)
         self.spool = Spool(home.spool_dir)
+        self.metrics: WebMetrics | None = WebMetrics() if settings.web.enabled else None
+        telemetry: Telemetry = self.metrics or NULL_TELEMETRY
+        self._api_token = load_token(home) if settings.web.enabled else None
         self.loads = LoadBook(settings.routing.load_refresh_seconds)
         self.loads.set_endpoints(settings.endpoints)
         self.health = HealthMonitor(settings.health, settings.receiver.ae_title)
@@ -57,11 +64,13 @@ class RouterApp:
             self.loads, self._sender_for, batch_size=delivery.batch_size,
             idle_release=delivery.idle_release_seconds, poll=delivery.poll_seconds,
             retention=settings.spool.retention_seconds, health=self.health,
+            telemetry=telemetry,
         )
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)
         self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
-                                       self.dispatcher.wake)
+                                       self.dispatcher.wake, telemetry)
         self.receiver = StorageSCP(settings.receiver, self.pipeline)
+        self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
 
@@ -99,6 +108,8 @@ class RouterApp:
                  ", ".join(sorted(previous - current)) or "none", len(ruleset.rules))
         if settings.receiver != self.receiver.settings:
             log.warning("receiver settings changed; they take effect at the next restart")
+        if self.web is not None and settings.web != self.web.settings:
+            log.warning("web settings changed; they take effect at the next restart")
 
     def publish_status(self) -> None:
         snapshot = self.health.snapshot()
@@ -141,6 +152,11 @@ class RouterApp:
         if pending:
             log.info("resuming %d pending deliveries", pending)
         self.receiver.start()
+        if self.metrics is not None and self._api_token is not None:
+            app = build_app(self, self.metrics, Authenticator(self._api_token),
+                            self.settings.web)
+            self.web = WebServer(self.settings.web, app)
+            self.web.start()
         self._loop("config-watch", CONFIG_POLL_SECONDS, self.reload)
         self._loop("housekeeping", min(1.0, self.settings.health.interval_seconds),
                    self._housekeeping)
@@ -167,6 +183,8 @@ class RouterApp:
             return
         self._stopped.set()
         log.info("stopping")
+        if self.web is not None:
+            self.web.stop()
         self.receiver.stop()
         for thread in self._loops:
             thread.join(timeout=10)

@@ -24,6 +24,7 @@ from dde.delivery.ledger import Ledger, LedgerError
 from dde.delivery.states import DeliveryState
 from dde.output import console
 from dde.stack.commands import stack
+from dde.web.commands import token_command
 
 
 @dataclass
@@ -70,6 +71,7 @@ main.add_command(endpoints)
 main.add_command(rules)
 main.add_command(route)
 main.add_command(reconcile_command)
+main.add_command(token_command)
 
 
 @main.command()

@@ -35,7 +35,8 @@ CONFIG_FILES = ["orthanc_storage_1.json", "orthanc_storage_2.json", "orthanc_pro
 
 def dde(home: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    env.pop("DDE_HOME", None)
+    for variable in ("DDE_HOME", "DDE_API_TOKEN", "DDE_WEB_PORT", "DDE_WEB_HOST"):
+        env.pop(variable, None)
     result = subprocess.run([sys.executable, "-m", "dde", "--home", str(home), *args],
                             capture_output=True, text=True, timeout=timeout, env=env,
                             check=False)
@@ -68,6 +69,7 @@ def stack_home(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
                 for name, config in zip(ORTHANCS, CONFIG_FILES, strict=True)]
     config = {
         "receiver": {"host": "127.0.0.1", "port": free_port()},
+        "web": {"host": "127.0.0.1", "port": free_port()},
         "endpoints": [
             {"name": o["name"], "aet": o["aet"], "host": "127.0.0.1", "port": o["dicom_port"],
              "url": f"http://127.0.0.1:{o['http_port']}",
@@ -130,7 +132,18 @@ def test_stack_up_send_crash_restart_logs_down(
         assert parts[name]["running"] is True, parts
         assert isinstance(pids[name], int) and alive(pids[name]), name
     assert len(set(pids.values())) == 4
-    assert parts["router"]["ports"] == [router_port]
+    web_port = config["web"]["port"]
+    assert parts["router"]["ports"] == [router_port, web_port]
+    # the router serves HTTP, with the token printed by `stack up`
+    token = (home / "api-token").read_text().strip()
+    assert f"web UI and API: http://127.0.0.1:{web_port}" in started.stdout
+    assert f"API token: {token}" in started.stdout
+    assert dde(home, "token").stdout.strip() == token
+    with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", trust_env=False) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/api/endpoints").status_code == 401
+        listed = client.get("/api/endpoints", headers={"Authorization": f"Bearer {token}"})
+        assert [e["name"] for e in listed.json()] == ORTHANCS
     router_cmdline = proc_cmdline(pids["router"])
     assert router_cmdline is not None and router_cmdline[-1] == "serve"
     assert str(home) in router_cmdline

@@ -40,6 +40,7 @@ def router_settings(storages: Iterable[RunningOrthanc], probe: RunningOrthanc | 
         "delivery": {"backoff_base_seconds": 0.2, "backoff_cap_seconds": 2.0,
                      "connect_timeout": 3.0, "dimse_timeout": 20.0,
                      "idle_release_seconds": 0.5, "poll_seconds": 0.2},
+        "web": {"host": "127.0.0.1", "port": 0},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
@@ -66,6 +67,12 @@ class InProcessRouter:
     @property
     def ledger(self) -> Ledger:
         return self.app.ledger
+
+    @property
+    def web_url(self) -> str:
+        """The base URL of the router's HTTP side (bound on a free port)."""
+        assert self.app.web is not None, "the web part is not enabled"
+        return f"http://127.0.0.1:{self.app.web.port}"
 
     def wait_idle(self, timeout: float = 60.0) -> None:
         wait_until(lambda: ledger_idle(self.ledger), timeout, "every delivery settled")

@@ -11,6 +11,13 @@ from dde.delivery.ledger import Ledger
 from dde.receiving.spool import Spool
 
 
+@pytest.fixture(autouse=True)
+def no_web_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web part's variables of the developer's shell never leak into unit tests."""
+    for variable in ("DDE_WEB_HOST", "DDE_WEB_PORT", "DDE_API_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+
+
 @pytest.fixture
 def ledger(tmp_path: Path) -> Iterator[Ledger]:
     book = Ledger(tmp_path / "dde.sqlite3")

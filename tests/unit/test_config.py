@@ -221,3 +221,23 @@ def test_endpoint_lookup_by_name() -> None:
 
     assert settings.endpoint("ORTHANC2") is not None
     assert settings.endpoint("nobody") is None
+
+
+def test_the_web_part_defaults_and_its_environment_overrides(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = Home(tmp_path)
+    web = load_settings(home).web
+    assert (web.enabled, web.host, web.port, web.max_upload_bytes) == (
+        True, "0.0.0.0", 8080, 512 * 1024 * 1024)
+
+    monkeypatch.setenv("DDE_WEB_PORT", "18080")
+    monkeypatch.setenv("DDE_WEB_HOST", "127.0.0.1")
+    monkeypatch.setenv("DDE_DICOM_PORT", "11999")
+    settings = load_settings(home)
+    assert (settings.web.host, settings.web.port, settings.receiver.port) == (
+        "127.0.0.1", 18080, 11999)
+    assert yaml.safe_load(home.config_file.read_text())["web"]["port"] == 8080
+
+    monkeypatch.setenv("DDE_WEB_PORT", "http")
+    with pytest.raises(ConfigError, match="DDE_WEB_PORT"):
+        load_settings(home)

@@ -92,7 +92,7 @@ def test_status_of_a_fresh_home(tmp_path: Path) -> None:
     assert all(p["running"] is False and p["pid"] is None for p in parts.values())
     assert parts["ORTHANC1"]["ports"] == [4242, 8042]
     assert parts["ORTHANC-PROBE"]["config"] == str(home.root / "orthanc_probe.json")
-    assert parts["router"]["ports"] == [11113]
+    assert parts["router"]["ports"] == [11113, 8080]  # DICOM, then HTTP (UI, API)
     assert parts["router"]["log"] == str(home.logs_dir / "router.log")
 
 
@@ -227,3 +227,42 @@ def test_errors_are_one_message_and_exit_1(tmp_path: Path) -> None:
     bad = CliRunner().invoke(_cli, ["--home", str(tmp_path), "stack", "status"])
     assert bad.exit_code == 1
     assert bad.stderr.startswith("dde: error: ") and bad.stderr.count("\n") == 1
+
+
+def test_without_the_web_part_the_router_has_one_port(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text("web:\n  enabled: false\n")
+    assert supervisor.status(home, load_settings(home))["router"]["ports"] == [11113]
+
+
+def test_the_web_port_is_checked_like_the_others(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text("web:\n  port: 0\n")
+    with pytest.raises(StackError, match=r"web.port must be a fixed port"):
+        supervisor.up(home, load_settings(home), detach=True, parts=["router"])
+    home.config_file.write_text("web:\n  port: 8042\n")
+    with pytest.raises(StackError, match="port 8042 is configured for both ORTHANC1 and router"):
+        supervisor.up(home, load_settings(home), detach=True, parts=["router"])
+
+
+def test_stack_up_prints_where_the_web_ui_is_and_the_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text("web:\n  port: 18080\n")
+    (tmp_path / "api-token").write_text("the-token\n")
+
+    def fake_up(home: Home, settings: object, *, detach: bool, parts: object,
+                on_ready: object) -> dict[str, list[str]]:
+        result = {"started": ["router"], "already_running": []}
+        on_ready(result)  # type: ignore[operator]
+        return result
+
+    monkeypatch.setattr(supervisor, "up", fake_up)
+    result = CliRunner().invoke(stack, ["up", "--detach"],
+                                obj=types.SimpleNamespace(home=home))
+
+    assert result.exit_code == 0, result.output
+    assert "web UI and API: http://localhost:18080" in result.output
+    assert "API token: the-token" in result.output
+    assert str(tmp_path / "api-token") in result.output
+    assert "started router" in result.output

@@ -62,7 +62,12 @@ def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
     command started.
     """
     home, settings = _context(ctx)
-    result = supervisor.up(home, settings, detach=detach, parts=parts or None)
+
+    def ready(result: dict[str, list[str]]) -> None:
+        if supervisor.ROUTER in result["started"] + result["already_running"]:
+            _print_web_access(home, settings)
+
+    result = supervisor.up(home, settings, detach=detach, parts=parts or None, on_ready=ready)
     if detach:
         for name in result["started"]:
             click.echo(f"started {name}")
@@ -70,6 +75,24 @@ def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
             click.echo(f"{name} was already running")
     else:
         click.echo(f"stopped {', '.join(result['stopped']) or 'nothing'}")
+
+
+def _print_web_access(home: Home, settings: Settings) -> None:
+    """Where the web UI and API answer, and the token to log in with."""
+    if not settings.web.enabled:
+        return
+    from dde.web.auth import TokenError, load_token, token_location
+
+    host = settings.web.host
+    shown = "localhost" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{shown}:{settings.web.port}"
+    try:
+        token = load_token(home, create=False)
+    except TokenError as exc:
+        click.echo(f"web UI and API: {url} (token not readable: {exc})")
+        return
+    click.echo(f"web UI and API: {url}  (OpenAPI: {url}/docs)")
+    click.echo(f"API token: {token}  (from {token_location(home)}; `dde token` prints it)")
 
 
 @stack.command()

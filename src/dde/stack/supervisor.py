@@ -8,8 +8,9 @@ Parts: one Orthanc per ``settings.stack.orthancs`` entry (named by its ``name``)
 - for an Orthanc, its configuration (written once, then the user's) and ``orthanc/NAME/``.
 
 ``up`` is idempotent: it starts only the parts not running, after checking their ports are
-free, and waits until each answers (Orthanc: ``GET /system``; router: a C-ECHO). If one does
-not, everything this call started is stopped again. Parts start Orthancs first and stop
+free, and waits until each answers (Orthanc: ``GET /system``; router: a C-ECHO, then
+``GET /healthz`` on its web port). If one does not, everything this call started is stopped
+again. Parts start Orthancs first and stop
 router first.
 """
 
@@ -20,12 +21,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
+
+import httpx
 
 from dde.config import Home, Settings, StackOrthanc
 from dde.stack.errors import StackError
@@ -76,7 +79,7 @@ class Part:
     def port_setting(self, port: int) -> str:
         """Where in dde.yaml ``port`` is configured, for error messages."""
         if self.orthanc is None:
-            return "receiver.port"
+            return "receiver.port" if port == self.ports[0] else "web.port"
         key = "dicom_port" if port == self.orthanc.dicom_port else "http_port"
         return f"stack.orthancs ({self.name}) {key}"
 
@@ -98,13 +101,20 @@ def stack_parts(home: Home, settings: Settings) -> list[Part]:
     parts.append(
         Part(
             name=ROUTER,
-            ports=(settings.receiver.port,),
+            ports=router_ports(settings),
             log=home.logs_dir / f"{ROUTER}.log",
             pid_file=home.run_dir / f"{ROUTER}.pid",
             config=home.config_file,
         )
     )
     return parts
+
+
+def router_ports(settings: Settings) -> tuple[int, ...]:
+    """The router's DICOM port, then its HTTP port (UI, API, /healthz) when enabled."""
+    if settings.web.enabled:
+        return (settings.receiver.port, settings.web.port)
+    return (settings.receiver.port,)
 
 
 def part_names(settings: Settings) -> list[str]:
@@ -267,20 +277,31 @@ def _echo(port: int, called_ae: str, timeout: float = 2.0) -> bool:
         assoc.release()
 
 
+def _healthy(port: int, timeout: float = 2.0) -> bool:
+    """Whether ``GET http://127.0.0.1:port/healthz`` answers 200 (ready)."""
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            return client.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _wait_router(started: _Started, settings: Settings, deadline: float) -> None:
     port, called = settings.receiver.port, settings.receiver.ae_title
+    web = settings.web.port if settings.web.enabled else None
     began = time.monotonic()
+    echoed = False
     while True:
         code = started.popen.poll()
         if code is not None:
             raise started.failure(f"exited with code {code} while starting")
-        if _echo(port, called):
+        echoed = echoed or _echo(port, called)
+        if echoed and (web is None or _healthy(web)):
             return
         if time.monotonic() >= deadline:
-            raise started.failure(
-                f"did not answer a C-ECHO ({ECHO_CALLING_AE} -> {called} at 127.0.0.1:{port})"
-                f" within {time.monotonic() - began:.0f} s"
-            )
+            what = (f"answer a C-ECHO ({ECHO_CALLING_AE} -> {called} at 127.0.0.1:{port})"
+                    if not echoed else f"answer GET http://127.0.0.1:{web}/healthz with 200")
+            raise started.failure(f"did not {what} within {time.monotonic() - began:.0f} s")
         time.sleep(POLL_SECONDS)
 
 
@@ -328,12 +349,14 @@ def up(
     timeout: float = UP_TIMEOUT,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    on_ready: Callable[[dict[str, list[str]]], None] | None = None,
 ) -> dict[str, list[str]]:
     """Start the parts that are not running and wait until every one answers.
 
     With ``detach`` it returns once they are up. Without, it stays in the foreground,
     printing the parts' new log lines, until Ctrl-C, SIGTERM or ``stop`` is set; then it
-    stops what it started (router first) and returns.
+    stops what it started (router first) and returns. ``on_ready`` is called with the
+    started and already running parts once everything answers (in both modes).
     """
     home.ensure()
     selected = _select(home, settings, parts)
@@ -374,6 +397,8 @@ def up(
             _stop_started(started)
             raise
     result = {"started": [s.part.name for s in started], "already_running": already}
+    if not interrupted and on_ready is not None:
+        on_ready(result)
     if detach:
         return result
     if not interrupted:

@@ -3,11 +3,14 @@
 ``server`` builds the FastAPI application over the running router's parts (``services``)
 and serves it with uvicorn in a background thread of the router process. Modules:
 
-- ``auth``     the API token, bearer and session-cookie authentication, CSRF;
-- ``errors``   every error as JSON ``{"error": ..., "detail": ...}``;
-- ``api``      configuration routes (endpoints, rules, route explain);
-- ``ledger``   ledger routes (instances, queue, stats) and the upload;
-- ``upload``   reading uploaded files and zips safely, then the durable receive path;
-- ``metrics``  Prometheus metrics (counters fed by the receive and delivery paths);
-- ``health``   the readiness checks of ``/healthz``.
+- ``auth``        the API token, bearer and session-cookie authentication, CSRF, login;
+- ``errors``      every error as JSON ``{"error": ..., "detail": ...}``;
+- ``limits``      request body limits (413 JSON);
+- ``api``         configuration routes (endpoints, rules, route explain);
+- ``api_ledger``  ledger routes (upload, instances, queue, stats);
+- ``upload``      reading uploaded files and zips safely, then the durable receive path;
+- ``stats``       the ``/api/stats`` document;
+- ``metrics``     Prometheus metrics (counters fed by the receive and delivery paths);
+- ``health``      the readiness checks of ``/healthz``;
+- ``commands``    ``dde token``.
 """

@@ -1,0 +1,212 @@
+"""Configuration routes: endpoints, rules and route explain, through the same functions as
+the CLI (:mod:`dde.endpoints.registry`, :class:`dde.config_store.ConfigStore`,
+:func:`dde.routing.explain.explain_bytes`). A change is written to the configuration
+files; the running router applies it within a second, as for the CLI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dde.config import ConfigError, EndpointKind, EndpointSettings, EndpointState, Settings
+from dde.config_store import default_rules_text
+from dde.endpoints import registry
+from dde.routing.explain import ExplainError, explain_bytes
+from dde.routing.router import Origin
+from dde.routing.rules import RulesError
+from dde.web.auth import require_user
+from dde.web.errors import ApiError, conflict, not_found, validation_detail
+from dde.web.services import WebServices
+
+RULES_TYPES = ("text/plain", "application/yaml", "application/x-yaml", "text/yaml",
+               "text/x-yaml")
+MAX_EXPLAIN_BYTES = 64 * 1024 * 1024
+
+
+class EndpointCreate(BaseModel):
+    """A new endpoint, as ``dde endpoints add`` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    aet: str
+    host: str
+    port: int
+    url: str | None = None
+    groups: list[str] = Field(default_factory=list)
+    kind: EndpointKind = EndpointKind.DICOM
+    weight: float = 1.0
+
+
+class EndpointChange(BaseModel):
+    """Fields to change; absent ones stay. ``state`` drains, enables or disables."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: EndpointState | None = None
+    weight: float | None = None
+    groups: list[str] | None = None
+    aet: str | None = None
+    host: str | None = None
+    port: int | None = None
+    url: str | None = None
+    kind: EndpointKind | None = None
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    detail, problems = validation_detail(exc.errors())
+    return ApiError(422, "validation_error", detail, problems=problems)
+
+
+def _settings(services: WebServices) -> Settings:
+    try:
+        return services.store.settings()
+    except ConfigError as exc:
+        raise ApiError(500, "config_error", str(exc)) from None
+
+
+def _row(services: WebServices, settings: Settings, name: str) -> dict[str, Any]:
+    rows = registry.describe(settings, services.ledger)
+    return next(r for r in rows if r["name"] == name)
+
+
+def endpoints_router(services: WebServices) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["endpoints"], dependencies=[Depends(require_user)])
+
+    def existing(name: str) -> Settings:
+        settings = _settings(services)
+        if settings.endpoint(name) is None:
+            raise not_found(f"no endpoint named {name!r}")
+        return settings
+
+    @router.get("/endpoints", summary="Every endpoint with its live status "
+                "(as `dde endpoints list --json`)")
+    def list_endpoints() -> list[dict[str, Any]]:
+        return registry.describe(_settings(services), services.ledger)
+
+    @router.post("/endpoints", status_code=201, summary="Add an endpoint "
+                 "(as `dde endpoints add`)")
+    def add_endpoint(body: EndpointCreate) -> dict[str, Any]:
+        try:
+            endpoint = EndpointSettings(**body.model_dump())
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        try:
+            settings = registry.add_endpoint(services.store, endpoint)
+        except registry.EndpointError as exc:
+            raise conflict(str(exc)) from None
+        return _row(services, settings, endpoint.name)
+
+    @router.patch("/endpoints/{name}", summary="Drain, enable, disable or change an endpoint")
+    def change_endpoint(name: str, body: EndpointChange) -> dict[str, Any]:
+        fields = body.model_dump(exclude_unset=True)
+        if not fields:
+            raise ApiError(422, "validation_error", "nothing to change: give at least one field")
+        existing(name)
+        try:
+            settings = registry.update_endpoint(services.store, name, **fields)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+        except registry.EndpointError as exc:
+            raise conflict(str(exc)) from None
+        return _row(services, settings, name)
+
+    @router.delete("/endpoints/{name}", summary="Remove an endpoint (refused while deliveries "
+                   "wait for it, unless force=true redirects them)")
+    def remove_endpoint(name: str, force: bool = False) -> dict[str, Any]:
+        existing(name)
+        try:
+            _, redirected, target = registry.remove_endpoint(services.store, services.ledger,
+                                                             name, force)
+        except registry.EndpointError as exc:
+            raise conflict(str(exc)) from None
+        if target is not None:
+            services.dispatcher.wake([target])
+        return {"removed": name, "redirected": redirected, "target": target}
+
+    return router
+
+
+def rules_router(services: WebServices) -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["rules"], dependencies=[Depends(require_user)])
+
+    @router.get("/rules", summary="The active rules document and its rule names")
+    def get_rules() -> dict[str, Any]:
+        settings = _settings(services)
+        text = services.store.rules_text(settings)
+        try:
+            ruleset = services.store.ruleset(settings)
+        except ConfigError as exc:
+            raise ApiError(500, "config_error", str(exc)) from None
+        return {"text": text if text is not None else default_rules_text(settings),
+                "default": text is None, "rules": [r.name for r in ruleset.rules],
+                "mirror": list(ruleset.mirror)}
+
+    @router.put("/rules", summary="Validate and apply a rules document (YAML text, or JSON "
+                "{\"text\": ...}); invalid: 422 and the old rules stay",
+                openapi_extra={"requestBody": {"required": True, "content": {
+                    "application/yaml": {"schema": {"type": "string"}},
+                    "text/plain": {"schema": {"type": "string"}},
+                    "application/json": {"schema": {
+                        "type": "object", "properties": {"text": {"type": "string"}},
+                        "required": ["text"]}}}}})
+    async def put_rules(request: Request) -> dict[str, Any]:
+        text = await _rules_text(request)
+        try:
+            ruleset = services.store.apply_rules(text)
+        except RulesError as exc:
+            raise ApiError(422, "invalid_rules", f"{exc}; the previous rules stay",
+                           line=exc.line, reason=exc.message) from None
+        except ConfigError as exc:
+            raise conflict(str(exc)) from None
+        return {"applied": len(ruleset.rules), "rules": [r.name for r in ruleset.rules],
+                "mirror": list(ruleset.mirror)}
+
+    @router.post("/route/explain", tags=["rules"], summary="The rule and destinations a "
+                 "file would get now, without storing it (as `dde route explain --json`)")
+    def explain_file(
+        file: Annotated[UploadFile, File(description="A DICOM Part-10 file")],
+        calling_aet: Annotated[str, Form()] = "",
+        called_aet: Annotated[str | None, Form()] = None,
+        source_ip: Annotated[str, Form()] = "",
+    ) -> dict[str, object]:
+        settings = _settings(services)
+        raw = file.file.read(MAX_EXPLAIN_BYTES + 1)
+        if not raw:
+            raise ApiError(400, "empty_upload", "the file is empty")
+        if len(raw) > MAX_EXPLAIN_BYTES:
+            raise ApiError(413, "payload_too_large", "the file is too large to explain")
+        try:
+            ruleset = services.store.ruleset(settings)
+            return explain_bytes(raw, "the file", settings, ruleset, services.ledger,
+                                 Origin(calling_aet, called_aet or settings.receiver.ae_title,
+                                        source_ip))
+        except ExplainError as exc:
+            raise ApiError(422, "cannot_explain", str(exc)) from None
+        except ConfigError as exc:
+            raise ApiError(500, "config_error", str(exc)) from None
+
+    return router
+
+
+async def _rules_text(request: Request) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await request.body()
+    if content_type == "application/json":
+        try:
+            document = await request.json()
+        except ValueError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+        text = document.get("text") if isinstance(document, dict) else None
+        if not isinstance(text, str):
+            raise ApiError(422, "validation_error", 'a JSON body must be {"text": "..."}')
+        return text
+    if content_type not in RULES_TYPES:
+        raise ApiError(415, "unsupported_media_type",
+                       "send the rules as text/plain or application/yaml, or JSON "
+                       '{"text": ...}')
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_request", "the rules are not UTF-8 text") from None

@@ -1,0 +1,332 @@
+"""Who may use the API: one token, sent as a bearer header or exchanged for a session.
+
+- The token is ``$DDE_API_TOKEN`` if set, else the content of ``$DDE_HOME/api-token``,
+  generated (256 random bits, mode 0600) at the first start. ``dde token`` prints it.
+- ``Authorization: Bearer TOKEN`` authenticates one request; no CSRF check applies.
+- ``POST /login`` with the token sets a signed session cookie (HttpOnly, SameSite=Strict)
+  and returns a CSRF token (also in the readable ``dde_csrf`` cookie). A change (POST, PUT,
+  PATCH, DELETE) authenticated by the cookie must echo it in ``X-CSRF-Token`` or in a
+  ``csrf_token`` form field; else 403.
+- Authentication happens in :class:`AuthMiddleware`, before any body is read: an anonymous
+  client cannot make the router spool a large upload. ``/healthz``, ``/metrics``, the
+  OpenAPI pages and ``/login`` are public.
+
+Tokens are compared with :func:`hmac.compare_digest` and never logged nor returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Request, Security
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import FormData
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dde.config import ConfigError, Home
+from dde.web.errors import ApiError, error_response
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENVIRONMENT = "DDE_API_TOKEN"
+TOKEN_FILE_NAME = "api-token"
+SESSION_COOKIE = "dde_session"
+CSRF_COOKIE = "dde_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SESSION_SECONDS = 12 * 3600
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+MAX_TOKEN_LENGTH = 1024
+
+
+class TokenError(ConfigError):
+    """The API token cannot be read or created; the message says what to do."""
+
+
+# -- the token ---------------------------------------------------------------------------
+def token_file(home: Home) -> Path:
+    return home.root / TOKEN_FILE_NAME
+
+
+def token_location(home: Home) -> str:
+    """Where the token comes from, for messages (never the token itself)."""
+    if os.environ.get(TOKEN_ENVIRONMENT):
+        return f"${TOKEN_ENVIRONMENT}"
+    return str(token_file(home))
+
+
+def load_token(home: Home, create: bool = True) -> str:
+    """The API token: ``$DDE_API_TOKEN``, else the token file (created when absent)."""
+    from_environment = os.environ.get(TOKEN_ENVIRONMENT)
+    if from_environment is not None:
+        token = from_environment.strip()
+        if not token:
+            raise TokenError(f"${TOKEN_ENVIRONMENT} is set but empty")
+        return token
+    path = token_file(home)
+    try:
+        return _read_token_file(path)
+    except FileNotFoundError:
+        if not create:
+            raise TokenError(f"no API token yet at {path}: start the router once") from None
+    return _create_token_file(path)
+
+
+def _create_token_file(path: Path) -> str:
+    """Write a new token to a private temporary file, then link it into place: a reader
+    never sees a half-written token, and a concurrent creator's token wins consistently."""
+    token = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, (token + "\n").encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return _read_token_file(path)
+    except OSError as exc:
+        raise TokenError(f"cannot create {path}: {exc.strerror}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("generated a new API token in %s", path)
+    return token
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        if mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning("%s was readable by others; its mode is now 0600", path)
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TokenError(f"cannot read {path}: {exc}") from None
+    if not token:
+        raise TokenError(f"{path} is empty: delete it to have a new token generated")
+    return token
+
+
+# -- who is asking -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Principal:
+    user: str
+    via: Literal["bearer", "session"]
+    csrf: str | None = None
+    """The session's CSRF token (session only)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Authenticator:
+    """Checks bearer tokens and signs/verifies session cookies (HMAC-SHA256 with a key
+    derived from the token: a new token ends every session)."""
+
+    def __init__(self, token: str, session_seconds: float = SESSION_SECONDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not token:
+            raise TokenError("the API token is empty")
+        self._token = token.encode()
+        self._key = hmac.new(self._token, b"dde-web-session-v1", hashlib.sha256).digest()
+        self.session_seconds = session_seconds
+        self._clock = clock
+
+    def check_token(self, candidate: str) -> bool:
+        return hmac.compare_digest(candidate.encode(), self._token)
+
+    def new_session(self, user: str = "web") -> tuple[str, str]:
+        """(cookie value, CSRF token) of a new session."""
+        csrf = secrets.token_urlsafe(32)
+        payload = _b64(json.dumps({"u": user, "c": csrf,
+                                   "e": int(self._clock() + self.session_seconds)}).encode())
+        return f"{payload}.{self._sign(payload)}", csrf
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def session(self, value: str) -> Principal | None:
+        payload, _, signature = value.partition(".")
+        if not payload or not hmac.compare_digest(signature.encode(),
+                                                  self._sign(payload).encode()):
+            return None
+        try:
+            data: Any = json.loads(_unb64(payload))
+            user, csrf, expires = str(data["u"]), str(data["c"]), float(data["e"])
+        except (ValueError, KeyError, TypeError):
+            return None
+        if expires < self._clock():
+            return None
+        return Principal(user, "session", csrf)
+
+    def authenticate(self, authorization: str | None,
+                     cookies: dict[str, str]) -> Principal | None:
+        """Bearer header first (a wrong one is refused, not passed over); then the cookie."""
+        if authorization is not None:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and self.check_token(value.strip()):
+                return Principal("api", "bearer")
+            return None
+        cookie = cookies.get(SESSION_COOKIE)
+        return self.session(cookie) if cookie else None
+
+
+def unauthorized() -> ApiError:
+    return ApiError(401, "unauthorized",
+                    "send Authorization: Bearer TOKEN (see `dde token`) or log in",
+                    headers={"WWW-Authenticate": "Bearer"})
+
+
+class AuthMiddleware:
+    """Authenticates every HTTP request before the application reads its body; answers
+    401 for a non-public path without valid credentials."""
+
+    def __init__(self, app: ASGIApp, authenticator: Authenticator,
+                 public_paths: Iterable[str] = (), public_prefixes: Iterable[str] = ()) -> None:
+        self.app = app
+        self.authenticator = authenticator
+        self.public_paths = frozenset(public_paths)
+        self.public_prefixes = tuple(public_prefixes)
+
+    def is_public(self, path: str) -> bool:
+        return path in self.public_paths or path.startswith(self.public_prefixes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        principal = self.authenticator.authenticate(request.headers.get("authorization"),
+                                                    dict(request.cookies))
+        scope.setdefault("state", {})["principal"] = principal
+        if principal is None and not self.is_public(scope["path"]):
+            denied = unauthorized()
+            response = error_response(denied.status, denied.error, denied.detail,
+                                      denied.headers)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def principal_of(request: Request) -> Principal | None:
+    value = getattr(request.state, "principal", None)
+    return value if isinstance(value, Principal) else None
+
+
+BEARER = HTTPBearer(auto_error=False, scheme_name="API token",
+                    description="The router's API token (`dde token` prints it).")
+
+
+async def require_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+) -> Principal:
+    """Route dependency: an authenticated principal; for a session-authenticated change,
+    the CSRF token must be echoed (header or form field). (``credentials`` only declares
+    the scheme in the OpenAPI document: :class:`AuthMiddleware` has checked them.)"""
+    principal = principal_of(request)
+    if principal is None:
+        raise unauthorized()
+    if principal.via == "bearer" or request.method in SAFE_METHODS:
+        return principal
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None and request.headers.get("content-type", "").startswith(FORM_TYPES):
+        field = (await request.form()).get(CSRF_FIELD)
+        sent = field if isinstance(field, str) else None
+    if sent is None or principal.csrf is None or not hmac.compare_digest(
+            sent.encode(), principal.csrf.encode()):
+        raise ApiError(403, "csrf_failed",
+                       f"a change made with the session cookie needs the {CSRF_HEADER} header "
+                       f"(or the {CSRF_FIELD} form field) given at login")
+    return principal
+
+
+# -- login and logout --------------------------------------------------------------------
+def _safe_next(value: str | None) -> str | None:
+    """A same-site path to go to after login, or None (no open redirects)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return None
+    parts = urlsplit(value)
+    return value if not parts.scheme and not parts.netloc else None
+
+
+def login_router(authenticator: Authenticator) -> APIRouter:
+    router = APIRouter(tags=["auth"])
+
+    @router.post("/login", summary="Exchange the API token for a session cookie")
+    async def login(request: Request) -> Response:
+        """Body: JSON ``{"token": ...}`` or a form with ``token`` (and optionally ``next``,
+        a path to redirect to). Answers the CSRF token to echo on changes."""
+        token, next_path = await _login_fields(request)
+        if token is None or not authenticator.check_token(token):
+            raise ApiError(401, "unauthorized", "wrong or missing token")
+        cookie, csrf = authenticator.new_session()
+        response: Response
+        if next_path is not None:
+            response = RedirectResponse(next_path, status_code=303)
+        else:
+            response = JSONResponse({"csrf_token": csrf,
+                                     "expires_in": int(authenticator.session_seconds)})
+        secure = request.url.scheme == "https"
+        age = int(authenticator.session_seconds)
+        response.set_cookie(SESSION_COOKIE, cookie, max_age=age, httponly=True,
+                            samesite="strict", secure=secure, path="/")
+        response.set_cookie(CSRF_COOKIE, csrf, max_age=age, httponly=False,
+                            samesite="strict", secure=secure, path="/")
+        return response
+
+    @router.post("/logout", summary="End the session (clears the cookies)")
+    async def logout() -> Response:
+        response = JSONResponse({"status": "logged out"})
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(CSRF_COOKIE, path="/", samesite="strict")
+        return response
+
+    return router
+
+
+async def _login_fields(request: Request) -> tuple[str | None, str | None]:
+    content_type = request.headers.get("content-type", "")
+    token: object = None
+    next_path: object = None
+    if content_type.startswith(FORM_TYPES):
+        form: FormData = await request.form(max_files=0, max_fields=8)
+        token, next_path = form.get("token"), form.get("next")
+    elif content_type.startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+        if isinstance(body, dict):
+            token = body.get("token")
+    else:
+        raise ApiError(415, "unsupported_media_type",
+                       "send the token as JSON {\"token\": ...} or as a form field")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        return None, None
+    return token.strip(), _safe_next(next_path if isinstance(next_path, str) else None)
