@@ -14,6 +14,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: deps
 	$(BIN)/dde stack up
 
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
+test unit integration: SYSTEM_PACKAGES += chromium
+
 test: deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
