@@ -68,6 +68,15 @@ def test_a_bearer_token_alone_does_not_open_the_pages(kit: WebKit) -> None:
     assert kit.client.get("/api/stats", headers=AUTH).status_code == 200
 
 
+def test_a_session_with_a_bearer_header_too_renders_the_page(kit: WebKit) -> None:
+    csrf = log_in(kit.client)
+
+    response = kit.client.get("/rules", headers=AUTH, follow_redirects=False)
+
+    assert response.status_code == 200
+    assert f'<meta name="csrf-token" content="{csrf}">' in response.text
+
+
 def test_the_api_still_answers_401_json_without_credentials(kit: WebKit) -> None:
     response = kit.client.get("/api/endpoints", follow_redirects=False)
 

@@ -31,7 +31,7 @@ from dde.config_store import default_rules_text
 from dde.delivery.reports import iso
 from dde.delivery.states import DeliveryState
 from dde.endpoints import registry
-from dde.web.auth import SESSION_COOKIE, Authenticator, principal_of
+from dde.web.auth import SESSION_COOKIE, Authenticator
 from dde.web.services import WebServices
 from dde.web.stats import stats_document
 
@@ -134,14 +134,17 @@ def pages_router(services: WebServices, authenticator: Authenticator) -> APIRout
     router = APIRouter(include_in_schema=False)
     templates = _templates()
 
-    def render(request: Request, name: str, page: str, title: str,
-               **context: Any) -> Response:
-        principal = principal_of(request)
-        if principal is None or principal.csrf is None:
-            return login_redirect(request.url.path)
+    def render(request: Request, page: str, title: str, **context: Any) -> Response:
+        """``templates/{page}.html`` for the session's user; its CSRF token goes into the
+        page's ``<meta name="csrf-token">`` for the scripts to echo."""
+        cookie = request.cookies.get(SESSION_COOKIE)
+        session = authenticator.session(cookie) if cookie else None
+        if session is None or session.csrf is None:  # expired since PageGate looked
+            query = request.url.query
+            return login_redirect(request.url.path + (f"?{query}" if query else ""))
         settings = services.settings
-        response = templates.TemplateResponse(request, f"{name}.html", {
-            "page": page, "title": title, "csrf": principal.csrf, "nav": NAVIGATION,
+        response = templates.TemplateResponse(request, f"{page}.html", {
+            "page": page, "title": title, "csrf": session.csrf, "nav": NAVIGATION,
             "ae_title": settings.receiver.ae_title, "refresh_seconds": REFRESH_SECONDS,
             **context})
         response.headers.update(PAGE_HEADERS)
@@ -165,18 +168,17 @@ def pages_router(services: WebServices, authenticator: Authenticator) -> APIRout
         stats = stats_document(services, settings, STATS_MINUTES)
         failures = services.ledger.queue(states=(DeliveryState.FAILED,), limit=FAILURES_SHOWN)
         receiver = services.receiver
-        return render(request, "dashboard", "dashboard", "Dashboard", stats=stats,
-                      failures=failures, failed_total=sum(e["failed"] for e in
-                                                          stats["endpoints"]),
-                      receiver_running=receiver.running, receiver_port=receiver.port,
-                      minutes=STATS_MINUTES)
+        failed_total = sum(e["failed"] for e in stats["endpoints"])
+        return render(request, "dashboard", "Dashboard", stats=stats, failures=failures,
+                      failed_total=failed_total, receiver_running=receiver.running,
+                      receiver_port=receiver.port, minutes=STATS_MINUTES)
 
     @router.get("/endpoints", response_class=HTMLResponse)
     def endpoints(request: Request) -> Response:
         settings = services.settings
         rows = registry.describe(settings, services.ledger)
         groups = sorted({g for e in settings.endpoints for g in e.groups} | {"storage"})
-        return render(request, "endpoints", "endpoints", "Endpoints", endpoints=rows,
+        return render(request, "endpoints", "Endpoints", endpoints=rows,
                       kinds=[k.value for k in EndpointKind], groups=groups)
 
     @router.get("/rules", response_class=HTMLResponse)
@@ -191,20 +193,20 @@ def pages_router(services: WebServices, authenticator: Authenticator) -> APIRout
             names, mirror = [r.name for r in ruleset.rules], list(ruleset.mirror)
         except ConfigError as exc:
             problem = str(exc)
-        return render(request, "rules", "rules", "Rules",
+        return render(request, "rules", "Rules",
                       text=text if text is not None else default_rules_text(settings),
                       default=text is None, rule_names=names, mirror=mirror, problem=problem,
                       endpoint_names=[e.name for e in settings.endpoints])
 
     @router.get("/upload", response_class=HTMLResponse)
     def upload(request: Request) -> Response:
-        return render(request, "upload", "upload", "Upload",
+        return render(request, "upload", "Upload",
                       max_upload_bytes=services.settings.web.max_upload_bytes)
 
     @router.get("/ledger", response_class=HTMLResponse)
     def ledger(request: Request) -> Response:
         query = {f: request.query_params.get(f, "").strip()[:128] for f in LEDGER_FIELDS}
-        return render(request, "ledger", "ledger", "Ledger", query=query)
+        return render(request, "ledger", "Ledger", query=query)
 
     return router
 
