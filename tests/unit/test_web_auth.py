@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +253,11 @@ def test_an_anonymous_upload_is_refused_before_its_body_is_read(kit: WebKit) -> 
              "raw_path": b"/api/instances", "root_path": "", "query_string": b"",
              "headers": [(b"content-type", b"multipart/form-data; boundary=x")],
              "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8080)}
-    asyncio.run(kit.app(scope, receive, send))  # type: ignore[arg-type]
+    # In a thread of its own: another test's sync Playwright may own this thread's loop.
+    runner = threading.Thread(
+        target=lambda: asyncio.run(kit.app(scope, receive, send)))  # type: ignore[arg-type]
+    runner.start()
+    runner.join(30)
 
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 401
     assert received == []
