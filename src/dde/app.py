@@ -46,7 +46,8 @@ class RouterApp:
         if ruleset is None:
             ruleset = self.store.ruleset(settings)
         self.ledger = Ledger(home.database)
-        self.spool = Spool(home.spool_dir)
+        self.spool = Spool(home.spool_dir, settings.spool.max_bytes,
+                           settings.spool.min_free_bytes)
         self.metrics: WebMetrics | None = WebMetrics() if settings.web.enabled else None
         telemetry: Telemetry = self.metrics or NULL_TELEMETRY
         self._api_token = load_token(home) if settings.web.enabled else None

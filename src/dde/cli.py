@@ -1,6 +1,10 @@
 """The ``dde`` command: serve, stack, send, where, queue.
 
 Errors a user can fix print ``dde: error: …`` on stderr and exit non-zero; never a traceback.
+
+Exit codes: 0 done; 1 an error the message explains (configuration, port in use, …);
+2 wrong usage (click); 3 the ledger is locked by another process (try again once it is
+free); 4 the ledger is damaged (left untouched: restore or move it aside).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from rich.table import Table
 from dde import logs
 from dde.cli_manage import endpoints, reconcile_command, route, rules
 from dde.config import ConfigError, Home, load_settings
-from dde.delivery.ledger import Ledger, LedgerError
+from dde.delivery.ledger import Ledger, LedgerCorrupt, LedgerError, LedgerLocked
 from dde.delivery.states import DeliveryState
 from dde.output import console
 from dde.stack.commands import stack
@@ -33,9 +37,30 @@ class CliContext:
     verbose: bool
 
 
+EXIT_LEDGER_LOCKED = 3
+EXIT_LEDGER_CORRUPT = 4
+
+
 class UserError(click.ClickException):
     def show(self, file: Any = None) -> None:
         click.echo(f"dde: error: {self.message}", err=True)
+
+
+class LedgerLockedError(UserError):
+    exit_code = EXIT_LEDGER_LOCKED
+
+
+class LedgerCorruptError(UserError):
+    exit_code = EXIT_LEDGER_CORRUPT
+
+
+def ledger_error(exc: LedgerError) -> UserError:
+    """The :class:`UserError` for a ledger that cannot be opened, with its exit code."""
+    if isinstance(exc, LedgerLocked):
+        return LedgerLockedError(str(exc))
+    if isinstance(exc, LedgerCorrupt):
+        return LedgerCorruptError(str(exc))
+    return UserError(str(exc))
 
 
 def _ledger(ctx: click.Context) -> Ledger:
@@ -45,7 +70,7 @@ def _ledger(ctx: click.Context) -> Ledger:
     try:
         return Ledger(home.database)
     except LedgerError as exc:
-        raise UserError(str(exc)) from None
+        raise ledger_error(exc) from None
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -87,7 +112,9 @@ def serve(ctx: click.Context, config_file: str | None) -> None:
     try:
         settings = load_settings(home, Path(config_file) if config_file else None)
         app = RouterApp(home, settings, Path(config_file) if config_file else None)
-    except (ConfigError, LedgerError) as exc:
+    except LedgerError as exc:
+        raise ledger_error(exc) from None
+    except ConfigError as exc:
         raise UserError(str(exc)) from None
     try:
         app.serve_forever()

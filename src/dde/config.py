@@ -12,10 +12,12 @@ router without editing the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -86,6 +88,14 @@ class EndpointSettings(_Strict):
             raise ValueError("an orthanc-rest endpoint needs a url (Orthanc's HTTP root)")
         return self
 
+    @field_validator("url")
+    @classmethod
+    def _url_has_no_credentials(cls, value: str | None) -> str | None:
+        # The url is shown (CLI, API, logs); credentials go in username and password.
+        if value is not None and "@" in urlsplit(value).netloc:
+            raise ValueError("put credentials in username and password, not in the url")
+        return value
+
     @field_validator("aet")
     @classmethod
     def _aet_is_ascii(cls, value: str) -> str:
@@ -94,8 +104,34 @@ class EndpointSettings(_Strict):
         return value
 
 
+class ReceiverTlsSettings(_Strict):
+    """DICOM TLS on the receiving port (every association then needs TLS)."""
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    """Certificate authorities trusted for client certificates."""
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _enabled_needs_certificate(self) -> ReceiverTlsSettings:
+        if self.enabled and not self.cert_file:
+            raise ValueError("TLS on the receiver needs cert_file (and key_file)")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("require_client_cert needs ca_file to verify clients with")
+        return self
+
+
 class ReceiverSettings(_Strict):
     ae_title: str = Field(default="DYNAMIC_DICOM_MW", min_length=1, max_length=16)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    """Calling AE titles accepted (``*`` and ``?`` wildcards); empty: any."""
+    allowed_source_ips: list[str] = Field(default_factory=list)
+    """Source addresses accepted (IP addresses or CIDR networks); empty: any."""
+    require_called_aet: bool = False
+    """Refuse associations whose called AE title is not ``ae_title``."""
+    tls: ReceiverTlsSettings = Field(default_factory=ReceiverTlsSettings)
     host: str = "0.0.0.0"
     port: int = Field(default=11113, ge=0, le=65535)
     max_associations: int = Field(default=32, ge=1)
@@ -103,6 +139,16 @@ class ReceiverSettings(_Strict):
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+
+    @field_validator("allowed_source_ips")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return value
 
 
 class DeliverySettings(_Strict):
@@ -147,6 +193,11 @@ class WebSettings(_Strict):
 class SpoolSettings(_Strict):
     retention_seconds: float = Field(default=0.0, ge=0)
     """How long a spool file is kept once every delivery of it is delivered."""
+    max_bytes: int = Field(default=0, ge=0)
+    """Most bytes the spool may hold (0: no cap); beyond it C-STOREs get 0xA700."""
+    min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Free space that must remain on the spool's file system (0: no check); below it
+    C-STOREs get 0xA700. Either limit lifts by itself as delivered files are removed."""
 
 
 class RoutingSettings(_Strict):

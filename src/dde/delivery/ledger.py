@@ -22,6 +22,7 @@ from typing import Any
 from dde.delivery.states import DeliveryState, check_transition
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -98,6 +99,36 @@ CREATE TABLE IF NOT EXISTS study_pins (
 
 class LedgerError(Exception):
     """The ledger cannot be opened or written; the message says why."""
+
+
+class LedgerLocked(LedgerError):
+    """Another process holds a lock on the ledger (it did not free it within the open
+    timeout): another router on the same state folder, or a tool with a transaction open."""
+
+
+class LedgerCorrupt(LedgerError):
+    """The ledger file is not a database, or ``PRAGMA quick_check`` finds damage. The file
+    is left exactly as it is: nothing is reset."""
+
+
+_LOCKED_CODES = {"SQLITE_BUSY", "SQLITE_LOCKED"}
+_CORRUPT_CODES = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def _open_error(path: Path, exc: sqlite3.Error) -> LedgerError:
+    """The :class:`LedgerError` for a failure to open: locked, corrupt, or other."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+
+    def is_one_of(codes: set[str]) -> bool:  # extended codes: SQLITE_BUSY_RECOVERY, …
+        return any(name == code or name.startswith(code + "_") for code in codes)
+
+    if is_one_of(_LOCKED_CODES) or "database is locked" in str(exc):
+        return LedgerLocked(f"{path}: cannot open the ledger: it is locked by another process "
+                            f"({exc}); is another router running with this --home?")
+    if is_one_of(_CORRUPT_CODES):
+        return LedgerCorrupt(f"{path}: cannot open the ledger: it is damaged ({exc}); it "
+                             f"was left as it is - restore it from a backup or move it aside")
+    return LedgerError(f"{path}: cannot open the ledger: {exc}")
 
 
 @dataclass(frozen=True)
@@ -259,14 +290,31 @@ def _queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
     return {str(endpoint): int(count) for endpoint, count in rows}
 
 
+def _check_at_open(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged ledger (``PRAGMA quick_check``) or one another process holds a lock
+    on (a write transaction begun and rolled back), before anything is written to it."""
+    problems = [str(row[0]) for row in connection.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:3]) + (" …" if len(problems) > 3 else "")
+        raise LedgerCorrupt(f"{path}: cannot open the ledger: it is damaged (quick_check: "
+                            f"{shown}); it was left as it is - restore it from a backup or "
+                            f"move it aside")
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("ROLLBACK")
+
+
 class Ledger:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
+        """Open (or create) the ledger. A lock held longer than ``open_timeout`` seconds
+        raises :class:`LedgerLocked`; a damaged file :class:`LedgerCorrupt`."""
         self.path = path
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        connection = self._connect()
+        connection = self._connect(open_timeout)
         try:
+            _check_at_open(connection, path)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             connection.executescript(_SCHEMA)
             row = connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             if row is None:
@@ -279,23 +327,23 @@ class Ledger:
                     f"understands ({SCHEMA_VERSION})"
                 )
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{path}: cannot open the ledger: {exc}") from None
+            raise _open_error(path, exc) from None
 
     # -- connections -------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, timeout: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is not None:
             return connection
         try:
             connection = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
             )
+            connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA foreign_keys=ON")
-            connection.execute("PRAGMA busy_timeout=30000")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path}: cannot open the ledger: {exc}") from None
+            raise _open_error(self.path, exc) from None
         self._local.connection = connection
         with self._lock:
             self._connections.append(connection)

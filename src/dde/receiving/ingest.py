@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from dde.delivery.ledger import Ledger, LedgerError, NewInstance, Route
 from dde.dicom import status as dimse
 from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
-from dde.receiving.spool import Spool, SpoolError, encode_file_meta
+from dde.receiving.spool import Spool, SpoolError, SpoolFull, encode_file_meta
 from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
 from dde.telemetry import NULL_TELEMETRY, Telemetry
@@ -108,7 +108,8 @@ class IngestPipeline:
             spooled = self._spool.write(file_meta, incoming.dataset)
         except SpoolError as exc:
             log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
-            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc), reason="spool_error")
+            reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_error"
+            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc), reason=reason)
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         try:

@@ -23,7 +23,14 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
 from dde.net import on_connection_open
+from dde.receiving.access import (
+    REJECTED_PERMANENT,
+    SOURCE_SERVICE_USER,
+    check_association,
+    server_tls_context,
+)
 from dde.receiving.ingest import Incoming, IngestPipeline
+from dde.receiving.pdu_limits import limit_pdu_sizes
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +71,41 @@ class StorageSCP:
         ae.require_called_aet = False
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, on_connection_open),
+            (evt.EVT_CONN_OPEN, limit_pdu_sizes,
+             [self.settings.max_pdu_size, self.settings.network_timeout]),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
         ]
         self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
+            ssl_context=server_tls_context(self.settings.tls),
         )
-        log.info("receiving as %s on %s:%d", self.settings.ae_title, self.settings.host,
-                 self.port)
+        log.info("receiving as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
+                 self.port, " (TLS)" if self.settings.tls.enabled else "")
 
     def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.shutdown()
+
+    def _on_requested(self, event: Any) -> None:
+        """``EVT_REQUESTED``: apply the allow-lists before pynetdicom negotiates; a refusal
+        is answered with an A-ASSOCIATE-RJ (rejected-permanent, by the service user)."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        source_ip = str(assoc.requestor.address)
+        refusal = check_association(self.settings, calling, called, source_ip)
+        if refusal is None:
+            return
+        log.warning("association refused by %s: calling AE %r, called AE %r, from %s (%s)",
+                    refusal.rule, calling, called, source_ip,
+                    refusal.reason.name.lower().replace("_", " "))
+        assoc.acse.send_reject(REJECTED_PERMANENT, SOURCE_SERVICE_USER, int(refusal.reason))
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # waits until the A-ASSOCIATE-RJ has gone out
 
     @staticmethod
     def _on_c_echo(event: Any) -> int:

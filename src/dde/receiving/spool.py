@@ -3,13 +3,23 @@
 A file is written as ``<name>.part``, fsync'd, renamed to ``<name>.dcm`` and its folder
 fsync'd; only then does it count as written. Bytes are the dataset exactly as received,
 behind a file meta header built from the C-STORE request (no decode, no re-encode).
+
+Space is bounded two ways, both checked before a byte is written: ``max_bytes`` caps what the
+spool holds (a running total, counted once at start, then kept up to date by writes and
+removals), and ``min_free_bytes`` is the free space that must remain on the spool's file
+system (``os.statvfs``). A write refused by either, or failing with ENOSPC/EDQUOT, raises
+:class:`SpoolFull`; the receiver answers 0xA700 and takes the next instance again once
+delivered files have been removed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +36,13 @@ IMPLEMENTATION_VERSION_NAME = "DDE_010"
 
 class SpoolError(Exception):
     """The spool could not take the file (disk full, permissions, …)."""
+
+
+class SpoolFull(SpoolError):
+    """No room: the spool's byte cap, the free-space floor, or the file system itself."""
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 @dataclass(frozen=True)
@@ -60,16 +77,63 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Spool:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_bytes: int = 0, min_free_bytes: int = 0,
+                 statvfs: Callable[[Path], os.statvfs_result] = os.statvfs) -> None:
+        """``max_bytes`` 0: no cap; ``min_free_bytes`` 0: no free-space check."""
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._statvfs = statvfs
         self._known_dirs: set[str] = set()
+        self._lock = threading.Lock()
+        self._used = self._scan()
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes of the spool's files, plus those of writes in progress."""
+        with self._lock:
+            return self._used
+
+    def _scan(self) -> int:
+        total = 0
+        for path in self.root.glob("*/*.dcm"):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                continue
+        return total
 
     def path_of(self, relative_path: str) -> Path:
         return self.root / relative_path
 
+    def _reserve(self, size: int) -> None:
+        """Count ``size`` bytes in, or raise :class:`SpoolFull` when there is no room."""
+        with self._lock:
+            if self.max_bytes and self._used + size > self.max_bytes:
+                raise SpoolFull(f"spool full: {self._used} of {self.max_bytes} bytes in use, "
+                                f"{size} more would exceed spool.max_bytes")
+            if self.min_free_bytes:
+                try:
+                    stat = self._statvfs(self.root)
+                except OSError as exc:
+                    raise SpoolError(f"cannot read the spool's free space: "
+                                     f"{exc.strerror or exc}") from None
+                free = stat.f_bavail * stat.f_frsize
+                if free - size < self.min_free_bytes:
+                    raise SpoolFull(f"spool disk full: {free} bytes free, {size} more would "
+                                    f"go below spool.min_free_bytes ({self.min_free_bytes})")
+            self._used += size
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._used = max(0, self._used - size)
+
     def write(self, file_meta: bytes, dataset: bytes) -> SpooledFile:
-        """Write one Part-10 file durably; raise :class:`SpoolError` if it is not on disk."""
+        """Write one Part-10 file durably; raise :class:`SpoolError` if it is not on disk
+        (:class:`SpoolFull` when there is no room for it)."""
+        size = len(file_meta) + len(dataset)
+        self._reserve(size)
         name = uuid.uuid4().hex
         folder = name[:2]
         directory = self.root / folder
@@ -94,16 +158,27 @@ class Spool:
             os.rename(part, final)
             _fsync_dir(directory)
         except OSError as exc:
+            self._release(size)
             part.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
-            raise SpoolError(f"spool write failed: {exc.strerror or exc}") from None
-        return SpooledFile(f"{folder}/{name}.dcm", len(file_meta) + len(dataset))
+            kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
+            raise kind(f"spool write failed: {exc.strerror or exc}") from None
+        return SpooledFile(f"{folder}/{name}.dcm", size)
 
     def remove(self, relative_path: str) -> None:
+        path = self.path_of(relative_path)
         try:
-            self.path_of(relative_path).unlink(missing_ok=True)
+            size = path.stat().st_size
+        except OSError:
+            return  # already gone: it was never counted, or was released when it went
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             log.warning("could not remove spool file %s: %s", relative_path, exc.strerror)
+            return
+        self._release(size)
 
     def discard_partials(self) -> int:
         """Remove ``.part`` files left by a crash: they were never acknowledged."""
