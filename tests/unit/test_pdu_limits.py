@@ -3,6 +3,7 @@ aborted before the body is read; everything else passes through untouched."""
 
 from __future__ import annotations
 
+import queue
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 
 from dde.receiving.pdu_limits import (
     A_ABORT_INVALID_PARAMETER,
+    ABORT_LINGER,
     MAX_CONTROL_PDU,
     PduTooLarge,
+    end_aborted_soon,
     limit_pdu_sizes,
 )
 
@@ -87,3 +90,39 @@ def test_max_pdu_size_zero_leaves_p_data_unbounded() -> None:
     pdu = _pdu(0x04, b"z" * 70000)
     sock = _guarded(pdu, max_pdu_size=0)
     assert _read_pdu(sock) == pdu
+
+
+def _transition(current: str, following: str, artim: float | None = 30.0) -> Any:
+    timer = SimpleNamespace(timeout=artim)
+    dul = SimpleNamespace(artim_timer=timer, to_user_queue=queue.Queue())
+    event: Any = SimpleNamespace(assoc=SimpleNamespace(dul=dul), current_state=current,
+                                 next_state=following)
+    end_aborted_soon(event)
+    return dul
+
+
+def test_garbage_before_a_request_wakes_the_acceptor_and_caps_the_abort_wait() -> None:
+    dul = _transition("Sta2", "Sta13")
+    assert dul.artim_timer.timeout == ABORT_LINGER
+    assert dul.to_user_queue.get_nowait() is None  # what the acceptor's timed-out wait returns
+
+
+def test_a_connection_closed_before_a_request_wakes_the_acceptor() -> None:
+    dul = _transition("Sta2", "Sta1")
+    assert dul.artim_timer.timeout == 30.0
+    assert dul.to_user_queue.get_nowait() is None
+
+
+def test_a_valid_request_and_later_transitions_are_left_alone() -> None:
+    for current, following in [("Sta2", "Sta3"), ("Sta3", "Sta6"), ("Sta6", "Sta6"),
+                               ("Sta6", "Sta8"), ("Sta8", "Sta1")]:
+        dul = _transition(current, following)
+        assert dul.artim_timer.timeout == 30.0
+        assert dul.to_user_queue.empty()
+
+
+def test_an_abort_after_association_caps_the_wait_only() -> None:
+    dul = _transition("Sta6", "Sta13")
+    assert dul.artim_timer.timeout == ABORT_LINGER
+    assert dul.to_user_queue.empty()
+    assert _transition("Sta6", "Sta13", artim=0.5).artim_timer.timeout == 0.5

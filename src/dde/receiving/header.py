@@ -4,6 +4,10 @@ The router never decodes pixel data. It walks every top-level element of the enc
 dataset once (pydicom's element generator, no value conversion) to prove the dataset is
 structurally whole — a truncated or unparsable dataset is refused — and keeps the elements
 before Pixel Data as the header the routing rules see.
+
+A Deflated Explicit VR Little Endian dataset is inflated in 1 MiB steps and refused once it
+grows beyond :func:`inflate_limit` (64 times its compressed size, at least 64 MiB, at most
+2 GiB): a deflate bomb costs at most that much memory, never its full inflated size.
 """
 
 from __future__ import annotations
@@ -44,15 +48,45 @@ class InstanceHeader:
     dataset: Dataset = field(repr=False, compare=False)
 
 
-def _inflate(encoded: bytes) -> bytes:
+INFLATE_RATIO = 64
+"""A deflated dataset may inflate to this many times its compressed size ..."""
+MIN_INFLATE_LIMIT = 64 << 20
+"""... but always to at least 64 MiB (a blank image deflates far beyond 64:1) ..."""
+MAX_INFLATE_LIMIT = 2 << 30
+"""... and never to more than 2 GiB."""
+_INFLATE_CHUNK = 1 << 20
+
+
+def inflate_limit(compressed_size: int) -> int:
+    """The default bound on what a deflated dataset of ``compressed_size`` bytes may inflate
+    to: ``INFLATE_RATIO`` times its size, at least ``MIN_INFLATE_LIMIT``, at most
+    ``MAX_INFLATE_LIMIT``. A deflate bomb (up to about 1000:1) is refused after inflating at
+    most this much, never allocated whole."""
+    return min(MAX_INFLATE_LIMIT, max(MIN_INFLATE_LIMIT, INFLATE_RATIO * compressed_size))
+
+
+def _inflate(encoded: bytes, limit: int) -> bytes:
+    """Inflate a raw deflate stream in chunks, refusing it once it exceeds ``limit`` bytes."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    pending: bytes = encoded
     try:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        inflated = inflater.decompress(encoded) + inflater.flush()
+        while not inflater.eof:
+            wanted = min(_INFLATE_CHUNK, limit + 1 - len(inflated))
+            chunk = inflater.decompress(pending, wanted)
+            inflated += chunk
+            if len(inflated) > limit:
+                raise BrokenDataset(
+                    f"deflated dataset of {len(encoded)} bytes inflates to more than the "
+                    f"{limit} bytes accepted (a deflate bomb?)")
+            pending = inflater.unconsumed_tail
+            if not pending and len(chunk) < wanted:
+                break  # all input consumed and no output pending: the stream stops here
     except zlib.error as exc:
         raise BrokenDataset(f"deflated dataset cannot be inflated: {exc}") from None
     if not inflater.eof:
         raise BrokenDataset("deflated dataset is truncated (no end of the deflate stream)")
-    return inflated
+    return bytes(inflated)
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
@@ -65,18 +99,24 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
-def parse_header(encoded: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+def parse_header(encoded: bytes, transfer_syntax_uid: str,
+                 max_inflated: int | None = None) -> InstanceHeader:
     """Check ``encoded`` (a dataset without file meta) and return its header.
 
     Raises :class:`BrokenDataset` when the dataset is empty, truncated inside an element,
-    or cannot be walked element by element.
+    or cannot be walked element by element, and when a deflated dataset inflates to more
+    than ``max_inflated`` bytes (default: :func:`inflate_limit` of its size).
     """
     syntax = UID(transfer_syntax_uid)
     # Every transfer syntax defined after the first three is explicit VR little endian; a
     # syntax newer than pydicom (e.g. deflated image frames) is read that way.
     implicit_vr = syntax.is_implicit_VR if syntax.is_transfer_syntax else False
     little_endian = syntax.is_little_endian if syntax.is_transfer_syntax else True
-    body = _inflate(encoded) if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN else encoded
+    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        limit = inflate_limit(len(encoded)) if max_inflated is None else max_inflated
+        body = _inflate(encoded, limit)
+    else:
+        body = encoded
     if not body:
         raise BrokenDataset("the dataset is empty")
 

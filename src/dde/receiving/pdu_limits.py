@@ -10,6 +10,16 @@ than the maximum PDU size we announced, or any other PDU longer than
 :data:`MAX_CONTROL_PDU`, is a protocol error, answered with an A-ABORT (invalid PDU
 parameter value) before its body is read; and the socket gets ``network_timeout``, so a read
 stalled inside a PDU ends.
+
+:func:`end_aborted_soon` (an ``EVT_FSM_TRANSITION`` handler) frees the association slot
+soon after a connection failed before or during association. pynetdicom's acceptor thread
+waits ``acse_timeout`` (30 s by default) for the A-ASSOCIATE-RQ even when the connection
+already sent garbage and was aborted, or closed; and an aborted association (state Sta13:
+A-ABORT sent, awaiting the peer's close) waits its ARTIM timer, also ``acse_timeout``. Each
+held one of ``max_associations``, so a burst of garbage connections locked real senders out
+for that long. The handler wakes the waiting acceptor (as if its wait had timed out) when
+the state machine leaves Sta2 other than to Sta3 (a valid request), and caps the ARTIM wait
+in Sta13 at :data:`ABORT_LINGER`.
 """
 
 from __future__ import annotations
@@ -28,6 +38,13 @@ MAX_CONTROL_PDU = 1024 * 1024
 # A-ABORT PDU: type 7, length 4, two reserved bytes, source 2 (service provider),
 # reason 6 (invalid PDU parameter value).
 A_ABORT_INVALID_PARAMETER = bytes([0x07, 0x00, 0, 0, 0, 4, 0x00, 0x00, 0x02, 0x06])
+
+
+ABORT_LINGER = 1.0
+"""Seconds an association the receiver aborted waits for the peer to close (Sta13)."""
+ABORTED_STATE = "Sta13"
+AWAITING_REQUEST = "Sta2"
+REQUEST_RECEIVED = "Sta3"
 
 
 class PduTooLarge(OSError):
@@ -89,3 +106,21 @@ def limit_pdu_sizes(event: Any, max_pdu_size: int, network_timeout: float | None
         except OSError:
             return  # already closed
     assoc_socket.recv = _GuardedRecv(assoc_socket, max_pdu_size)
+
+
+def end_aborted_soon(event: Any, linger: float = ABORT_LINGER) -> None:
+    """``EVT_FSM_TRANSITION`` handler for accepted connections (see the module docstring)."""
+    current = getattr(event, "current_state", None)
+    following = getattr(event, "next_state", None)
+    try:
+        dul = event.assoc.dul
+    except AttributeError:
+        return
+    if following == ABORTED_STATE:
+        timer = dul.artim_timer
+        if timer.timeout is None or timer.timeout > linger:
+            timer.timeout = linger
+    if current == AWAITING_REQUEST and following != REQUEST_RECEIVED:
+        # no A-ASSOCIATE-RQ will come: end the acceptor's wait for it (None is what its
+        # wait returns on a timeout; it then stops the DUL and closes the connection)
+        dul.to_user_queue.put(None)

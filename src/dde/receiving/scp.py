@@ -30,7 +30,7 @@ from dde.receiving.access import (
     server_tls_context,
 )
 from dde.receiving.ingest import Incoming, IngestPipeline
-from dde.receiving.pdu_limits import limit_pdu_sizes
+from dde.receiving.pdu_limits import end_aborted_soon, limit_pdu_sizes
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, on_connection_open),
             (evt.EVT_CONN_OPEN, limit_pdu_sizes,
              [self.settings.max_pdu_size, self.settings.network_timeout]),
+            (evt.EVT_FSM_TRANSITION, end_aborted_soon),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
