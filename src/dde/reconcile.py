@@ -10,19 +10,18 @@ counts, never patient data.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import httpx
-from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dde.config import EndpointSettings, Settings
 from dde.delivery.ledger import Ledger, NewInstance, Route
 from dde.endpoints.http import http_client
 from dde.receiving.header import BrokenDataset, parse_header
+from dde.receiving.part10 import NotPart10, split_part10
 from dde.receiving.spool import Spool, SpoolError, encode_file_meta
 from dde.routing.rules import RuleSet
 
@@ -151,18 +150,14 @@ def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
 
 def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: Spool) -> bool:
     """Queue a copy for the probe; False when one is already pending (nothing queued)."""
-    stream = io.BytesIO(part10)
     try:
-        read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)
-        syntax = str(meta.TransferSyntaxUID)
-        sop_class = str(meta.MediaStorageSOPClassUID)
-        sop_instance = str(meta.MediaStorageSOPInstanceUID)
-    except Exception:
-        raise ReconcileError("the storage returned a file without a usable file meta") from None
+        parts = split_part10(part10)
+    except NotPart10 as exc:
+        raise ReconcileError(f"the storage returned an unusable file: {exc}") from None
+    sop_class, sop_instance = parts.sop_class_uid, parts.sop_instance_uid
+    syntax, dataset = parts.transfer_syntax_uid, parts.dataset
     if ledger.waiting_for(sop_instance, probe):
         return False
-    dataset = part10[stream.tell():]
     try:
         header = parse_header(dataset, syntax)
     except BrokenDataset as exc:

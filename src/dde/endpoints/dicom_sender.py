@@ -13,12 +13,12 @@ import logging
 import ssl
 from typing import Any
 
-from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from dde.config import DeliverySettings, EndpointSettings
 from dde.dicom import status as dimse
+from dde.dicom.uids import uid_name
 from dde.endpoints.sending import SendResult, Shipment
 from dde.net import on_connection_open
 
@@ -29,11 +29,6 @@ _config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128
 Pair = tuple[str, str]
-
-
-def uid_name(uid: str) -> str:
-    name = UID(uid).name
-    return name if name and name != uid else uid
 
 
 def tls_context(endpoint: EndpointSettings) -> ssl.SSLContext | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from dde.delivery.ledger import Ledger, LedgerError, NewInstance, Route
 from dde.dicom import status as dimse
+from dde.dicom.uids import uid_name
 from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
 from dde.receiving.spool import Spool, SpoolError, SpoolFull, encode_file_meta
 from dde.routing.decision import NoRoute
@@ -135,11 +136,11 @@ class IngestPipeline:
         destinations = route.destinations + route.mirrors
         if route.discard:
             log.info("received instance #%d (%s, %d bytes) from %s -> discarded [rule %s]",
-                     instance_id, _short_class(incoming.sop_class_uid), spooled.size,
+                     instance_id, uid_name(incoming.sop_class_uid), spooled.size,
                      incoming.calling_aet, route.rule)
             return IngestResult(dimse.SUCCESS, "discarded", instance_id, route)
         log.info("received instance #%d (%s, %d bytes) from %s -> %s [rule %s]", instance_id,
-                 _short_class(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
+                 uid_name(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
                  ", ".join(destinations), route.rule)
         self._on_committed(destinations)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
@@ -163,9 +164,3 @@ class IngestPipeline:
             received_at=time.time(),
         )
 
-
-def _short_class(uid: str) -> str:
-    from pydicom.uid import UID
-
-    name = UID(uid).name
-    return name if name and name != uid else uid

@@ -6,16 +6,14 @@ explanation uses those, the persisted study pins and the queue depths, and the a
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
-
-from pydicom.filereader import _read_file_meta_info, read_preamble
 
 from dde.config import Settings
 from dde.delivery.ledger import Ledger
 from dde.endpoints.registry import STATUS_FRESH_SECONDS
 from dde.receiving.header import BrokenDataset, parse_header
+from dde.receiving.part10 import NotPart10, split_part10
 from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet
@@ -60,14 +58,12 @@ def read_part10(path: Path) -> tuple[bytes, str]:
 def _split_part10(raw: bytes, label: str) -> tuple[bytes, str]:
     """(encoded dataset, transfer syntax UID) of a Part-10 file's bytes; ``label`` names
     the file in error messages."""
-    stream = io.BytesIO(raw)
     try:
-        read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)
-        syntax = str(meta.TransferSyntaxUID)
-    except Exception:
-        raise ExplainError(f"{label}: not a DICOM Part-10 file with a transfer syntax") from None
-    return raw[stream.tell():], syntax
+        part10 = split_part10(raw)
+    except NotPart10 as exc:
+        raise ExplainError(f"{label}: not a DICOM Part-10 file the router can take: "
+                           f"{exc}") from None
+    return part10.dataset, part10.transfer_syntax_uid
 
 
 def explain(path: Path, settings: Settings, ruleset: RuleSet, ledger: Ledger | None,
