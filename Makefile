@@ -29,7 +29,7 @@ integration: deps
 	$(BIN)/pytest -m integration
 
 bench: deps
-	$(BIN)/python benchmarks/seed_throughput.py
+	$(BIN)/python benchmarks/throughput.py
 
 deps: deps-system $(STAMP)
 

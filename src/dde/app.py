@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from dde.config import ConfigError, EndpointKind, EndpointSettings, Home, Settings
-from dde.config_store import ConfigStore
+from dde.config import EndpointKind, EndpointSettings, Home, Settings
+from dde.config_store import ConfigStore, ConfigWatch
 from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
 from dde.delivery.ledger import Ledger
@@ -20,7 +20,10 @@ from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import Sender
+from dde.net import quicken_reactors
 from dde.receiving.ingest import IngestPipeline
+from dde.receiving.notify import NotificationListener, channel_name
+from dde.receiving.pool import ReceiverPool
 from dde.receiving.scp import StorageSCP
 from dde.receiving.spool import Spool
 from dde.routing.router import Router
@@ -37,17 +40,18 @@ CONFIG_POLL_SECONDS = 0.5
 
 class RouterApp:
     def __init__(self, home: Home, settings: Settings, config_file: Path | None = None,
-                 ruleset: RuleSet | None = None) -> None:
+                 ruleset: RuleSet | None = None, verbose: bool = False) -> None:
         self.home = home
         self.settings = settings
         home.ensure()
         self.store = ConfigStore(home, config_file)
-        self._fingerprint = self.store.fingerprint()
+        self._watch = ConfigWatch(self.store)
         if ruleset is None:
             ruleset = self.store.ruleset(settings)
         self.ledger = Ledger(home.database)
         self.spool = Spool(home.spool_dir, settings.spool.max_bytes,
-                           settings.spool.min_free_bytes)
+                           settings.spool.min_free_bytes,
+                           shared=settings.receiver.processes > 0)
         self.metrics: WebMetrics | None = WebMetrics() if settings.web.enabled else None
         telemetry: Telemetry = self.metrics or NULL_TELEMETRY
         self._api_token = load_token(home) if settings.web.enabled else None
@@ -65,12 +69,20 @@ class RouterApp:
             self.loads, self._sender_for, batch_size=delivery.batch_size,
             idle_release=delivery.idle_release_seconds, poll=delivery.poll_seconds,
             retention=settings.spool.retention_seconds, health=self.health,
-            telemetry=telemetry,
+            telemetry=telemetry, nice=delivery.nice,
         )
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)
+        self.health.listeners.append(self._publish_on_change)
         self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
                                        self.dispatcher.wake, telemetry)
-        self.receiver = StorageSCP(settings.receiver, self.pipeline)
+        self.receiver: StorageSCP | ReceiverPool
+        self._notes: NotificationListener | None = None
+        if settings.receiver.processes:
+            self._notes = NotificationListener(channel_name(), self.dispatcher.wake, telemetry)
+            self.receiver = ReceiverPool(settings.receiver, settings.receiver.processes,
+                                         home.root, config_file, self._notes.name, verbose)
+        else:
+            self.receiver = StorageSCP(settings.receiver, self.pipeline)
         self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
@@ -83,17 +95,10 @@ class RouterApp:
     # -- live configuration ------------------------------------------------------------
     def reload(self) -> bool:
         """Apply the configuration files if they changed; keep the old ones if invalid."""
-        fingerprint = self.store.fingerprint()
-        if fingerprint == self._fingerprint:
+        change = self._watch.changed()
+        if change is None:
             return False
-        self._fingerprint = fingerprint
-        try:
-            settings = self.store.settings()
-            ruleset = self.store.ruleset(settings)
-        except ConfigError as exc:
-            log.error("configuration change refused, the previous one stays: %s", exc)
-            return False
-        self.apply(settings, ruleset)
+        self.apply(*change)
         return True
 
     def apply(self, settings: Settings, ruleset: RuleSet) -> None:
@@ -125,6 +130,13 @@ class RouterApp:
                          int(stored) if isinstance(stored, int) else None))
         self.ledger.publish_status(rows)
 
+    def _publish_on_change(self, name: str, up: bool) -> None:
+        """Receiver processes route with the published picture: a change goes out now."""
+        try:
+            self.publish_status()
+        except Exception:
+            log.exception("could not publish the endpoint status")
+
     def _loop(self, name: str, interval: float, step: object) -> None:
         def run() -> None:
             while not self._stopped.wait(interval):
@@ -143,6 +155,7 @@ class RouterApp:
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
+        quicken_reactors()
         removed = self.spool.discard_partials()
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
@@ -152,6 +165,9 @@ class RouterApp:
         pending = sum(self.ledger.queued_counts().values())
         if pending:
             log.info("resuming %d pending deliveries", pending)
+        self.publish_status()  # receiver processes route with what is published
+        if self._notes is not None:
+            self._notes.start()
         self.receiver.start()
         if self.metrics is not None and self._api_token is not None:
             app = build_app(self, self.metrics, Authenticator(self._api_token),
@@ -187,6 +203,8 @@ class RouterApp:
         if self.web is not None:
             self.web.stop()
         self.receiver.stop()
+        if self._notes is not None:
+            self._notes.stop()
         for thread in self._loops:
             thread.join(timeout=10)
         self.dispatcher.stop()

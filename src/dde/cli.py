@@ -111,7 +111,8 @@ def serve(ctx: click.Context, config_file: str | None) -> None:
     home: Home = ctx.obj.home
     try:
         settings = load_settings(home, Path(config_file) if config_file else None)
-        app = RouterApp(home, settings, Path(config_file) if config_file else None)
+        app = RouterApp(home, settings, Path(config_file) if config_file else None,
+                        verbose=ctx.obj.verbose)
     except LedgerError as exc:
         raise ledger_error(exc) from None
     except ConfigError as exc:

@@ -135,6 +135,11 @@ class ReceiverSettings(_Strict):
     host: str = "0.0.0.0"
     port: int = Field(default=11113, ge=0, le=65535)
     max_associations: int = Field(default=32, ge=1)
+    """Per receiver process."""
+    processes: int = Field(default=1, ge=0, le=16)
+    """Receiver processes beside the main one, sharing the port (``SO_REUSEPORT``); they
+    stream datasets to the spool. 0: receive inside the main process (datasets are then
+    held in memory while they arrive)."""
     max_pdu_size: int = Field(default=262144, ge=0)
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
@@ -160,6 +165,9 @@ class DeliverySettings(_Strict):
     batch_size: int = Field(default=64, ge=1)
     idle_release_seconds: float = Field(default=2.0, ge=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    nice: int = Field(default=5, ge=0, le=19)
+    """How many steps lower the delivery threads' CPU priority is than receiving (Linux
+    nice): the sender's acknowledgements come first, deliveries catch up in the pauses."""
 
 
 class HealthSettings(_Strict):

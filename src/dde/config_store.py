@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ from dde.config import (
     settings_to_yaml,
 )
 from dde.routing.rules import RulesError, RuleSet, default_ruleset, parse_rules
+
+log = logging.getLogger(__name__)
 
 HEADER = "# Dynamic DICOM Endpoints configuration; `dde endpoints …` rewrites this file.\n"
 
@@ -141,3 +144,25 @@ class ConfigStore:
                                   {g for e in settings.endpoints for g in e.groups})
             _write_atomically(self.rules_path, text if text.endswith("\n") else text + "\n")
             return ruleset
+
+
+class ConfigWatch:
+    """Notices changes of the configuration files (by their fingerprint) for a running
+    process; an invalid change is logged and skipped, the previous configuration stays."""
+
+    def __init__(self, store: ConfigStore) -> None:
+        self._store = store
+        self._fingerprint = store.fingerprint()
+
+    def changed(self) -> tuple[Settings, RuleSet] | None:
+        """The new settings and rules if the files changed and are valid, else None."""
+        fingerprint = self._store.fingerprint()
+        if fingerprint == self._fingerprint:
+            return None
+        self._fingerprint = fingerprint
+        try:
+            settings = self._store.settings()
+            return settings, self._store.ruleset(settings)
+        except ConfigError as exc:
+            log.error("configuration change refused, the previous one stays: %s", exc)
+            return None

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 _SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 
@@ -17,9 +17,20 @@ _SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 def make_instance(*, study_uid: str, series_uid: str, number: int, rows: int = 64,
                   columns: int = 64, modality: str = "CT", patient_id: str = "DDE-TEST-1",
                   patient_name: str = "Test^Patient", accession: str = "ACC1") -> Dataset:
+    ds = make_header(study_uid=study_uid, series_uid=series_uid, number=number, rows=rows,
+                     columns=columns, sop_class_uid=_SOP_CLASSES[modality], modality=modality,
+                     patient_id=patient_id, patient_name=patient_name, accession=accession)
+    ds.PixelData = os.urandom(rows * columns * 2)
+    return ds
+
+
+def make_header(*, study_uid: str, series_uid: str, number: int, rows: int, columns: int,
+                sop_class_uid: str, modality: str, patient_id: str, patient_name: str,
+                accession: str) -> Dataset:
+    """An instance of 16-bit monochrome pixels, everything but its pixel data."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = _SOP_CLASSES[modality]
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class_uid)
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
@@ -41,7 +52,6 @@ def make_instance(*, study_uid: str, series_uid: str, number: int, rows: int = 6
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.PixelData = os.urandom(rows * columns * 2)
     return ds
 
 

@@ -10,6 +10,7 @@ crash between the two re-sends, it never loses.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,14 +30,29 @@ log = logging.getLogger(__name__)
 SenderFactory = Callable[[EndpointSettings], Sender]
 
 
+def lower_thread_priority(increment: int) -> None:
+    """Lower the calling thread's CPU priority by ``increment`` nice steps (Linux schedules
+    threads one by one): deliveries yield the CPU to acknowledging, and catch up when the
+    senders pause. Never raises; 0 leaves the priority as it is."""
+    if increment <= 0:
+        return
+    try:
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))
+    except OSError as exc:
+        log.debug("delivery priority unchanged: %s", exc)
+
+
 class EndpointWorker:
     def __init__(self, endpoint: EndpointSettings, ledger: Ledger, spool: Spool, sender: Sender,
                  policy: RetryPolicy, loads: LoadBook, *, batch_size: int,
                  idle_release: float, poll: float,
                  on_delivered: Callable[[], None] | None = None,
                  health: HealthMonitor | None = None,
-                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
+                 telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0) -> None:
         self.endpoint = endpoint
+        self._nice = nice
         self._health = health
         self._telemetry = telemetry
         self.name = endpoint.name
@@ -89,6 +105,7 @@ class EndpointWorker:
         return self._thread.is_alive()
 
     def _run(self) -> None:
+        lower_thread_priority(self._nice)
         idle_since: float | None = None
         while not self._stop.is_set():
             try:
@@ -216,7 +233,9 @@ class Dispatcher:
     def __init__(self, ledger: Ledger, spool: Spool, policy: RetryPolicy, loads: LoadBook,
                  sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
                  poll: float, retention: float, health: HealthMonitor | None = None,
-                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
+                 telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0) -> None:
+        """``nice``: how much lower the workers' CPU priority is than the receiver's."""
+        self._nice = nice
         self._health = health
         self._telemetry = telemetry
         self._ledger = ledger
@@ -264,7 +283,7 @@ class Dispatcher:
                         self._policy, self._loads, batch_size=self._batch_size,
                         idle_release=self._idle_release, poll=self._poll,
                         on_delivered=self._janitor_wake.set, health=self._health,
-                        telemetry=self._telemetry,
+                        telemetry=self._telemetry, nice=self._nice,
                     )
                     self._workers[name] = worker
                     worker.start()

@@ -772,6 +772,13 @@ class Ledger:
                 [(*row, now) for row in rows],
             )
 
+    def delivered_since(self, since: float) -> dict[str, int]:
+        """Deliveries made after ``since`` (epoch seconds), per endpoint."""
+        rows = self._connect().execute(
+            "SELECT endpoint, COUNT(*) FROM deliveries WHERE delivered_at > ?"
+            " GROUP BY endpoint", (since,)).fetchall()
+        return {str(endpoint): int(count) for endpoint, count in rows}
+
     def endpoint_status(self) -> dict[str, dict[str, Any]]:
         rows = self._connect().execute(
             "SELECT endpoint, health, breaker, down_since, last_error, load, updated_at"

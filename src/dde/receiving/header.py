@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import zlib
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
@@ -108,26 +109,50 @@ def parse_header(encoded: bytes, transfer_syntax_uid: str,
     than ``max_inflated`` bytes (default: :func:`inflate_limit` of its size).
     """
     syntax = UID(transfer_syntax_uid)
-    # Every transfer syntax defined after the first three is explicit VR little endian; a
-    # syntax newer than pydicom (e.g. deflated image frames) is read that way.
-    implicit_vr = syntax.is_implicit_VR if syntax.is_transfer_syntax else False
-    little_endian = syntax.is_little_endian if syntax.is_transfer_syntax else True
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         limit = inflate_limit(len(encoded)) if max_inflated is None else max_inflated
         body = _inflate(encoded, limit)
     else:
         body = encoded
-    if not body:
+    return _walk(io.BytesIO(body), 0, len(body), syntax, defer_size=None)
+
+
+def parse_header_file(stream: BinaryIO, start: int, end: int, transfer_syntax_uid: str,
+                      max_inflated: int | None = None) -> InstanceHeader:
+    """:func:`parse_header` for a dataset stored in a file from offset ``start`` to its
+    end (``end``, the size of the file): values larger than :data:`DEFER_SIZE` are skipped,
+    not read, so a 1 GB instance costs a few pages of memory. A deflated dataset is read
+    and inflated whole (bounded as in :func:`parse_header`)."""
+    syntax = UID(transfer_syntax_uid)
+    if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        stream.seek(start)
+        return parse_header(stream.read(end - start), transfer_syntax_uid, max_inflated)
+    return _walk(stream, start, end, syntax, defer_size=DEFER_SIZE)
+
+
+DEFER_SIZE = 1 << 16
+"""Values at least this long are skipped by :func:`parse_header_file` (pixel data, large
+private blobs); they never reach the routing rules."""
+
+
+def _walk(stream: BinaryIO, start: int, end: int, syntax: UID,
+          defer_size: int | None) -> InstanceHeader:
+    # Every transfer syntax defined after the first three is explicit VR little endian; a
+    # syntax newer than pydicom (e.g. deflated image frames) is read that way.
+    implicit_vr = syntax.is_implicit_VR if syntax.is_transfer_syntax else False
+    little_endian = syntax.is_little_endian if syntax.is_transfer_syntax else True
+    if end <= start:
         raise BrokenDataset("the dataset is empty")
 
-    stream = io.BytesIO(body)
+    stream.seek(start)
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
-    end_of_last_element = 0
+    end_of_last_element = start
     previous: int = -1
     try:
         for element in data_element_generator(
-            stream, implicit_vr, little_endian, defer_size=None
+            stream, implicit_vr, little_endian, defer_size=defer_size
         ):
+            deferred = False
             if isinstance(element, RawDataElement):
                 if not implicit_vr and element.VR is None:
                     raise BrokenDataset(
@@ -135,6 +160,7 @@ def parse_header(encoded: bytes, transfer_syntax_uid: str,
                         "syntax (implicit VR data sent as explicit?)")
                 length = element.length
                 value = element.value
+                deferred = value is None and length not in (0, UNDEFINED_LENGTH)
                 if length != UNDEFINED_LENGTH and value is not None and len(value) != length:
                     raise BrokenDataset(
                         f"element {element.tag} is truncated "
@@ -145,15 +171,18 @@ def parse_header(encoded: bytes, transfer_syntax_uid: str,
                 raise BrokenDataset(f"element {element.tag} is out of order")
             previous = tag
             end_of_last_element = stream.tell()
-            if tag < PIXEL_DATA:
+            if end_of_last_element > end:
+                raise BrokenDataset(f"element {element.tag} is truncated "
+                                    f"({end_of_last_element - end} bytes missing)")
+            if tag < PIXEL_DATA and not deferred:
                 elements[element.tag] = element
     except BrokenDataset:
         raise
     except Exception as exc:  # pydicom raises many types on garbage; all mean "broken"
         raise BrokenDataset(f"the dataset cannot be parsed: {type(exc).__name__}") from None
-    if end_of_last_element != len(body):
+    if end_of_last_element != end:
         raise BrokenDataset(
-            f"{len(body) - end_of_last_element} trailing bytes do not form a whole element"
+            f"{end - end_of_last_element} trailing bytes do not form a whole element"
         )
     if not elements:
         raise BrokenDataset("the dataset holds no header elements")

@@ -7,17 +7,26 @@ status; nothing here ever answers success for an instance that is not safe.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from dde.delivery.ledger import Ledger, LedgerError, NewInstance, Route
 from dde.dicom import status as dimse
 from dde.dicom.uids import uid_name
-from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
-from dde.receiving.spool import Spool, SpoolError, SpoolFull, encode_file_meta
+from dde.receiving.header import (
+    BrokenDataset,
+    InstanceHeader,
+    parse_header,
+    parse_header_file,
+)
+from dde.receiving.part10 import NotPart10, dataset_offset
+from dde.receiving.spool import Spool, SpooledFile, SpoolError, SpoolFull, encode_file_meta
 from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
 from dde.telemetry import NULL_TELEMETRY, Telemetry
@@ -27,7 +36,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Incoming:
-    """One instance as received: the encoded dataset (no file meta) and its context."""
+    """One instance as received: the encoded dataset (no file meta) and its context.
+
+    The dataset is either in memory (``dataset``) or, when the receiver streamed it to
+    disk as it arrived, in the Part-10 file ``dataset_file`` (which the spool adopts)."""
 
     dataset: bytes
     transfer_syntax_uid: str
@@ -39,6 +51,19 @@ class Incoming:
     started: float | None = None
     """``time.monotonic()`` when the sender's request reached the router (handler entry);
     the acknowledgement latency is measured from here (default: when ingest starts)."""
+    dataset_file: Path | None = None
+    stream_error: OSError | None = None
+    """Why writing ``dataset_file`` stopped short (disk full …): the instance is refused."""
+
+    @property
+    def size(self) -> int:
+        """Bytes received (the dataset; the whole file when streamed to disk)."""
+        if self.dataset_file is None:
+            return len(self.dataset)
+        try:
+            return self.dataset_file.stat().st_size
+        except OSError:
+            return 0
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,7 @@ class IngestPipeline:
             log.exception("internal error while receiving an instance")
             result = IngestResult(dimse.OUT_OF_RESOURCES, "internal error",
                                   reason="internal_error")
-        self._report(result, len(incoming.dataset), time.monotonic() - started)
+        self._report(result, incoming.size, time.monotonic() - started)
         return result
 
     def _report(self, result: IngestResult, size: int, seconds: float) -> None:
@@ -86,8 +111,16 @@ class IngestPipeline:
             log.exception("telemetry failed")
 
     def _ingest(self, incoming: Incoming) -> IngestResult:
+        if incoming.stream_error is not None:
+            error = incoming.stream_error
+            log.error("refused an instance from %s: spool write failed: %s",
+                      incoming.calling_aet, error.strerror or error)
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            return IngestResult(dimse.OUT_OF_RESOURCES,
+                                f"spool write failed: {error.strerror or error}",
+                                reason="spool_full" if full else "spool_error")
         try:
-            header = parse_header(incoming.dataset, incoming.transfer_syntax_uid)
+            header = self._header(incoming)
         except BrokenDataset as exc:
             log.warning("refused an instance from %s: %s", incoming.calling_aet, exc)
             return IngestResult(dimse.CANNOT_UNDERSTAND, str(exc), reason="broken_dataset")
@@ -103,10 +136,8 @@ class IngestPipeline:
                                 "SOP Instance UID of the dataset differs from the request",
                                 reason="uid_mismatch")
 
-        file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
-                                     incoming.transfer_syntax_uid, incoming.calling_aet)
         try:
-            spooled = self._spool.write(file_meta, incoming.dataset)
+            spooled = self._spool_write(incoming)
         except SpoolError as exc:
             log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
             reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_error"
@@ -144,6 +175,27 @@ class IngestPipeline:
                  ", ".join(destinations), route.rule)
         self._on_committed(destinations)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
+
+    @staticmethod
+    def _header(incoming: Incoming) -> InstanceHeader:
+        if incoming.dataset_file is None:
+            return parse_header(incoming.dataset, incoming.transfer_syntax_uid)
+        try:
+            with incoming.dataset_file.open("rb") as stream:
+                start = dataset_offset(stream)
+                end = stream.seek(0, os.SEEK_END)
+                return parse_header_file(stream, start, end, incoming.transfer_syntax_uid)
+        except NotPart10 as exc:
+            raise BrokenDataset(f"received file: {exc}") from None
+        except OSError as exc:
+            raise BrokenDataset(f"received file unreadable: {exc.strerror or exc}") from None
+
+    def _spool_write(self, incoming: Incoming) -> SpooledFile:
+        if incoming.dataset_file is not None:
+            return self._spool.adopt(incoming.dataset_file)
+        file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
+                                     incoming.transfer_syntax_uid, incoming.calling_aet)
+        return self._spool.write(file_meta, incoming.dataset)
 
     @staticmethod
     def _record(incoming: Incoming, header: InstanceHeader, path: str, size: int) -> NewInstance:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
@@ -48,3 +49,15 @@ def split_part10(raw: bytes) -> Part10:
         raise NotPart10("the file has a file meta but no dataset")
     return Part10(values["MediaStorageSOPClassUID"], values["MediaStorageSOPInstanceUID"],
                   values["TransferSyntaxUID"], dataset)
+
+
+def dataset_offset(stream: BinaryIO) -> int:
+    """Where the dataset of the Part-10 file open in ``stream`` begins (after its file
+    meta); raise :class:`NotPart10` if it has no preamble and file meta."""
+    stream.seek(0)
+    try:
+        read_preamble(stream, False)
+        _read_file_meta_info(stream)
+    except Exception:
+        raise NotPart10("not a DICOM Part-10 file (no DICM preamble or file meta)") from None
+    return stream.tell()

@@ -10,7 +10,12 @@ to the ingest pipeline and answers the status it returns; an exception anywhere 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
+from socketserver import TCPServer
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
@@ -19,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _NON_PATIENT_OBJECT_CLASSES,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
@@ -29,6 +35,7 @@ from dde.receiving.access import (
     check_association,
     server_tls_context,
 )
+from dde.receiving.incoming import write_failure
 from dde.receiving.ingest import Incoming, IngestPipeline
 from dde.receiving.pdu_limits import end_aborted_soon, limit_pdu_sizes
 
@@ -38,10 +45,35 @@ _config.UNRESTRICTED_STORAGE_SERVICE = True
 ALL_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
 
 
+class SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's server on a port that several receiver processes listen on
+    (``SO_REUSEPORT``: the kernel spreads new connections over them)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def shutdown(self) -> None:
+        TCPServer.shutdown(self)
+        self.server_close()
+
+
 class StorageSCP:
-    def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline) -> None:
+    def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline, *,
+                 shared_port: bool = False, streamed: bool = False,
+                 on_association: Callable[[], None] | None = None) -> None:
+        """``shared_port``: listen with ``SO_REUSEPORT`` beside other receiver processes.
+        ``streamed``: let pynetdicom write each dataset to a file as it arrives (in the
+        spool's incoming folder) instead of holding it in memory; the caller sets that up
+        for the whole process with :func:`dde.receiving.incoming.stream_datasets_to`.
+        ``on_association``: called as each association is requested, before anything else
+        (a receiver process brings its configuration and endpoint picture up to date)."""
+        self._on_association = on_association
         self.settings = settings
         self._pipeline = pipeline
+        self._shared_port = shared_port
+        self._streamed = streamed
         self._server: Any = None
 
     @property
@@ -78,12 +110,20 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_c_store),
             (evt.EVT_C_ECHO, self._on_c_echo),
         ]
-        self._server = ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers,
-            ssl_context=server_tls_context(self.settings.tls),
-        )
-        log.info("receiving as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
-                 self.port, " (TLS)" if self.settings.tls.enabled else "")
+        address = (self.settings.host, self.settings.port)
+        tls = server_tls_context(self.settings.tls)
+        if self._shared_port:
+            server = ae.make_server(address, evt_handlers=handlers, ssl_context=tls,
+                                    server_class=SharedPortServer)
+            threading.Thread(target=server.serve_forever, name="receiver",
+                             daemon=True).start()
+            self._server = server
+        else:
+            self._server = ae.start_server(address, block=False, evt_handlers=handlers,
+                                           ssl_context=tls)
+        if not self._shared_port:  # a receiver process: the pool says it for all of them
+            log.info("receiving as %s on %s:%d%s", self.settings.ae_title, self.settings.host,
+                     self.port, " (TLS)" if self.settings.tls.enabled else "")
 
     def stop(self) -> None:
         server, self._server = self._server, None
@@ -93,6 +133,11 @@ class StorageSCP:
     def _on_requested(self, event: Any) -> None:
         """``EVT_REQUESTED``: apply the allow-lists before pynetdicom negotiates; a refusal
         is answered with an A-ASSOCIATE-RJ (rejected-permanent, by the service user)."""
+        if self._on_association is not None:
+            try:
+                self._on_association()
+            except Exception:  # the association is still served with what is known
+                log.exception("could not refresh the configuration for a new association")
         assoc = event.assoc
         request = assoc.requestor.primitive
         calling = str(request.calling_ae_title).strip()
@@ -117,8 +162,11 @@ class StorageSCP:
         try:
             request = event.request
             assoc = event.assoc
+            streamed = Path(event.dataset_path) if self._streamed else None
             incoming = Incoming(
-                dataset=event.encoded_dataset(include_meta=False),
+                dataset=b"" if streamed else event.encoded_dataset(include_meta=False),
+                dataset_file=streamed,
+                stream_error=write_failure(streamed) if streamed else None,
                 transfer_syntax_uid=str(event.context.transfer_syntax),
                 sop_class_uid=str(request.AffectedSOPClassUID),
                 sop_instance_uid=str(request.AffectedSOPInstanceUID),

@@ -17,7 +17,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 IMPLEMENTATION_VERSION_NAME = "DDE_010"
+INCOMING = "incoming"
+RECOUNT_SECONDS = 1.0
 
 
 class SpoolError(Exception):
@@ -78,8 +82,15 @@ def _fsync_dir(path: Path) -> None:
 
 class Spool:
     def __init__(self, root: Path, max_bytes: int = 0, min_free_bytes: int = 0,
-                 statvfs: Callable[[Path], os.statvfs_result] = os.statvfs) -> None:
-        """``max_bytes`` 0: no cap; ``min_free_bytes`` 0: no free-space check."""
+                 statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
+                 shared: bool = False) -> None:
+        """``max_bytes`` 0: no cap; ``min_free_bytes`` 0: no free-space check. ``shared``:
+        other processes write and remove spool files too, so the total is counted again
+        from the files before a write is refused for the cap, and when the last count is
+        older than :data:`RECOUNT_SECONDS`."""
+        self.shared = shared
+        self._in_flight = 0
+        self._counted_at = time.monotonic()
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
@@ -90,14 +101,25 @@ class Spool:
         self._used = self._scan()
 
     @property
+    def used_bytes_cached(self) -> int:
+        """:attr:`used_bytes` as last counted (no look at the files)."""
+        with self._lock:
+            return self._used
+
+    @property
     def used_bytes(self) -> int:
-        """Bytes of the spool's files, plus those of writes in progress."""
+        """Bytes of the spool's files, plus those of writes in progress (a shared spool
+        counts its files again)."""
+        if self.shared:
+            return self.recount()
         with self._lock:
             return self._used
 
     def _scan(self) -> int:
         total = 0
         for path in self.root.glob("*/*.dcm"):
+            if path.parent.name == INCOMING:
+                continue
             try:
                 total += path.stat().st_size
             except OSError:
@@ -109,6 +131,10 @@ class Spool:
 
     def _reserve(self, size: int) -> None:
         """Count ``size`` bytes in, or raise :class:`SpoolFull` when there is no room."""
+        if self.shared and self.max_bytes and (
+                self.used_bytes_cached + size > self.max_bytes
+                or time.monotonic() - self._counted_at >= RECOUNT_SECONDS):
+            self.recount()  # other processes write and remove spool files too
         with self._lock:
             if self.max_bytes and self._used + size > self.max_bytes:
                 raise SpoolFull(f"spool full: {self._used} of {self.max_bytes} bytes in use, "
@@ -124,10 +150,18 @@ class Spool:
                     raise SpoolFull(f"spool disk full: {free} bytes free, {size} more would "
                                     f"go below spool.min_free_bytes ({self.min_free_bytes})")
             self._used += size
+            self._in_flight += size
+
+    def _settle(self, size: int) -> None:
+        """The reserved bytes are in a spool file now (a recount sees them)."""
+        with self._lock:
+            self._in_flight = max(0, self._in_flight - size)
 
     def _release(self, size: int) -> None:
+        """The reserved bytes were not written after all."""
         with self._lock:
             self._used = max(0, self._used - size)
+            self._in_flight = max(0, self._in_flight - size)
 
     def write(self, file_meta: bytes, dataset: bytes) -> SpooledFile:
         """Write one Part-10 file durably; raise :class:`SpoolError` if it is not on disk
@@ -140,10 +174,7 @@ class Spool:
         final = directory / f"{name}.dcm"
         part = directory / f"{name}.part"
         try:
-            if folder not in self._known_dirs:
-                directory.mkdir(exist_ok=True)
-                _fsync_dir(self.root)
-                self._known_dirs.add(folder)
+            self._ensure_folder(folder)
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(file_meta + dataset) if len(dataset) < 65536 else None
@@ -163,7 +194,67 @@ class Spool:
             final.unlink(missing_ok=True)
             kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
             raise kind(f"spool write failed: {exc.strerror or exc}") from None
+        self._settle(size)
         return SpooledFile(f"{folder}/{name}.dcm", size)
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Where receiver processes let pynetdicom write datasets as they arrive (same file
+        system as the spool, so :meth:`adopt` is a rename)."""
+        return self.root / INCOMING
+
+    def adopt(self, received: Path) -> SpooledFile:
+        """Make a complete Part-10 file written elsewhere (the receiver's incoming folder)
+        a spool file: fsync it, rename it in, fsync the folder. Raise :class:`SpoolError`
+        (:class:`SpoolFull`) as :meth:`write` does; the instance is then not in the spool."""
+        try:
+            size = received.stat().st_size
+        except OSError as exc:
+            raise SpoolError(f"received file vanished: {exc.strerror or exc}") from None
+        self._reserve(size)
+        name = uuid.uuid4().hex
+        folder = name[:2]
+        directory = self.root / folder
+        final = directory / f"{name}.dcm"
+        try:
+            self._ensure_folder(folder)
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.rename(received, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_durably(received, final)
+            _fsync_dir(directory)
+        except OSError as exc:
+            self._release(size)
+            final.unlink(missing_ok=True)
+            kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
+            raise kind(f"spool write failed: {exc.strerror or exc}") from None
+        self._settle(size)
+        return SpooledFile(f"{folder}/{name}.dcm", size)
+
+    def _ensure_folder(self, folder: str) -> None:
+        if folder not in self._known_dirs:
+            (self.root / folder).mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+            self._known_dirs.add(folder)
+
+    @staticmethod
+    def _copy_durably(source: Path, target: Path) -> None:
+        part = target.with_suffix(".part")
+        try:
+            with source.open("rb") as reader, part.open("xb") as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+                writer.flush()
+                os.fsync(writer.fileno())
+            os.rename(part, target)
+        finally:
+            part.unlink(missing_ok=True)
 
     def remove(self, relative_path: str) -> None:
         path = self.path_of(relative_path)
@@ -178,15 +269,26 @@ class Spool:
         except OSError as exc:
             log.warning("could not remove spool file %s: %s", relative_path, exc.strerror)
             return
-        self._release(size)
+        with self._lock:
+            self._used = max(0, self._used - size)
 
     def discard_partials(self) -> int:
-        """Remove ``.part`` files left by a crash: they were never acknowledged."""
+        """Remove ``.part`` files and incoming datasets left by a crash: they were never
+        acknowledged. Only while no receiver process runs."""
         removed = 0
-        for part in self.root.glob("*/*.part"):
+        for part in [*self.root.glob("*/*.part"), *self.incoming_dir.glob("*")]:
             part.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def recount(self) -> int:
+        """Count the spool's bytes again from the files (other processes write and remove
+        them too); return the new total."""
+        total = self._scan()
+        with self._lock:
+            self._counted_at = time.monotonic()
+            self._used = total + self._in_flight
+            return self._used
 
 
 def _write_all(fd: int, data: memoryview) -> None:

@@ -1,0 +1,1034 @@
+"""Throughput of the router against Orthanc alone and Orthanc as a router, in one run.
+
+    .venv/bin/python benchmarks/throughput.py [--rounds 3] [--only router,peer] [--json out.json]
+
+DCMTK's storescu (``/usr/bin/storescu``, ``TCP_NODELAY=1``) is the sender everywhere. Every
+round starts fresh Orthancs and a fresh router (``python -m dde --home H serve``) on free
+loopback ports; all paths of a run send the same generated data. Cases (``--only``):
+
+* ``direct``    storescu → Orthanc 1, one association (the "no router" limit)
+* ``router``    storescu → router → 2 storage Orthancs + probe: ``router_ack`` (until storescu
+                exits) and ``router_e2e`` (until every instance is in a storage and the probe)
+* ``peer``      storescu → an Orthanc routing with Lua (OnStoredInstance → SendToModality to a
+                storage and the probe, then Delete): ``peer_e2e``
+* ``small``     many 64×64 instances: one association and ``--senders`` in parallel, to the
+                router (ack and e2e) and straight to Orthanc 1
+* ``latency``   per-instance C-STORE ack latency from storescu's own timestamped log (direct
+                and router), beside the router's ``dde_ack_latency_seconds`` histogram
+* ``gigabyte``  one multi-frame instance of ``--gigabyte-mb`` MB, written on the fly, sent to
+                the router: ack time, e2e, the router's baseline and peak RSS (all processes)
+* ``backlog``   the ``router`` case with ``--backlog`` pending deliveries to an endpoint that
+                is down already in the ledger (runs ``router`` too, its baseline)
+
+Prints a table, the headline ratios against the targets, and the same as JSON on stdout;
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+from dde.delivery.ledger import Ledger
+from dde.stack.orthanc import OrthancProcess, render_orthanc_config
+from dde.synthetic import make_header, write_series
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.orthanc import RunningOrthanc, free_port, start_orthanc  # noqa: E402
+from tests.support.router import (  # noqa: E402
+    ROUTER_AET,
+    RouterProcess,
+    endpoint_for,
+    router_settings,
+    write_router_home,
+)
+
+STORESCU = "/usr/bin/storescu"
+ORTHANC = "/usr/sbin/Orthanc"
+SENDER_ENV = {**os.environ, "TCP_NODELAY": "1"}
+POLL_SECONDS = 0.05
+RSS_SAMPLE_SECONDS = 0.05
+ARRIVAL_TIMEOUT = 600.0
+GIGABYTE_TIMEOUT = 1800.0
+CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog")
+FRAME_SIDE = 512
+FRAME_BYTES = FRAME_SIDE * FRAME_SIDE * 2
+CHUNK_BYTES = 4 * 2**20
+LUA_MARKER = "dde-benchmark: Lua routing is running"
+BACKLOG_ENDPOINT = "ARCHIVE"
+MB = 1e6
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Files sent together, and their size."""
+
+    files: list[Path]
+
+    @property
+    def count(self) -> int:
+        return len(self.files)
+
+    @property
+    def megabytes(self) -> float:
+        return sum(f.stat().st_size for f in self.files) / MB
+
+    def shares(self, parts: int) -> list[list[Path]]:
+        return [self.files[i::parts] for i in range(parts) if self.files[i::parts]]
+
+
+def big_header(frames: int) -> Dataset:
+    """A multi-frame 16-bit secondary capture instance, everything but its pixel data."""
+    ds = make_header(study_uid=generate_uid(), series_uid=generate_uid(), number=1,
+                     rows=FRAME_SIDE, columns=FRAME_SIDE,
+                     sop_class_uid=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                     modality="OT", patient_id="DDE-BENCH-BIG", patient_name="Bench^Big",
+                     accession="BIG1")
+    ds.ConversionType = "WSD"
+    ds.NumberOfFrames = frames
+    return ds
+
+
+def write_big_instance(path: Path, megabytes: int) -> int:
+    """Write one instance of about ``megabytes`` MiB without holding its pixels in memory:
+    the header with pydicom, then the (7FE0,0010) OW header and the pixels in chunks.
+    Returns the number of frames."""
+    frames = max(1, round(megabytes * 2**20 / FRAME_BYTES))
+    header = big_header(frames)
+    header.save_as(path, enforce_file_format=True)
+    length = frames * FRAME_BYTES
+    chunk = os.urandom(CHUNK_BYTES)
+    with open(path, "ab") as out:
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        remaining = length
+        while remaining:
+            part = min(remaining, CHUNK_BYTES)
+            out.write(chunk[:part])
+            remaining -= part
+    check = pydicom.dcmread(path, stop_before_pixels=True)
+    if int(check.NumberOfFrames) != frames or check.SOPInstanceUID != header.SOPInstanceUID:
+        raise RuntimeError(f"{path}: pydicom reads back a different header")
+    return frames
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def send(files: Sequence[Path], port: int, called: str, *options: str,
+         timeout: float = 3600.0) -> float:
+    """Send with DCMTK's storescu over one association; seconds until it exits."""
+    argv = [STORESCU, *options, "-aet", "BENCH_SCU", "-aec", called, "127.0.0.1", str(port),
+            *map(str, files)]
+    started = time.perf_counter()
+    result = subprocess.run(argv, env=SENDER_ENV, capture_output=True, text=True,
+                            timeout=timeout)
+    elapsed = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"storescu exited with {result.returncode}: {result.stderr[-2000:]}")
+    return elapsed
+
+
+def send_parallel(shares: list[list[Path]], port: int, called: str) -> float:
+    """One storescu (one association) per share, all at once; seconds until all exit."""
+    started = time.perf_counter()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for files in shares:
+            argv = [STORESCU, "-aet", "BENCH_SCU", "-aec", called, "127.0.0.1", str(port),
+                    *map(str, files)]
+            processes.append(subprocess.Popen(argv, env=SENDER_ENV, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.PIPE))
+        errors = [p.communicate(timeout=3600)[1] for p in processes]
+        failures = [e for p, e in zip(processes, errors, strict=True) if p.returncode != 0]
+        elapsed = time.perf_counter() - started
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    if failures:
+        raise RuntimeError(f"{len(failures)} storescu failed: {failures[0][-2000:]!r}")
+    return elapsed
+
+
+class Counter:
+    """Instance counts of Orthancs over one kept-alive HTTP client."""
+
+    def __init__(self) -> None:
+        self._client = httpx.Client(timeout=30.0, trust_env=False)
+
+    def count(self, orthanc: RunningOrthanc) -> int:
+        response = self._client.get(f"{orthanc.url}/statistics")
+        response.raise_for_status()
+        return int(response.json()["CountInstances"])
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every POLL_SECONDS until true; RuntimeError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{what}: not within {timeout:g} s")
+        time.sleep(POLL_SECONDS)
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        tree.append(pid)
+        queue.extend(children.get(pid, []))
+    return tree
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A ``kB`` field of /proc/PID/status (0 if the process is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_mb(root: int) -> float:
+    return sum(status_kb(pid, "VmRSS") for pid in process_tree(root)) / 1024
+
+
+@dataclass
+class RssSampler:
+    """Samples the summed VmRSS of a process tree every RSS_SAMPLE_SECONDS, and the VmHWM
+    of every process seen in it."""
+
+    root: int
+    peak_sum_mb: float = 0.0
+    hwm_kb: dict[int, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        pids = process_tree(self.root)
+        self.peak_sum_mb = max(self.peak_sum_mb,
+                               sum(status_kb(pid, "VmRSS") for pid in pids) / 1024)
+        for pid in pids:
+            self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), status_kb(pid, "VmHWM"))
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_SECONDS):
+            self.sample()
+
+    def __enter__(self) -> RssSampler:
+        self.sample()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sample()
+
+    @property
+    def hwm_sum_mb(self) -> float:
+        return sum(self.hwm_kb.values()) / 1024
+
+
+def stop_router(router: RouterProcess) -> None:
+    """SIGTERM the router, then SIGKILL it and every descendant still there."""
+    process = router.process
+    if process is None:
+        return
+    family = process_tree(process.pid)[1:]
+    if process.poll() is None:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def orthanc(stack: contextlib.ExitStack, folder: Path, name: str) -> RunningOrthanc:
+    running = start_orthanc(folder, name)
+    stack.callback(running.kill)
+    return running
+
+
+# -- deployments ----------------------------------------------------------------------------
+
+
+@dataclass
+class Deployment:
+    """The router in front of two storage Orthancs and a probe."""
+
+    storages: list[RunningOrthanc]
+    probe: RunningOrthanc
+    router: RouterProcess
+    port: int
+    web_port: int
+    home: Path
+
+    @property
+    def pid(self) -> int:
+        assert self.router.process is not None
+        return self.router.process.pid
+
+    def arrived(self, counter: Counter, count: int) -> bool:
+        return (counter.count(self.probe) >= count
+                and sum(counter.count(o) for o in self.storages) >= count)
+
+
+Prepare = Callable[[Path, list[RunningOrthanc], RunningOrthanc], dict[str, Any]]
+"""Called with (router home, storages, probe) before the router starts; returns more
+settings overrides."""
+
+
+def start_deployment(stack: contextlib.ExitStack, folder: Path,
+                     prepare: Prepare | None = None) -> Deployment:
+    """Start storages, probe and router (its web side on a known port)."""
+    storages = [orthanc(stack, folder, "ORTHANC1"), orthanc(stack, folder, "ORTHANC2")]
+    probe = orthanc(stack, folder, "ORTHANC-PROBE")
+    port, web_port = free_port(), free_port()
+    home = folder / "router-home"
+    overrides: dict[str, Any] = {"web": {"port": web_port}}
+    if prepare is not None:
+        overrides.update(prepare(home, storages, probe))
+    write_router_home(home, router_settings(storages, probe, port=port, **overrides))
+    router = RouterProcess(home, port, folder / "router.log")
+    stack.callback(stop_router, router)
+    router.start(timeout=120)
+    return Deployment(storages, probe, router, port, web_port, home)
+
+
+def start_peer(stack: contextlib.ExitStack, folder: Path, storage: RunningOrthanc,
+               probe: RunningOrthanc) -> RunningOrthanc:
+    """An Orthanc routing with the usual Lua recipe to ``storage`` and ``probe``."""
+    base = folder / "ORTHANC-PEER"
+    base.mkdir(parents=True)
+    lua = base / "route.lua"
+    lua.write_text(
+        "local announced = false\n"
+        "function OnStoredInstance(instanceId, tags, metadata, origin)\n"
+        f"  if not announced then print('{LUA_MARKER}'); announced = true end\n"
+        "  SendToModality(instanceId, 'storage1')\n"
+        "  SendToModality(instanceId, 'probe')\n"
+        "  Delete(instanceId)\n"
+        "end\n")
+    dicom_port, http_port = free_port(), free_port()
+    config = render_orthanc_config("ORTHANC-PEER", "ORTHANC-PEER", dicom_port, http_port,
+                                   base / "storage")
+    config["LuaScripts"] = [str(lua)]
+    config["DicomModalities"] = {
+        "storage1": [storage.aet, "127.0.0.1", storage.dicom_port],
+        "probe": [probe.aet, "127.0.0.1", probe.dicom_port],
+    }
+    (base / "orthanc.json").write_text(json.dumps(config, indent=2))
+    process = OrthancProcess(base / "orthanc.json", base / "orthanc.log", http_port, dicom_port,
+                             name="ORTHANC-PEER")
+    stack.callback(process.kill)
+    process.start()
+    process.wait_ready()
+    return RunningOrthanc("ORTHANC-PEER", "ORTHANC-PEER", dicom_port, http_port, process.url,
+                          process, base / "storage")
+
+
+# -- cases ----------------------------------------------------------------------------------
+
+Times = dict[str, float]
+
+
+def direct_time(folder: Path, batch: Batch, parallel: int = 1) -> float:
+    """storescu → Orthanc 1; seconds until the sender(s) exit, count verified."""
+    with contextlib.ExitStack() as stack:
+        target = orthanc(stack, folder, "ORTHANC1")
+        counter = Counter()
+        stack.callback(counter.close)
+        if parallel > 1:
+            seconds = send_parallel(batch.shares(parallel), target.dicom_port, target.aet)
+        else:
+            seconds = send(batch.files, target.dicom_port, target.aet)
+        wait_for(lambda: counter.count(target) >= batch.count, 30,
+                 f"{batch.count} instances in Orthanc 1")
+        return seconds
+
+
+def router_times(folder: Path, batch: Batch, parallel: int = 1,
+                 prepare: Prepare | None = None) -> tuple[float, float]:
+    """storescu → router: (seconds until the sender(s) exit, until all arrived)."""
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder, prepare)
+        counter = Counter()
+        stack.callback(counter.close)
+        started = time.perf_counter()
+        if parallel > 1:
+            ack = send_parallel(batch.shares(parallel), deployment.port, ROUTER_AET)
+        else:
+            ack = send(batch.files, deployment.port, ROUTER_AET)
+        wait_for(lambda: deployment.arrived(counter, batch.count), ARRIVAL_TIMEOUT,
+                 f"{batch.count} instances in a storage and the probe")
+        return ack, time.perf_counter() - started
+
+
+def case_direct(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    return {"direct": direct_time(folder, data.ct)}
+
+
+def case_router(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    ack, e2e = router_times(folder, data.ct)
+    return {"router_ack": ack, "router_e2e": e2e}
+
+
+def case_peer(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    with contextlib.ExitStack() as stack:
+        storage = orthanc(stack, folder, "ORTHANC1")
+        probe = orthanc(stack, folder, "ORTHANC-PROBE")
+        peer = start_peer(stack, folder, storage, probe)
+        counter = Counter()
+        stack.callback(counter.close)
+        count = data.ct.count
+        started = time.perf_counter()
+        send(data.ct.files, peer.dicom_port, peer.aet)
+        wait_for(lambda: counter.count(storage) >= count and counter.count(probe) >= count,
+                 ARRIVAL_TIMEOUT, f"{count} instances routed by the Lua peer")
+        seconds = time.perf_counter() - started
+        if LUA_MARKER not in peer.process.log_path.read_text(errors="replace"):
+            raise RuntimeError(f"the peer's Lua script did not run: {peer.process.log_tail()}")
+        return {"peer_e2e": seconds}
+
+
+def case_small(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    small, senders = data.small, args.senders
+    ack_1, e2e_1 = router_times(folder / "router-1", small)
+    ack_n, e2e_n = router_times(folder / "router-n", small, parallel=senders)
+    return {
+        "small_ack_1": ack_1, "small_e2e_1": e2e_1,
+        "small_ack_par": ack_n, "small_e2e_par": e2e_n,
+        "small_direct_1": direct_time(folder / "direct-1", small),
+        "small_direct_par": direct_time(folder / "direct-n", small, parallel=senders),
+    }
+
+
+def backlog_prepare(count: int, sample: Path) -> Prepare:
+    """A down endpoint (group ``archive``, never routed to) with ``count`` pending
+    deliveries already in the ledger."""
+
+    def prepare(home: Path, storages: list[RunningOrthanc],
+                probe: RunningOrthanc) -> dict[str, Any]:
+        seed_backlog(home, count, sample)
+        down = {"name": BACKLOG_ENDPOINT, "aet": BACKLOG_ENDPOINT, "host": "127.0.0.1",
+                "port": free_port(), "groups": ["archive"]}
+        return {"endpoints": [*(endpoint_for(o, ["storage"]) for o in storages),
+                              endpoint_for(probe, ["probe"]), down]}
+
+    return prepare
+
+
+def seed_backlog(home: Path, count: int, sample: Path) -> None:
+    """``count`` instances, each with one pending delivery to BACKLOG_ENDPOINT, inserted in
+    one transaction into the ledger the router will open (all share one small spool file)."""
+    spool_file = "backlog/backlog.dcm"
+    (home / "spool" / "backlog").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample, home / "spool" / spool_file)
+    database = home / "dde.sqlite3"
+    Ledger(database).close()
+    now = time.time()
+    instances = [(i, f"2.25.{10**20 + i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
+                  "2.25.1", "2.25.2", "DDE-BACKLOG", "ACC-BACKLOG", "CT", "BACKLOG_SCU",
+                  ROUTER_AET, "127.0.0.1", "benchmark backlog", sample.stat().st_size,
+                  spool_file, now) for i in range(1, count + 1)]
+    deliveries = [(i, BACKLOG_ENDPOINT, now, now, now) for i in range(1, count + 1)]
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.executemany(
+            "INSERT INTO instances (id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
+            "study_instance_uid, series_instance_uid, patient_id, accession_number, modality, "
+            "calling_aet, called_aet, source_ip, rule, size, spool_path, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", instances)
+        db.executemany(
+            "INSERT INTO deliveries (instance_id, endpoint, role, state, attempts, "
+            "next_attempt_at, created_at, updated_at) VALUES (?, ?, 'route', 'pending', 0, ?, "
+            "?, ?)", deliveries)
+
+
+def pending_to(database: Path, endpoint: str) -> int:
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        row = db.execute("SELECT COUNT(*) FROM deliveries WHERE endpoint = ? AND state = "
+                         "'pending'", (endpoint,)).fetchone()
+    return int(row[0])
+
+
+def case_backlog(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+    prepare = backlog_prepare(args.backlog, data.ct.files[0])
+    ack, e2e = router_times(folder, data.ct, prepare=prepare)
+    still = pending_to(folder / "router-home" / "dde.sqlite3", BACKLOG_ENDPOINT)
+    if still < args.backlog:
+        raise RuntimeError(f"only {still} of the {args.backlog} backlog deliveries are still "
+                           f"pending: the backlog did not stay in place")
+    return {"backlog_ack": ack, "backlog_e2e": e2e, "backlog_pending_after": still}
+
+
+# -- latency ----------------------------------------------------------------------------------
+
+STORESCU_LOG_CONFIG = """\
+log4cplus.rootLogger = DEBUG, logfile
+log4cplus.appender.logfile = log4cplus::FileAppender
+log4cplus.appender.logfile.File = {log}
+log4cplus.appender.logfile.Append = false
+log4cplus.appender.logfile.ImmediateFlush = true
+log4cplus.appender.logfile.layout = log4cplus::PatternLayout
+log4cplus.appender.logfile.layout.ConversionPattern = %D{{%H:%M:%S.%Q}} %m%n
+"""
+# %Q: milliseconds with a fraction, printed by this DCMTK (3.6.7) as "12:34:56.789.012".
+STAMP = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3})\.(\d{3}) ")
+
+
+def stamp_seconds(line: str) -> float:
+    match = STAMP.match(line)
+    if match is None:
+        raise ValueError(f"no timestamp in storescu log line {line!r}")
+    hours, minutes, seconds, millis, micros = map(int, match.groups())
+    return hours * 3600 + minutes * 60 + seconds + millis / 1e3 + micros / 1e6
+
+
+def store_latencies(log: str) -> list[float]:
+    """Seconds from each "Sending Store Request" to its "Received Store Response"."""
+    latencies: list[float] = []
+    sent: float | None = None
+    for line in log.splitlines():
+        if "Sending Store Request" in line:
+            sent = stamp_seconds(line)
+        elif "Received Store Response" in line and sent is not None:
+            latencies.append((stamp_seconds(line) - sent) % 86400)  # past midnight
+            sent = None
+    return latencies
+
+
+def timed_send(folder: Path, files: Sequence[Path], port: int, called: str) -> list[float]:
+    """Send with storescu logging timestamps at DEBUG; the per-instance ack latencies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log, config = folder / "storescu.log", folder / "storescu-log.cfg"
+    config.write_text(STORESCU_LOG_CONFIG.format(log=log))
+    send(files, port, called, "-lc", str(config))
+    latencies = store_latencies(log.read_text(errors="replace"))
+    if len(latencies) != len(files):
+        raise RuntimeError(f"{len(latencies)} store responses in {log} for {len(files)} files")
+    return latencies
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def latency_summary(latencies: Sequence[float]) -> dict[str, float]:
+    return {"n": len(latencies), "p50_ms": 1e3 * statistics.median(latencies),
+            "p99_ms": 1e3 * percentile(latencies, 0.99), "max_ms": 1e3 * max(latencies)}
+
+
+BUCKET = re.compile(r'^dde_ack_latency_seconds_bucket\{le="([^"]+)"\}\s+(\S+)')
+
+
+def histogram_p99_ms(metrics: str) -> tuple[float | None, int]:
+    """The upper bound (ms) of the bucket holding the 99th percentile of
+    ``dde_ack_latency_seconds`` (None: beyond the last finite bucket), and the count."""
+    buckets = sorted((float(m.group(1)), float(m.group(2)))
+                     for m in map(BUCKET.match, metrics.splitlines()) if m)
+    if not buckets:
+        raise RuntimeError("no dde_ack_latency_seconds histogram in /metrics")
+    total = buckets[-1][1]
+    for bound, cumulative in buckets:
+        if cumulative >= 0.99 * total:
+            return (None if math.isinf(bound) else bound * 1e3), int(total)
+    return None, int(total)
+
+
+def scrape_metrics(web_port: int) -> str:
+    url = f"http://127.0.0.1:{web_port}/metrics"
+    texts: list[str] = []
+
+    def answered() -> bool:
+        try:
+            response = httpx.get(url, timeout=5.0, trust_env=False)
+        except httpx.HTTPError:
+            return False
+        if response.status_code == 200:
+            texts.append(response.text)
+        return bool(texts)
+
+    wait_for(answered, 30, f"router /metrics on {url}")
+    return texts[0]
+
+
+def case_latency(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        target = orthanc(stack, folder / "direct", "ORTHANC1")
+        direct = timed_send(folder / "direct", data.ct.files, target.dicom_port, target.aet)
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder / "router")
+        routed = timed_send(folder / "router", data.ct.files, deployment.port, ROUTER_AET)
+        bound, observed = histogram_p99_ms(scrape_metrics(deployment.web_port))
+    return {"latency": {"direct": latency_summary(direct), "router": latency_summary(routed),
+                        "router_histogram_p99_ms": bound,
+                        "router_histogram_count": observed}}
+
+
+# -- gigabyte ---------------------------------------------------------------------------------
+
+
+def delivery_problems(database: Path) -> list[str]:
+    """The errors of deliveries that failed or were refused at least once."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        rows = db.execute("SELECT endpoint, state, last_error FROM deliveries WHERE "
+                          "last_error IS NOT NULL").fetchall()
+    return [f"{endpoint} ({state}): {error}" for endpoint, state, error in rows]
+
+
+def case_gigabyte(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+    assert data.big is not None
+    result: dict[str, Any] = {"megabytes": data.big.stat().st_size / MB}
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder)
+        counter = Counter()
+        stack.callback(counter.close)
+        result["baseline_rss_mb"] = tree_rss_mb(deployment.pid)
+        database = deployment.home / "dde.sqlite3"
+        with RssSampler(deployment.pid) as rss:
+            started = time.perf_counter()
+            try:
+                result["ack_s"] = send([data.big], deployment.port, ROUTER_AET,
+                                       timeout=GIGABYTE_TIMEOUT)
+                wait_for(lambda: (deployment.arrived(counter, 1)
+                                  or any("(failed)" in p for p in delivery_problems(database))),
+                         ARRIVAL_TIMEOUT, "the big instance in a storage and the probe")
+            except RuntimeError as exc:
+                result["error"] = str(exc)[-1000:]
+            result["e2e_s"] = time.perf_counter() - started
+            result["arrived"] = deployment.arrived(counter, 1)
+        result["problems"] = delivery_problems(database)[:5]
+        result["peak_rss_mb"] = rss.peak_sum_mb
+        result["peak_hwm_sum_mb"] = rss.hwm_sum_mb
+        result["processes"] = len(rss.hwm_kb)
+    if not result["arrived"]:
+        result.pop("e2e_s")
+    return {"gigabyte": result}
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Data:
+    ct: Batch
+    small: Batch
+    big: Path | None
+
+
+def make_data(folder: Path, args: argparse.Namespace, cases: Sequence[str]) -> Data:
+    progress(f"generating {args.instances} CT instances of 512×512")
+    ct = Batch(write_series(folder / "ct", args.instances, rows=512, columns=512))
+    small = Batch([])
+    if "small" in cases:
+        progress(f"generating {args.small} instances of 64×64")
+        small = Batch(write_series(folder / "small", args.small, rows=64, columns=64))
+    big = None
+    if "gigabyte" in cases:
+        big = folder / "big" / "multiframe.dcm"
+        big.parent.mkdir(parents=True)
+        frames = write_big_instance(big, args.gigabyte_mb)
+        progress(f"wrote one instance of {frames} frames, {big.stat().st_size / MB:.0f} MB")
+    return Data(ct, small, big)
+
+
+Case = Callable[[Path, Data, argparse.Namespace], dict[str, Any]]
+CASE_FUNCTIONS: dict[str, Case] = {
+    "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
+    "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
+}
+
+
+def run_round(folder: Path, data: Data, args: argparse.Namespace,
+              cases: Sequence[str], number: int) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for case in cases:
+        progress(f"round {number}/{args.rounds}: {case}")
+        measured = CASE_FUNCTIONS[case](folder / case, data, args)
+        progress(f"round {number}/{args.rounds}: {case}: {brief(measured)}")
+        result.update(measured)
+        shutil.rmtree(folder / case, ignore_errors=True)
+    return result
+
+
+def brief(measured: dict[str, Any]) -> str:
+    """One line for the progress log: floats rounded, nested results flattened."""
+
+    def show(key: str, value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(show(f"{key}.{k}", v) for k, v in value.items())
+        return f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
+
+    return ", ".join(show(k, v) for k, v in measured.items())
+
+
+# -- summary ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A timed metric: which batch it sends, which direct time it is compared with, and
+    whether it is compared with the Lua peer."""
+
+    batch: str
+    direct: str | None
+    vs_peer: bool = False
+
+
+TIMED: dict[str, Timed] = {
+    "direct": Timed("ct", None),
+    "router_ack": Timed("ct", "direct", True),
+    "router_e2e": Timed("ct", "direct", True),
+    "peer_e2e": Timed("ct", "direct"),
+    "backlog_ack": Timed("ct", "direct", True),
+    "backlog_e2e": Timed("ct", "direct", True),
+    "small_direct_1": Timed("small", None),
+    "small_ack_1": Timed("small", "small_direct_1"),
+    "small_e2e_1": Timed("small", "small_direct_1"),
+    "small_direct_par": Timed("small", None),
+    "small_ack_par": Timed("small", "small_direct_par"),
+    "small_e2e_par": Timed("small", "small_direct_par"),
+}
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def summarize_times(rounds: list[dict[str, Any]], data: Data) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for key, spec in TIMED.items():
+        times = [r[key] for r in rounds if key in r]
+        if not times:
+            continue
+        batch = data.ct if spec.batch == "ct" else data.small
+        median = statistics.median(times)
+        summary[key] = {"median_s": median, "min_s": min(times), "max_s": max(times),
+                        "mb_per_s": batch.megabytes / median,
+                        "instances_per_s": batch.count / median}
+    peer = summary.get("peer_e2e", {}).get("median_s")
+    for key, row in summary.items():
+        spec = TIMED[key]
+        reference = summary.get(spec.direct or "", {}).get("median_s")
+        row["speed_vs_direct"] = ratio(reference, row["median_s"])
+        row["speed_vs_peer"] = ratio(peer, row["median_s"]) if spec.vs_peer else None
+    return summary
+
+
+def median_of(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize_latency(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    measured = [r["latency"] for r in rounds if "latency" in r]
+    if not measured:
+        return None
+    summary: dict[str, Any] = {
+        path: {stat: median_of([m[path][stat] for m in measured])
+               for stat in ("p50_ms", "p99_ms", "max_ms")}
+        for path in ("direct", "router")}
+    summary["router_histogram_p99_ms"] = median_of(
+        [m["router_histogram_p99_ms"] for m in measured])
+    return summary
+
+
+def summarize_gigabyte(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
+    measured = [r["gigabyte"] for r in rounds if "gigabyte" in r]
+    if not measured:
+        return None
+    return {
+        "megabytes": measured[0]["megabytes"],
+        "ack_s": median_of([m.get("ack_s") for m in measured]),
+        "e2e_s": median_of([m.get("e2e_s") for m in measured]),
+        "arrived": all(m["arrived"] for m in measured),
+        "baseline_rss_mb": median_of([m["baseline_rss_mb"] for m in measured]),
+        "peak_rss_mb": max(m["peak_rss_mb"] for m in measured),
+        "peak_hwm_sum_mb": max(m["peak_hwm_sum_mb"] for m in measured),
+        "problems": sorted({p for m in measured for p in m["problems"]})[:5],
+        "errors": [m["error"] for m in measured if "error" in m],
+    }
+
+
+def backlog_cost(times: dict[str, dict[str, Any]], kind: str) -> float | None:
+    """How much longer the backlog run took than the plain router run, in %."""
+    cost = ratio(times.get(f"backlog_{kind}", {}).get("median_s"),
+                 times.get(f"router_{kind}", {}).get("median_s"))
+    return None if cost is None else 100 * (cost - 1)
+
+
+@dataclass(frozen=True)
+class Headline:
+    label: str
+    value: float | None
+    unit: str
+    target: float
+    minimum: float | None = None
+    lower_is_better: bool = False
+
+    def verdict(self) -> str:
+        if self.value is None:
+            return "n/a"
+
+        def meets(bound: float) -> bool:
+            assert self.value is not None
+            return self.value < bound if self.lower_is_better else self.value >= bound
+
+        if meets(self.target):
+            return "PASS"
+        if self.minimum is not None and meets(self.minimum):
+            return "MISS (minimum met)"
+        return "MISS"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"label": self.label, "value": self.value, "unit": self.unit,
+                "target": self.target, "minimum": self.minimum, "verdict": self.verdict()}
+
+
+def headlines(summary: dict[str, Any]) -> list[Headline]:
+    times: dict[str, dict[str, Any]] = summary["times"]
+    latency = summary["latency"] or {}
+    gigabyte = summary["gigabyte"] or {}
+
+    def speed(key: str, field_name: str = "speed_vs_direct") -> float | None:
+        return times.get(key, {}).get(field_name)
+
+    costs = [c for c in (backlog_cost(times, "ack"), backlog_cost(times, "e2e")) if c is not None]
+    return [
+        Headline("router ack speed vs direct", speed("router_ack"), "×", 1.0, 0.8),
+        Headline("router e2e speed vs direct", speed("router_e2e"), "×", 0.5, 0.4),
+        Headline("router e2e speed vs Lua peer", speed("router_e2e", "speed_vs_peer"), "×",
+                 3.0, 1.5),
+        Headline("small instances acknowledged/s, one association",
+                 times.get("small_ack_1", {}).get("instances_per_s"), "/s", 300),
+        Headline(f"p99 ack latency router (direct: {fmt(latency.get('direct', {}).get('p99_ms'))}"
+                 " ms)", latency.get("router", {}).get("p99_ms"), "ms", 20,
+                 lower_is_better=True),
+        Headline(f"peak router RSS, {fmt(gigabyte.get('megabytes'), 0)} MB instance",
+                 gigabyte.get("peak_rss_mb"), "MB", 200, lower_is_better=True),
+        Headline("backlog cost (worse of ack, e2e)", max(costs) if costs else None, "%", 10,
+                 lower_is_better=True),
+    ]
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_report(summary: dict[str, Any], data: Data, args: argparse.Namespace) -> None:
+    print(f"\n{data.ct.count} CT instances ({data.ct.megabytes:.1f} MB); {data.small.count} "
+          f"small ({data.small.megabytes:.1f} MB); {args.rounds} rounds; "
+          f"{args.senders} parallel senders for *_par")
+    print(f"{'path':<17} {'median s':>9} {'min–max s':>15} {'MB/s':>7} {'inst/s':>8} "
+          f"{'× direct':>9} {'× peer':>7}")
+    for key, row in summary["times"].items():
+        span = f"{row['min_s']:.2f}–{row['max_s']:.2f}"
+        print(f"{key:<17} {row['median_s']:>9.2f} {span:>15} {row['mb_per_s']:>7.1f} "
+              f"{row['instances_per_s']:>8.1f} {fmt(row['speed_vs_direct']):>9} "
+              f"{fmt(row['speed_vs_peer']):>7}")
+    latency = summary["latency"]
+    if latency:
+        print("\nC-STORE ack latency, 0.5 MB instances (storescu's log; medians of rounds)")
+        for path in ("direct", "router"):
+            row = latency[path]
+            print(f"  {path:<7} p50 {fmt(row['p50_ms'])} ms  p99 {fmt(row['p99_ms'])} ms  "
+                  f"max {fmt(row['max_ms'])} ms")
+        print(f"  router's dde_ack_latency_seconds: p99 ≤ "
+              f"{fmt(latency['router_histogram_p99_ms'], 1)} ms (bucket bound)")
+    gigabyte = summary["gigabyte"]
+    if gigabyte:
+        print(f"\nOne instance of {gigabyte['megabytes']:.0f} MB to the router: ack "
+              f"{fmt(gigabyte['ack_s'])} s, e2e {fmt(gigabyte['e2e_s'])} s, arrived "
+              f"{gigabyte['arrived']}; router RSS baseline {fmt(gigabyte['baseline_rss_mb'], 0)}"
+              f" MB, peak {gigabyte['peak_rss_mb']:.0f} MB (sampled sum), "
+              f"{gigabyte['peak_hwm_sum_mb']:.0f} MB (sum of VmHWM)")
+        for problem in gigabyte["problems"] + gigabyte["errors"]:
+            print(f"  problem: {problem}")
+    print("\nHeadline")
+    for line in summary["headline"]:
+        value = f"{fmt(line['value'])} {line['unit']}"
+        print(f"  {line['label']:<52} {value:>12}  target {line['target']:g}  {line['verdict']}")
+
+
+def first_line(argv: Sequence[str], contains: str = "") -> str:
+    try:
+        output = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    lines = [line.strip() for line in output.splitlines() if contains in line and line.strip()]
+    return lines[0] if lines else "unknown"
+
+
+def proc_field(path: str, key: str) -> str:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def filesystem_of(path: Path) -> str:
+    resolved, best = str(path.resolve()), ("", "unknown", "unknown")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        device, mount, kind = line.split()[:3]
+        if (resolved == mount or resolved.startswith(mount.rstrip("/") + "/")) \
+                and len(mount) >= len(best[0]):
+            best = (mount, kind, device)
+    return f"{best[1]} ({best[2]} on {best[0]})"
+
+
+def machine(temp: Path) -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "cpu": proc_field("/proc/cpuinfo", "model name"),
+        "ram": proc_field("/proc/meminfo", "MemTotal"),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "temp_filesystem": filesystem_of(temp),
+        "python": platform.python_version(),
+        "orthanc": first_line([ORTHANC, "--version"], "Orthanc"),
+        "dcmtk": first_line([STORESCU, "--version"], "dcmtk"),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def parse_cases(text: str) -> list[str]:
+    wanted = [c.strip() for c in text.split(",") if c.strip()]
+    unknown = sorted(set(wanted) - set(CASES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(unknown)}; "
+                                         f"choose from {', '.join(CASES)}")
+    if "backlog" in wanted and "router" not in wanted:
+        wanted.append("router")  # the backlog cost is measured against it
+    return [c for c in CASES if c in wanted]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--instances", type=int, default=200, help="512×512 CT instances")
+    parser.add_argument("--small", type=int, default=2000, help="64×64 instances")
+    parser.add_argument("--senders", type=int, default=4, help="parallel storescu (small)")
+    parser.add_argument("--gigabyte-mb", type=int, default=1024,
+                        help="size of the big multi-frame instance, MiB")
+    parser.add_argument("--backlog", type=int, default=100_000, help="pending deliveries")
+    parser.add_argument("--only", type=parse_cases, default=list(CASES),
+                        help=f"comma-separated subset of: {', '.join(CASES)}")
+    parser.add_argument("--json", type=Path, help="also write the JSON here")
+    return parser.parse_args(argv)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="dde-bench-") as tmp:
+        yield Path(tmp)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
+    cases: list[str] = args.only
+    with workspace() as work:
+        description = machine(work)
+        data = make_data(work / "data", args, cases)
+        rounds = [run_round(work / f"round{n}", data, args, cases, n)
+                  for n in range(1, args.rounds + 1)]
+        summary: dict[str, Any] = {"times": summarize_times(rounds, data),
+                                   "latency": summarize_latency(rounds),
+                                   "gigabyte": summarize_gigabyte(rounds)}
+        summary["backlog_cost_percent"] = {kind: backlog_cost(summary["times"], kind)
+                                           for kind in ("ack", "e2e")}
+        summary["headline"] = [h.as_json() for h in headlines(summary)]
+        print_report(summary, data, args)
+        document = {
+            "machine": description,
+            "parameters": {"rounds": args.rounds, "instances": args.instances,
+                           "ct_megabytes": data.ct.megabytes, "small": args.small,
+                           "small_megabytes": data.small.megabytes, "senders": args.senders,
+                           "gigabyte_mb": args.gigabyte_mb, "backlog": args.backlog,
+                           "cases": cases},
+            "rounds": rounds,
+            "summary": summary,
+        }
+        if data.big is not None:
+            data.big.unlink()
+    text = json.dumps(document, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

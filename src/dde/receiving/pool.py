@@ -1,0 +1,199 @@
+"""The receiver processes of a running router, started and watched by the main process.
+
+The port is reserved first: a plain bind proves nobody else listens on it, then a socket
+bound with ``SO_REUSEPORT`` (never listening) holds it — a configured port 0 becomes a real
+one here — and every receiver process listens on it beside the others. A receiver process
+that dies is started again (after 1 s, doubling up to 30 s while it keeps dying young);
+the others keep accepting meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from dde.config import ReceiverSettings
+from dde.receiving.worker import READY
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+RESTART_FIRST = 1.0
+RESTART_CAP = 30.0
+YOUNG_SECONDS = 10.0
+
+
+class ReceiverStartError(OSError):
+    """A receiver process did not come up; the message says why."""
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Check that nobody listens on ``(host, port)`` and hold it for the receiver processes;
+    raise OSError (EADDRINUSE …) when it is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as check:
+        check.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        check.bind((host, port))
+        if port == 0:
+            port = int(check.getsockname()[1])
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind((host, port))
+    except OSError:
+        holder.close()
+        raise
+    return holder
+
+
+class _Child:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.restart_delay = RESTART_FIRST
+        self.restart_at: float | None = None
+
+
+class ReceiverPool:
+    """``count`` receiver processes on one port; the same face as :class:`StorageSCP`
+    (``port``, ``running``, ``start``, ``stop``, ``settings``)."""
+
+    def __init__(self, settings: ReceiverSettings, count: int, home: Path,
+                 config_file: Path | None, notify: str, verbose: bool = False) -> None:
+        self.settings = settings
+        self._count = count
+        self._home = home
+        self._config_file = config_file
+        self._notify = notify
+        self._verbose = verbose
+        self._holder: socket.socket | None = None
+        self._children = [_Child(i) for i in range(count)]
+        self._stopped = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._holder is None:
+            return self.settings.port
+        return int(self._holder.getsockname()[1])
+
+    @property
+    def running(self) -> bool:
+        """Whether at least one receiver process is up."""
+        return any(c.process is not None and c.process.poll() is None
+                   for c in list(self._children))
+
+    def _argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "dde.receiving.worker", "--home", str(self._home),
+                "--port", str(self.port), "--notify", self._notify,
+                "--parent", str(os.getpid())]
+        if self._config_file is not None:
+            argv += ["--config", str(self._config_file)]
+        if self._verbose:
+            argv.append("--verbose")
+        return argv
+
+    def _spawn(self, child: _Child) -> None:
+        child.process = subprocess.Popen(self._argv(), stdout=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        self._await_ready(child)
+
+    @staticmethod
+    def _await_ready(child: _Child) -> None:
+        process = child.process
+        assert process is not None and process.stdout is not None
+        deadline = time.monotonic() + START_TIMEOUT
+        line = b""
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 0.2)
+            if ready:
+                line = process.stdout.readline()
+                break
+            if process.poll() is not None:
+                break
+        if line.strip().decode(errors="replace") != READY:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            raise ReceiverStartError(
+                f"receiver process {child.index} did not start (exit code "
+                f"{process.returncode}); see the log above")
+        process.stdout.close()
+
+    def start(self) -> None:
+        self._holder = reserve_port(self.settings.host, self.settings.port)
+        try:
+            for child in self._children:
+                self._spawn(child)
+        except BaseException:
+            self.stop()
+            raise
+        self._watcher = threading.Thread(target=self._watch, name="receiver-pool",
+                                         daemon=True)
+        self._watcher.start()
+        log.info("receiving as %s on %s:%d in %d process(es)%s", self.settings.ae_title,
+                 self.settings.host, self.port, self._count,
+                 " (TLS)" if self.settings.tls.enabled else "")
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(0.25):
+            for child in self._children:
+                if self._stopped.is_set():
+                    return
+                self._look_after(child)
+
+    def _look_after(self, child: _Child) -> None:
+        process = child.process
+        now = time.monotonic()
+        if process is not None and process.poll() is None:
+            if now - child.started_at > YOUNG_SECONDS:
+                child.restart_delay = RESTART_FIRST
+            return
+        if child.restart_at is None:
+            code = process.returncode if process is not None else None
+            log.error("receiver process %d ended (exit code %s); starting it again in %.0f s",
+                      child.index, code, child.restart_delay)
+            child.restart_at = now + child.restart_delay
+            child.restart_delay = min(RESTART_CAP, child.restart_delay * 2)
+            return
+        if now >= child.restart_at:
+            try:
+                self._spawn(child)
+                log.info("receiver process %d started again", child.index)
+            except (OSError, ReceiverStartError) as exc:
+                log.error("%s", exc)
+                child.restart_at = None
+
+    def stop(self) -> None:
+        """SIGTERM every receiver process (each finishes the instance in hand), wait, then
+        SIGKILL what is left; release the port."""
+        self._stopped.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        processes = [c.process for c in self._children
+                     if c.process is not None and c.process.poll() is None]
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for process in processes:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("receiver process %d did not stop; killing it", process.pid)
+                process.kill()
+                process.wait()
+        if self._holder is not None:
+            self._holder.close()
+            self._holder = None

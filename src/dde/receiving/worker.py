@@ -1,0 +1,151 @@
+"""A receiver process: the DICOM receiver on its own, beside the main router process.
+
+``dde serve`` starts ``receiver.processes`` of these (``python -m dde.receiving.worker``).
+Each listens on the receiver port with ``SO_REUSEPORT``, streams every dataset to the
+spool's incoming folder as it arrives, and acknowledges only after the spool file is fsync'd
+and the ledger transaction is committed — exactly the main process's ingest path, without
+the delivery threads, the web server and the probes competing for the same interpreter.
+
+It routes with the rules and endpoints from the configuration files (watched like the main
+process does) and with the health and loads the main process publishes in the ledger. It
+tells the main process what it committed (:mod:`dde.receiving.notify`), and ends when the
+main process ends (``PR_SET_PDEATHSIG``, and a check of the parent's pid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from dde import logs
+from dde.config import ConfigError, Home
+from dde.config_store import ConfigStore, ConfigWatch
+from dde.delivery.ledger import Ledger, LedgerError
+from dde.net import quicken_reactors
+from dde.receiving.incoming import stream_datasets_to
+from dde.receiving.ingest import IngestPipeline
+from dde.receiving.notify import Notifier
+from dde.receiving.published import PublishedEndpoints
+from dde.receiving.scp import StorageSCP
+from dde.receiving.spool import Spool
+from dde.routing.router import Router
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+WATCH_SECONDS = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Get SIGTERM when the main process dies, even by SIGKILL (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # the pid check in the watch loop still ends this process
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        sys.exit(0)
+
+
+class ReceiverWorker:
+    def __init__(self, home: Home, config_file: Path | None, port: int, notify: str) -> None:
+        self.store = ConfigStore(home, config_file)
+        self.watch = ConfigWatch(self.store)
+        settings = self.store.settings()
+        ruleset = self.store.ruleset(settings)
+        self.ledger = Ledger(home.database)
+        self.spool = Spool(home.spool_dir, settings.spool.max_bytes,
+                           settings.spool.min_free_bytes, shared=True)
+        stream_datasets_to(self.spool.incoming_dir)
+        self.published = PublishedEndpoints(self.ledger,
+                                            settings.health.failover_after_seconds)
+        self.router = Router(settings.routing, settings.endpoints, self.published,
+                             self.published, ruleset)
+        self.notifier = Notifier(notify)
+        self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
+                                       self.notifier.committed, self.notifier)
+        receiver = settings.receiver.model_copy(update={"port": port})
+        self.scp = StorageSCP(receiver, self.pipeline, shared_port=True, streamed=True,
+                              on_association=self.refresh)
+        self._stopped = threading.Event()
+        self._config_lock = threading.Lock()
+
+    def run(self, parent_pid: int) -> None:
+        quicken_reactors()
+        self.scp.start()
+        print(READY, flush=True)
+        while not self._stopped.wait(WATCH_SECONDS):
+            if os.getppid() != parent_pid:
+                log.warning("the main router process is gone; stopping")
+                break
+            self._apply_changes()
+        self.close()
+
+    def refresh(self) -> None:
+        """Before each association: the configuration files as they are now (two stat
+        calls when unchanged) and the endpoint picture as last published. A change made
+        before an association was opened is in force for it."""
+        self._apply_changes()
+        self.published.expire()
+
+    def _apply_changes(self) -> None:
+        with self._config_lock:
+            change = self.watch.changed()
+        if change is None:
+            return
+        settings, ruleset = change
+        self.router.configure(ruleset, settings.endpoints)
+        self.published.failover_after = settings.health.failover_after_seconds
+        self.spool.max_bytes = settings.spool.max_bytes
+        self.spool.min_free_bytes = settings.spool.min_free_bytes
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.notifier.close()
+        self.ledger.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dde.receiving.worker",
+                                     description="A receiver process of `dde serve`.")
+    parser.add_argument("--home", type=Path, required=True)
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--notify", required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _end_with_parent(args.parent)
+    logs.configure(args.verbose)
+    try:
+        worker = ReceiverWorker(Home(args.home), args.config, args.port, args.notify)
+    except (ConfigError, LedgerError) as exc:
+        log.error("receiver process cannot start: %s", exc)
+        return 2
+
+    def _signal(signum: int, frame: FrameType | None) -> None:
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, _signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which
+    try:                                          # stops this one in order
+        worker.run(args.parent)
+    except OSError as exc:
+        log.error("receiver process cannot listen: %s", exc.strerror or exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
