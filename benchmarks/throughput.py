@@ -37,7 +37,6 @@ import shutil
 import signal
 import sqlite3
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -49,16 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import (
-    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    generate_uid,
-)
 
 from dde.delivery.ledger import Ledger
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
-from dde.synthetic import make_header, write_series
+from dde.synthetic import write_large_instance, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,9 +73,6 @@ RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
 CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog")
-FRAME_SIDE = 512
-FRAME_BYTES = FRAME_SIDE * FRAME_SIDE * 2
-CHUNK_BYTES = 4 * 2**20
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -111,40 +101,6 @@ class Batch:
 
     def shares(self, parts: int) -> list[list[Path]]:
         return [self.files[i::parts] for i in range(parts) if self.files[i::parts]]
-
-
-def big_header(frames: int) -> Dataset:
-    """A multi-frame 16-bit secondary capture instance, everything but its pixel data."""
-    ds = make_header(study_uid=generate_uid(), series_uid=generate_uid(), number=1,
-                     rows=FRAME_SIDE, columns=FRAME_SIDE,
-                     sop_class_uid=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-                     modality="OT", patient_id="DDE-BENCH-BIG", patient_name="Bench^Big",
-                     accession="BIG1")
-    ds.ConversionType = "WSD"
-    ds.NumberOfFrames = frames
-    return ds
-
-
-def write_big_instance(path: Path, megabytes: int) -> int:
-    """Write one instance of about ``megabytes`` MiB without holding its pixels in memory:
-    the header with pydicom, then the (7FE0,0010) OW header and the pixels in chunks.
-    Returns the number of frames."""
-    frames = max(1, round(megabytes * 2**20 / FRAME_BYTES))
-    header = big_header(frames)
-    header.save_as(path, enforce_file_format=True)
-    length = frames * FRAME_BYTES
-    chunk = os.urandom(CHUNK_BYTES)
-    with open(path, "ab") as out:
-        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
-        remaining = length
-        while remaining:
-            part = min(remaining, CHUNK_BYTES)
-            out.write(chunk[:part])
-            remaining -= part
-    check = pydicom.dcmread(path, stop_before_pixels=True)
-    if int(check.NumberOfFrames) != frames or check.SOPInstanceUID != header.SOPInstanceUID:
-        raise RuntimeError(f"{path}: pydicom reads back a different header")
-    return frames
 
 
 # -- processes ----------------------------------------------------------------------------
@@ -689,7 +645,7 @@ def make_data(folder: Path, args: argparse.Namespace, cases: Sequence[str]) -> D
     if "gigabyte" in cases:
         big = folder / "big" / "multiframe.dcm"
         big.parent.mkdir(parents=True)
-        frames = write_big_instance(big, args.gigabyte_mb)
+        frames = write_large_instance(big, args.gigabyte_mb)
         progress(f"wrote one instance of {frames} frames, {big.stat().st_size / MB:.0f} MB")
     return Data(ct, small, big)
 

@@ -6,10 +6,18 @@ Used by `dde generate` (something to send on a fresh install), the tests and the
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import (
+    UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    generate_uid,
+)
 
 _SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage}
 
@@ -82,3 +90,33 @@ def write_studies(folder: Path, studies: int, per_study: int,
         result[uid] = write_series(folder, per_study, study_uid=uid, prefix=f"s{index:02d}_",
                                    **kwargs)  # type: ignore[arg-type]
     return result
+
+
+FRAME_SIDE = 512
+FRAME_BYTES = FRAME_SIDE * FRAME_SIDE * 2
+_CHUNK_BYTES = 4 << 20
+
+
+def write_large_instance(path: Path, megabytes: int) -> int:
+    """Write one multi-frame instance of about ``megabytes`` MiB (512×512 16-bit frames)
+    without holding its pixels in memory: the header with pydicom, then the Pixel Data
+    element header and the pixels in 4 MiB chunks. Returns the number of frames."""
+    frames = max(1, round(megabytes * 2**20 / FRAME_BYTES))
+    header = make_header(study_uid=generate_uid(), series_uid=generate_uid(), number=1,
+                         rows=FRAME_SIDE, columns=FRAME_SIDE,
+                         sop_class_uid=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                         modality="OT", patient_id="DDE-TEST-LARGE", patient_name="Large^Test",
+                         accession="LARGE1")
+    header.ConversionType = "WSD"
+    header.NumberOfFrames = frames
+    header.save_as(path, enforce_file_format=True)
+    length = frames * FRAME_BYTES
+    chunk = os.urandom(_CHUNK_BYTES)
+    with path.open("ab") as out:
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, length))
+        remaining = length
+        while remaining:
+            part = min(remaining, _CHUNK_BYTES)
+            out.write(chunk[:part])
+            remaining -= part
+    return frames

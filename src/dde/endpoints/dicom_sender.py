@@ -19,6 +19,7 @@ from pynetdicom.pdu_primitives import UserIdentityNegotiation
 from dde.config import DeliverySettings, EndpointSettings
 from dde.dicom import status as dimse
 from dde.dicom.uids import uid_name
+from dde.endpoints.send_queue import BoundedSendQueue, SendStalled
 from dde.endpoints.sending import SendResult, Shipment
 from dde.net import on_connection_open
 
@@ -63,6 +64,7 @@ class DicomSender:
         self._ae = AE(ae_title=calling_aet)
         self._ae.acse_timeout = delivery.connect_timeout
         self._ae.connection_timeout = delivery.connect_timeout
+        self._dimse_timeout = delivery.dimse_timeout
         self._ae.dimse_timeout = delivery.dimse_timeout
         self._ae.network_timeout = delivery.dimse_timeout
         self._ae.maximum_pdu_size = 0  # no limit on what we accept back
@@ -109,6 +111,8 @@ class DicomSender:
             return SendResult.unreachable(
                 "association not established (connection refused, timed out or aborted)"
             )
+        # the DUL thread reads this attribute at each turn; nothing is queued yet
+        assoc.dul.to_provider_queue = BoundedSendQueue(self._dimse_timeout)
         self._assoc = assoc
         self._proposed = set(pairs)
         self._accepted = {
@@ -135,6 +139,11 @@ class DicomSender:
             response = self._assoc.send_c_store(shipment.path)
         except FileNotFoundError:
             return SendResult.refused("spool file is missing", permanent=True)
+        except SendStalled as exc:  # half a message went out: only an abort ends it
+            assoc, self._assoc = self._assoc, None
+            self._proposed, self._accepted = set(), set()
+            assoc.abort()
+            return SendResult.refused(f"C-STORE could not be sent: {exc}")
         except (ValueError, AttributeError, RuntimeError, OSError) as exc:
             self.release()
             return SendResult.refused(f"C-STORE could not be sent: {exc}")
@@ -160,6 +169,9 @@ class DicomSender:
         if assoc is None:
             return
         try:
+            sending = assoc.dul.to_provider_queue
+            if isinstance(sending, BoundedSendQueue):
+                sending.cancel()
             assoc.abort()
         finally:
             assoc.dimse.msg_queue.put((None, None))
