@@ -45,7 +45,9 @@ def assert_hidden(text: str) -> None:
 def secret_settings(closed_port: int) -> Settings:
     return router_settings([], None, endpoints=endpoints_with_credentials(closed_port),
                            routing={"mirror": ["DICOM_PACS"]},
-                           health={"interval_seconds": 0.2})
+                           # probed (and failing) often, but never marked down: the
+                           # instances must be taken, not refused for want of a route
+                           health={"interval_seconds": 0.2, "failure_threshold": 1000})
 
 
 def test_repr_and_str_of_settings_hide_passwords() -> None:
