@@ -57,6 +57,24 @@ def user_identity(endpoint: EndpointSettings) -> list[Any]:
     return items
 
 
+def keep_responses_for_the_waiting_call(assoc: Any) -> None:
+    """Let only ``send_c_store``'s blocking wait take C-STORE responses off the DIMSE queue.
+
+    pynetdicom pauses the association's reactor thread before a ``send_c_store`` by clearing
+    an event and then trusting an ``_is_paused`` flag the reactor sets just *before* it
+    waits on that event; when the flag is read in that window, the reactor runs one more
+    turn and takes the response off the queue itself ("Received unexpected C-STORE service
+    message"), and the sender waits out the whole DIMSE timeout (20 s stalls, found by the
+    benchmark with small instances). The reactor's look is non-blocking and ours blocks, so
+    on a sending-only association non-blocking looks simply see nothing."""
+    take = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[Any, Any]:
+        return take(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg
+
+
 class DicomSender:
     def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
                  calling_aet: str) -> None:
@@ -113,6 +131,7 @@ class DicomSender:
             )
         # the DUL thread reads this attribute at each turn; nothing is queued yet
         assoc.dul.to_provider_queue = BoundedSendQueue(self._dimse_timeout)
+        keep_responses_for_the_waiting_call(assoc)
         self._assoc = assoc
         self._proposed = set(pairs)
         self._accepted = {
