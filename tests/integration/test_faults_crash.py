@@ -8,7 +8,9 @@ DCMTK's storescu ``-v`` log says which files got a success response.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -265,3 +267,75 @@ def test_sigterm_while_a_destination_hangs_on_c_store_exits_within_seconds(
     finally:
         stop_process_quietly(router)
         stuck.close()
+
+
+def _receiver_pids(router: RouterProcess) -> list[int]:
+    """Children of the main process (of any of its threads: a restarted receiver process is
+    started from the pool's watch thread)."""
+    assert router.process is not None
+    pids: list[int] = []
+    for children in Path(f"/proc/{router.process.pid}/task").glob("*/children"):
+        try:
+            pids += [int(p) for p in children.read_text().split()]
+        except FileNotFoundError:
+            continue
+    return pids
+
+
+def _sent(files: list[Path], port: int) -> bool:
+    try:
+        storescu(files, port, ROUTER_AET)
+    except subprocess.CalledProcessError:
+        return False
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, not yet reaped
+
+
+def test_kill_9_of_the_receiver_process_loses_nothing_and_it_comes_back(
+    crash_stack: CrashStack, tmp_path: Path
+) -> None:
+    """The receiver process dies mid-send: what it acknowledged is in the ledger and gets
+    delivered; the main process starts a new receiver process, which takes the rest."""
+    stack = crash_stack
+    files = [f for paths in write_studies(tmp_path / "files", 2, 40, rows=128,
+                                          columns=128).values() for f in paths]
+    (receiver,) = _receiver_pids(stack.router)
+    run = start_storescu(files, stack.router.port, ROUTER_AET, tmp_path / "storescu.log")
+    try:
+        wait_until(lambda: stack.ledger_instance_count() >= len(files) // 4, 20,
+                   "the receiver process took a quarter of the instances")
+        os.kill(receiver, signal.SIGKILL)
+        run.wait(30)
+    finally:
+        run.stop()
+    acknowledged = {sop_instance_uid(f) for f in run.acknowledged()}
+    assert 0 < len(acknowledged) < len(files), "the kill did not land mid-send"
+    assert acknowledged <= stack.ledger_uids(), "an acknowledged instance is not in the ledger"
+
+    restarted = wait_until(lambda: [p for p in _receiver_pids(stack.router)
+                                    if p != receiver and not _gone(p)], 20,
+                           "a new receiver process")
+    rest = [f for f in files if sop_instance_uid(f) not in acknowledged]
+    wait_until(lambda: _sent(rest, stack.router.port), 20,
+               "the new receiver process takes the rest")
+    stack.router.wait_idle(60)
+    assert set(stack.state_counts()) == {"delivered"}
+    _assert_delivered_once(set(sop_instance_uids(files)), stack)
+    assert stack.router.process is not None and stack.router.process.poll() is None
+    print(f"\nreceiver process killed after {len(acknowledged)} of {len(files)}: "
+          f"restarted as {restarted}, 0 lost")
+
+
+def test_receiver_processes_end_with_the_main_process(crash_stack: CrashStack) -> None:
+    receivers = _receiver_pids(crash_stack.router)
+    assert receivers, "no receiver process"
+    crash_stack.router.kill()
+    wait_until(lambda: all(_gone(pid) for pid in receivers), 10,
+               "receiver processes gone after the main process was killed")

@@ -485,3 +485,29 @@ def test_two_open_ledgers_see_each_others_commits(tmp_path: Path) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+# -- the spool janitor's questions -----------------------------------------------------
+def test_releasable_since_finds_what_changed_and_not_the_old_backlog(ledger: Ledger) -> None:
+    backlog = [ingest_to(ledger, ["DOWN"], spool_path=f"b/{n}.dcm", received_at=100.0)
+               for n in range(3)]
+    done = ingest_to(ledger, ["A", "B"], spool_path="d/done.dcm", received_at=100.0)
+    half = ingest_to(ledger, ["A", "B"], spool_path="d/half.dcm", received_at=100.0)
+    discarded = ingest_to(ledger, [], spool_path="d/discarded.dcm", received_at=300.0)
+    rows = delivery_rows(ledger, done)
+    ledger.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED),
+                            DeliveryOutcome(rows["B"][0], DELIVERED)], now=250.0)
+    ledger.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["A"][0], DELIVERED)],
+                           now=250.0)
+
+    everything = ledger.releasable_spool_files(older_than=400.0)
+    assert sorted(everything) == sorted([(done, "d/done.dcm"), (discarded, "d/discarded.dcm")])
+    # Since 200: the delivery at 250 and the instance received at 300 - never the backlog.
+    assert sorted(ledger.releasable_spool_files(400.0, since=200.0)) == sorted(everything)
+    assert ledger.releasable_spool_files(400.0, since=350.0) == []
+    # The half-delivered instance becomes releasable when its last delivery is made.
+    ledger.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["B"][0], DELIVERED)],
+                           now=380.0)
+    assert ledger.releasable_spool_files(400.0, since=350.0) == [(half, "d/half.dcm")]
+    assert ledger.releasable_spool_files(370.0, since=350.0) == []  # not old enough yet
+    assert not {i for i, _ in ledger.releasable_spool_files(400.0)} & set(backlog)

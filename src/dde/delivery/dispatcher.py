@@ -28,6 +28,7 @@ from dde.telemetry import NULL_TELEMETRY, Telemetry
 log = logging.getLogger(__name__)
 
 SenderFactory = Callable[[EndpointSettings], Sender]
+JANITOR_OVERLAP_SECONDS = 60.0
 
 
 def lower_thread_priority(increment: int) -> None:
@@ -248,6 +249,7 @@ class Dispatcher:
         self._poll = poll
         self._retention = retention
         self._workers: dict[str, EndpointWorker] = {}
+        self._cleaned_until: float | None = None  # None: look at every spooled instance
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._janitor_wake = threading.Event()
@@ -320,8 +322,13 @@ class Dispatcher:
             self._janitor.join(timeout=10)
 
     def clean_spool_once(self) -> int:
-        removable = self._ledger.releasable_spool_files(time.time() - self._retention)
+        """Remove up to one batch of spool files no delivery needs any more; how many."""
+        older_than = time.time() - self._retention
+        removable = self._ledger.releasable_spool_files(older_than, since=self._cleaned_until)
         if not removable:
+            # Everything up to ``older_than`` was looked at: next time only what changed
+            # since (less a margin for delivery batches committed a little late).
+            self._cleaned_until = older_than - JANITOR_OVERLAP_SECONDS
             return 0
         self._ledger.mark_spool_removed([instance_id for instance_id, _ in removable])
         for _, path in removable:

@@ -303,6 +303,10 @@ def _check_at_open(connection: sqlite3.Connection, path: Path) -> None:
     connection.execute("ROLLBACK")
 
 
+_ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
+                  " AND (d.state != 'delivered' OR d.delivered_at > ?))")
+
+
 class Ledger:
     def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
         """Open (or create) the ledger. A lock held longer than ``open_timeout`` seconds
@@ -481,15 +485,25 @@ class Ledger:
                 (error, time.time(), endpoint, error),
             )
 
-    def releasable_spool_files(self, older_than: float, limit: int = 500) -> list[tuple[int, str]]:
-        """Spool files whose every delivery is delivered, the last one before ``older_than``."""
-        rows = self._connect().execute(
-            "SELECT i.id, i.spool_path FROM instances i WHERE i.spool_path IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
-            "   AND (d.state != 'delivered' OR d.delivered_at > ?))"
-            " LIMIT ?",
-            (older_than, limit),
-        ).fetchall()
+    def releasable_spool_files(self, older_than: float, limit: int = 500,
+                               since: float | None = None) -> list[tuple[int, str]]:
+        """Spool files whose every delivery is delivered, the last one before ``older_than``.
+
+        ``since``: look only at instances with a delivery delivered, or received, after it
+        (both indexed), so that a large queue of pending deliveries is not read again at
+        every clean-up; None looks at every instance that still has a spool file."""
+        if since is None:
+            rows = self._connect().execute(
+                "SELECT i.id, i.spool_path FROM instances i WHERE i.spool_path IS NOT NULL"
+                f" AND {_ALL_DELIVERED} LIMIT ?", (older_than, limit)).fetchall()
+        else:
+            rows = self._connect().execute(
+                "SELECT i.id, i.spool_path FROM instances i WHERE i.id IN ("
+                "   SELECT d0.instance_id FROM deliveries d0"
+                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?"
+                "   UNION SELECT id FROM instances WHERE received_at > ?)"
+                f" AND i.spool_path IS NOT NULL AND {_ALL_DELIVERED} LIMIT ?",
+                (since, older_than, since, older_than, limit)).fetchall()
         return [(int(a), str(b)) for a, b in rows]
 
     def mark_spool_removed(self, instance_ids: Sequence[int]) -> None:
