@@ -252,3 +252,23 @@ def test_failure_results_are_not_ok(status: int) -> None:
     assert not IngestResult(status, "x").ok
     assert IngestResult(dimse.SUCCESS, "stored").ok
 
+
+
+def test_a_discarded_instance_is_acknowledged_and_keeps_no_spool_file(
+        ledger: Ledger, spool: Spool) -> None:
+    from dde.routing.rules import parse_rules
+
+    ruleset = parse_rules("rules:\n  - name: drop-all\n    action: discard\n",
+                          [e.name for e in ENDPOINTS], {"storage", "probe"})
+    router = Router(RoutingSettings(), ENDPOINTS, load_book(), ruleset=ruleset)
+    committed = Committed()
+    instance = generated()
+
+    result = pipeline(ledger, spool, router, committed).ingest(instance.incoming())
+
+    assert result.status == dimse.SUCCESS and result.route is not None
+    assert result.route.discard
+    (record,) = ledger.where(instance.sop_instance_uid)
+    assert record.deliveries == [] and record.spool_path is None
+    assert spool_files(spool.root) == []
+    assert committed.calls == []

@@ -502,8 +502,9 @@ def test_releasable_since_finds_what_changed_and_not_the_old_backlog(ledger: Led
 
     everything = ledger.releasable_spool_files(older_than=400.0)
     assert sorted(everything) == sorted([(done, "d/done.dcm"), (discarded, "d/discarded.dcm")])
-    # Since 200: the delivery at 250 and the instance received at 300 - never the backlog.
-    assert sorted(ledger.releasable_spool_files(400.0, since=200.0)) == sorted(everything)
+    # Since 200: the delivery made at 250 - never the backlog (nor the instance without any
+    # delivery: the receiver removes a discarded instance's file itself).
+    assert ledger.releasable_spool_files(400.0, since=200.0) == [(done, "d/done.dcm")]
     assert ledger.releasable_spool_files(400.0, since=350.0) == []
     # The half-delivered instance becomes releasable when its last delivery is made.
     ledger.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["B"][0], DELIVERED)],

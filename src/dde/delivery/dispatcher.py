@@ -28,7 +28,8 @@ from dde.telemetry import NULL_TELEMETRY, Telemetry
 log = logging.getLogger(__name__)
 
 SenderFactory = Callable[[EndpointSettings], Sender]
-JANITOR_OVERLAP_SECONDS = 60.0
+JANITOR_OVERLAP_SECONDS = 30.0
+JANITOR_MIN_INTERVAL_SECONDS = 0.5
 
 
 def lower_thread_priority(increment: int) -> None:
@@ -342,5 +343,7 @@ class Dispatcher:
                     pass
             except Exception:
                 log.exception("spool clean-up failed; will retry")
+            if self._stop.wait(JANITOR_MIN_INTERVAL_SECONDS):  # deliveries wake it often
+                return
             self._janitor_wake.wait(max(1.0, min(self._retention, 60.0)))
             self._janitor_wake.clear()

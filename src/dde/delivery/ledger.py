@@ -489,9 +489,10 @@ class Ledger:
                                since: float | None = None) -> list[tuple[int, str]]:
         """Spool files whose every delivery is delivered, the last one before ``older_than``.
 
-        ``since``: look only at instances with a delivery delivered, or received, after it
-        (both indexed), so that a large queue of pending deliveries is not read again at
-        every clean-up; None looks at every instance that still has a spool file."""
+        ``since``: look only at instances with a delivery delivered after it (indexed), so
+        that a large queue of pending deliveries is not read again at every clean-up; None
+        looks at every instance that still has a spool file (instances without any delivery
+        included)."""
         if since is None:
             rows = self._connect().execute(
                 "SELECT i.id, i.spool_path FROM instances i WHERE i.spool_path IS NOT NULL"
@@ -500,10 +501,9 @@ class Ledger:
             rows = self._connect().execute(
                 "SELECT i.id, i.spool_path FROM instances i WHERE i.id IN ("
                 "   SELECT d0.instance_id FROM deliveries d0"
-                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?"
-                "   UNION SELECT id FROM instances WHERE received_at > ?)"
+                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?)"
                 f" AND i.spool_path IS NOT NULL AND {_ALL_DELIVERED} LIMIT ?",
-                (since, older_than, since, older_than, limit)).fetchall()
+                (since, older_than, older_than, limit)).fetchall()
         return [(int(a), str(b)) for a, b in rows]
 
     def mark_spool_removed(self, instance_ids: Sequence[int]) -> None:

@@ -169,12 +169,23 @@ class IngestPipeline:
             log.info("received instance #%d (%s, %d bytes) from %s -> discarded [rule %s]",
                      instance_id, uid_name(incoming.sop_class_uid), spooled.size,
                      incoming.calling_aet, route.rule)
+            self._drop_spool_file(instance_id, spooled.relative_path)
             return IngestResult(dimse.SUCCESS, "discarded", instance_id, route)
         log.info("received instance #%d (%s, %d bytes) from %s -> %s [rule %s]", instance_id,
                  uid_name(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
                  ", ".join(destinations), route.rule)
         self._on_committed(destinations)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
+
+    def _drop_spool_file(self, instance_id: int, relative_path: str) -> None:
+        """A discarded instance needs no spool file (the janitor only looks at delivered
+        ones); failing here changes nothing for the sender."""
+        try:
+            self._ledger.mark_spool_removed([instance_id])
+            self._spool.remove(relative_path)
+        except (sqlite3.Error, LedgerError, OSError) as exc:
+            log.warning("could not remove the spool file of discarded instance #%d: %s",
+                        instance_id, exc)
 
     @staticmethod
     def _header(incoming: Incoming) -> InstanceHeader:
