@@ -88,6 +88,11 @@ class ReceiverPool:
         return int(self._holder.getsockname()[1])
 
     @property
+    def processes(self) -> int:
+        """How many receiver processes this pool keeps running."""
+        return self._count
+
+    @property
     def running(self) -> bool:
         """Whether at least one receiver process is up."""
         return any(c.process is not None and c.process.poll() is None
