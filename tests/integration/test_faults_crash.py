@@ -290,6 +290,16 @@ def _sent(files: list[Path], port: int) -> bool:
     return True
 
 
+def _describe(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except FileNotFoundError:
+        return f"{pid} gone"
+    wchan = Path(f"/proc/{pid}/wchan").read_text() if Path(f"/proc/{pid}/wchan").exists() else ""
+    return f"{pid} " + " ".join(line for line in status if line.startswith(
+        ("State", "PPid", "SigPnd", "ShdPnd", "SigBlk", "SigCgt", "Threads"))) + f" {wchan}"
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split()[2]
@@ -337,5 +347,12 @@ def test_receiver_processes_end_with_the_main_process(crash_stack: CrashStack) -
     receivers = _receiver_pids(crash_stack.router)
     assert receivers, "no receiver process"
     crash_stack.router.kill()
-    wait_until(lambda: all(_gone(pid) for pid in receivers), 10,
-               "receiver processes gone after the main process was killed")
+
+    def states() -> str:
+        return "; ".join(_describe(pid) for pid in receivers)
+
+    try:
+        wait_until(lambda: all(_gone(pid) for pid in receivers), 10,
+                   "receiver processes gone after the main process was killed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {states()}") from None

@@ -21,9 +21,20 @@ from dde.receiving.pdu_limits import (
 
 
 class FakeRaw:
-    def __init__(self) -> None:
+    """The raw socket: ``recv_into`` serves the same stream, at most 1000 bytes a call."""
+
+    def __init__(self, owner: FakeAssociationSocket) -> None:
+        self.owner = owner
         self.sent = bytearray()
         self.timeout: float | None = None
+
+    def recv_into(self, buffer: memoryview, nbytes: int) -> int:
+        owner = self.owner
+        data = owner.stream[:min(nbytes, 1000)]
+        owner.stream = owner.stream[len(data):]
+        owner.reads.append(len(data))
+        buffer[:len(data)] = data
+        return len(data)
 
     def sendall(self, data: bytes) -> None:
         self.sent += data
@@ -37,7 +48,7 @@ class FakeAssociationSocket:
 
     def __init__(self, stream: bytes) -> None:
         self.stream = bytearray(stream)
-        self.socket = FakeRaw()
+        self.socket = FakeRaw(self)
         self.reads: list[int] = []
 
     def recv(self, nr_bytes: int) -> bytearray:
@@ -126,3 +137,9 @@ def test_an_abort_after_association_caps_the_wait_only() -> None:
     assert dul.artim_timer.timeout == ABORT_LINGER
     assert dul.to_user_queue.empty()
     assert _transition("Sta6", "Sta13", artim=0.5).artim_timer.timeout == 0.5
+
+
+def test_a_body_cut_short_by_the_peer_returns_what_arrived() -> None:
+    pdu = _pdu(0x04, b"y" * 5000)
+    sock = _guarded(pdu[:3006])  # header + 3000 of the 5000 body bytes, then closed
+    assert _read_pdu(sock) == pdu[:3006]

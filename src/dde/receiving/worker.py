@@ -22,7 +22,6 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 from dde import logs
 from dde.config import ConfigError, Home
@@ -40,6 +39,7 @@ from dde.routing.router import Router
 log = logging.getLogger(__name__)
 
 READY = "ready"
+STOP_SIGNALS = {signal.SIGTERM}
 WATCH_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
 
@@ -75,14 +75,17 @@ class ReceiverWorker:
         receiver = settings.receiver.model_copy(update={"port": port})
         self.scp = StorageSCP(receiver, self.pipeline, shared_port=True, streamed=True,
                               on_association=self.refresh)
-        self._stopped = threading.Event()
         self._config_lock = threading.Lock()
 
     def run(self, parent_pid: int) -> None:
         quicken_reactors()
         self.scp.start()
         print(READY, flush=True)
-        while not self._stopped.wait(WATCH_SECONDS):
+        # The main process stops reading stdout now: anything printed later goes to stderr.
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        # SIGTERM is blocked in every thread (see main) and taken here: no signal handler
+        # runs inside a lock another wait holds (Event.set from a handler can deadlock).
+        while signal.sigtimedwait(STOP_SIGNALS, WATCH_SECONDS) is None:
             if os.getppid() != parent_pid:
                 log.warning("the main router process is gone; stopping")
                 break
@@ -107,9 +110,6 @@ class ReceiverWorker:
         self.spool.max_bytes = settings.spool.max_bytes
         self.spool.min_free_bytes = settings.spool.min_free_bytes
 
-    def stop(self) -> None:
-        self._stopped.set()
-
     def close(self) -> None:
         self.scp.stop()
         self.notifier.close()
@@ -126,20 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
-    _end_with_parent(args.parent)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)  # before any thread starts
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which
+    _end_with_parent(args.parent)                 # stops this one in order
     logs.configure(args.verbose)
     try:
         worker = ReceiverWorker(Home(args.home), args.config, args.port, args.notify)
     except (ConfigError, LedgerError) as exc:
         log.error("receiver process cannot start: %s", exc)
         return 2
-
-    def _signal(signum: int, frame: FrameType | None) -> None:
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, _signal)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the main process, which
-    try:                                          # stops this one in order
+    try:
         worker.run(args.parent)
     except OSError as exc:
         log.error("receiver process cannot listen: %s", exc.strerror or exc)
