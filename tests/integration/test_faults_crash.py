@@ -269,19 +269,6 @@ def test_sigterm_while_a_destination_hangs_on_c_store_exits_within_seconds(
         stuck.close()
 
 
-def _receiver_pids(router: RouterProcess) -> list[int]:
-    """Children of the main process (of any of its threads: a restarted receiver process is
-    started from the pool's watch thread)."""
-    assert router.process is not None
-    pids: list[int] = []
-    for children in Path(f"/proc/{router.process.pid}/task").glob("*/children"):
-        try:
-            pids += [int(p) for p in children.read_text().split()]
-        except FileNotFoundError:
-            continue
-    return pids
-
-
 def _sent(files: list[Path], port: int) -> bool:
     try:
         storescu(files, port, ROUTER_AET)
@@ -316,7 +303,7 @@ def test_kill_9_of_the_receiver_process_loses_nothing_and_it_comes_back(
     stack = crash_stack
     files = [f for paths in write_studies(tmp_path / "files", 2, 40, rows=128,
                                           columns=128).values() for f in paths]
-    (receiver,) = _receiver_pids(stack.router)
+    (receiver,) = stack.router.receiver_pids()
     run = start_storescu(files, stack.router.port, ROUTER_AET, tmp_path / "storescu.log")
     try:
         wait_until(lambda: stack.ledger_instance_count() >= len(files) // 4, 20,
@@ -329,7 +316,7 @@ def test_kill_9_of_the_receiver_process_loses_nothing_and_it_comes_back(
     assert 0 < len(acknowledged) < len(files), "the kill did not land mid-send"
     assert acknowledged <= stack.ledger_uids(), "an acknowledged instance is not in the ledger"
 
-    restarted = wait_until(lambda: [p for p in _receiver_pids(stack.router)
+    restarted = wait_until(lambda: [p for p in stack.router.receiver_pids()
                                     if p != receiver and not _gone(p)], 20,
                            "a new receiver process")
     rest = [f for f in files if sop_instance_uid(f) not in acknowledged]
@@ -344,7 +331,7 @@ def test_kill_9_of_the_receiver_process_loses_nothing_and_it_comes_back(
 
 
 def test_receiver_processes_end_with_the_main_process(crash_stack: CrashStack) -> None:
-    receivers = _receiver_pids(crash_stack.router)
+    receivers = crash_stack.router.receiver_pids()
     assert receivers, "no receiver process"
     crash_stack.router.kill()
 

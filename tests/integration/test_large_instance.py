@@ -35,10 +35,6 @@ def peak_rss_mib(pid: int) -> float:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
-def children(pid: int) -> list[int]:
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
 def test_a_large_instance_is_streamed_through_not_held_in_memory(
         orthanc_factory: OrthancFactory, tmp_path: Path) -> None:
     storage = orthanc_factory("ORTHANC1")
@@ -53,7 +49,7 @@ def test_a_large_instance_is_streamed_through_not_held_in_memory(
     try:
         assert router.process is not None
         main = router.process.pid
-        (receiver,) = children(main)
+        (receiver,) = router.receiver_pids()
         before = {pid: peak_rss_mib(pid) for pid in (main, receiver)}
 
         storescu([instance], port, ROUTER_AET, timeout=300)

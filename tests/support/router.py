@@ -131,6 +131,18 @@ class RouterProcess:
         self.process.terminate()
         return self.process.wait(timeout)
 
+    def receiver_pids(self) -> list[int]:
+        """The receiver processes: children of the main process, of any of its threads (a
+        restarted one is started from the pool's watch thread)."""
+        assert self.process is not None
+        pids: list[int] = []
+        for children in Path(f"/proc/{self.process.pid}/task").glob("*/children"):
+            try:
+                pids += [int(p) for p in children.read_text().split()]
+            except FileNotFoundError:
+                continue
+        return pids
+
     def ledger(self) -> Ledger:
         return Ledger(self.home / "dde.sqlite3")
 

@@ -159,9 +159,7 @@ class DicomSender:
         except FileNotFoundError:
             return SendResult.refused("spool file is missing", permanent=True)
         except SendStalled as exc:  # half a message went out: only an abort ends it
-            assoc, self._assoc = self._assoc, None
-            self._proposed, self._accepted = set(), set()
-            assoc.abort()
+            self._forget().abort()
             return SendResult.refused(f"C-STORE could not be sent: {exc}")
         except (ValueError, AttributeError, RuntimeError, OSError) as exc:
             self.release()
@@ -195,10 +193,15 @@ class DicomSender:
         finally:
             assoc.dimse.msg_queue.put((None, None))
 
-    def release(self) -> None:
+    def _forget(self) -> Any:
+        """Drop the association (and what was negotiated on it); return it."""
         assoc, self._assoc = self._assoc, None
         self._proposed = set()
         self._accepted = set()
+        return assoc
+
+    def release(self) -> None:
+        assoc = self._forget()
         if assoc is not None and assoc.is_established:
             try:
                 assoc.release()

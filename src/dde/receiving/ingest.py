@@ -7,7 +7,6 @@ status; nothing here ever answers success for an instance that is not safe.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sqlite3
@@ -26,7 +25,14 @@ from dde.receiving.header import (
     parse_header_file,
 )
 from dde.receiving.part10 import NotPart10, dataset_offset
-from dde.receiving.spool import Spool, SpooledFile, SpoolError, SpoolFull, encode_file_meta
+from dde.receiving.spool import (
+    Spool,
+    SpooledFile,
+    SpoolError,
+    SpoolFull,
+    encode_file_meta,
+    spool_error,
+)
 from dde.routing.decision import NoRoute
 from dde.routing.router import Origin, Router
 from dde.telemetry import NULL_TELEMETRY, Telemetry
@@ -112,13 +118,7 @@ class IngestPipeline:
 
     def _ingest(self, incoming: Incoming) -> IngestResult:
         if incoming.stream_error is not None:
-            error = incoming.stream_error
-            log.error("refused an instance from %s: spool write failed: %s",
-                      incoming.calling_aet, error.strerror or error)
-            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
-            return IngestResult(dimse.OUT_OF_RESOURCES,
-                                f"spool write failed: {error.strerror or error}",
-                                reason="spool_full" if full else "spool_error")
+            return self._refused_by_spool(incoming, spool_error(incoming.stream_error))
         try:
             header = self._header(incoming)
         except BrokenDataset as exc:
@@ -139,9 +139,7 @@ class IngestPipeline:
         try:
             spooled = self._spool_write(incoming)
         except SpoolError as exc:
-            log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
-            reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_error"
-            return IngestResult(dimse.OUT_OF_RESOURCES, str(exc), reason=reason)
+            return self._refused_by_spool(incoming, exc)
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         try:
@@ -176,6 +174,12 @@ class IngestPipeline:
                  ", ".join(destinations), route.rule)
         self._on_committed(destinations)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
+
+    @staticmethod
+    def _refused_by_spool(incoming: Incoming, exc: SpoolError) -> IngestResult:
+        log.error("refused an instance from %s: %s", incoming.calling_aet, exc)
+        reason = "spool_full" if isinstance(exc, SpoolFull) else "spool_error"
+        return IngestResult(dimse.OUT_OF_RESOURCES, str(exc), reason=reason)
 
     def _drop_spool_file(self, instance_id: int, relative_path: str) -> None:
         """A discarded instance needs no spool file (the janitor only looks at delivered

@@ -49,6 +49,13 @@ class SpoolFull(SpoolError):
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
+def spool_error(exc: OSError) -> SpoolError:
+    """The spool's error for a failed write: :class:`SpoolFull` when the disk (or quota) is
+    full, :class:`SpoolError` otherwise."""
+    kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
+    return kind(f"spool write failed: {exc.strerror or exc}")
+
+
 @dataclass(frozen=True)
 class SpooledFile:
     relative_path: str
@@ -192,8 +199,7 @@ class Spool:
             self._release(size)
             part.unlink(missing_ok=True)
             final.unlink(missing_ok=True)
-            kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
-            raise kind(f"spool write failed: {exc.strerror or exc}") from None
+            raise spool_error(exc) from None
         self._settle(size)
         return SpooledFile(f"{folder}/{name}.dcm", size)
 
@@ -233,8 +239,7 @@ class Spool:
         except OSError as exc:
             self._release(size)
             final.unlink(missing_ok=True)
-            kind = SpoolFull if exc.errno in _NO_SPACE else SpoolError
-            raise kind(f"spool write failed: {exc.strerror or exc}") from None
+            raise spool_error(exc) from None
         self._settle(size)
         return SpooledFile(f"{folder}/{name}.dcm", size)
 
