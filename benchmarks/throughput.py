@@ -49,8 +49,8 @@ from typing import Any
 
 import httpx
 
-from dde.delivery.ledger import Ledger
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
+from dde.store.ledger import Ledger
 from dde.synthetic import write_large_instance, write_series
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,10 +24,11 @@ from rich.table import Table
 from dde import logs
 from dde.cli_manage import endpoints, reconcile_command, route, rules
 from dde.config import ConfigError, Home, load_settings
-from dde.delivery.ledger import Ledger, LedgerCorrupt, LedgerError, LedgerLocked
-from dde.delivery.states import DeliveryState
 from dde.output import console
 from dde.stack.commands import stack
+from dde.store.errors import LedgerCorrupt, LedgerError, LedgerLocked
+from dde.store.ledger import Ledger
+from dde.store.states import DeliveryState
 from dde.web.commands import token_command
 
 
@@ -105,7 +106,7 @@ main.add_command(token_command)
 @click.pass_context
 def serve(ctx: click.Context, config_file: str | None) -> None:
     """Run the router alone (receiver, routing, delivery) until SIGTERM or Ctrl-C."""
-    from dde.app import RouterApp
+    from dde.runtime.main import RouterApp
 
     logs.configure(ctx.obj.verbose)
     home: Home = ctx.obj.home
@@ -175,7 +176,7 @@ def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
     if Path(sop_instance_uid).is_file():
         sop_instance_uid = _uid_of_file(Path(sop_instance_uid))
     ledger = _ledger(ctx)
-    records = ledger.where(sop_instance_uid)
+    records = ledger.operators.where(sop_instance_uid)
     if not records:
         raise UserError(f"no instance with SOP Instance UID {sop_instance_uid} in the ledger")
     latest = records[-1]
@@ -251,8 +252,8 @@ def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
     if ctx.invoked_subcommand is not None:
         return
     ledger = _ledger(ctx)
-    counts = ledger.state_counts()
-    entries = ledger.queue(limit=limit)
+    counts = ledger.operators.state_counts()
+    entries = ledger.operators.queue(limit=limit)
     if as_json:
         click.echo(json.dumps({
             "counts": counts,
@@ -290,11 +291,11 @@ def queue_retry(ctx: click.Context, delivery_id: int | None, all_failed: bool) -
         raise UserError("give either a DELIVERY_ID or --failed")
     ledger = _ledger(ctx)
     if all_failed:
-        count = ledger.retry_failed()
+        count = ledger.operators.retry_failed()
         click.echo(f"{count} failed deliveries queued again")
         return
     assert delivery_id is not None
-    previous = ledger.retry(delivery_id)
+    previous = ledger.operators.retry(delivery_id)
     if previous is None:
         raise UserError(f"no delivery with id {delivery_id}")
     if previous is DeliveryState.DELIVERED:

@@ -17,12 +17,13 @@ from rich.table import Table
 
 from dde.config import ConfigError, EndpointKind, EndpointSettings, EndpointState, Home
 from dde.config_store import ConfigStore, default_rules_text
-from dde.delivery.ledger import Ledger, LedgerError
 from dde.endpoints import registry
 from dde.output import console
 from dde.routing.explain import ExplainError, explain
 from dde.routing.router import Origin
 from dde.routing.rules import RulesError
+from dde.store.errors import LedgerError
+from dde.store.ledger import Ledger
 
 
 class ManageError(click.ClickException):
@@ -225,19 +226,25 @@ def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: 
 @click.pass_context
 def reconcile_command(ctx: click.Context, as_json: bool, repair: bool) -> None:
     """Compare what the storage PACS hold with the probe; counts only, never patient data."""
-    from dde.receiving.spool import Spool
     from dde.reconcile import ReconcileError, reconcile
+    from dde.runtime.core import RouterCore
 
     store = _store(ctx)
     settings = _settings(store)
     home: Home = ctx.obj.home
-    ledger = _ledger_or_none(ctx)
-    if repair and ledger is None:
+    if repair and not home.database.exists():
         raise ManageError("--repair needs the router's ledger: start the router once first")
     try:
-        report = reconcile(settings, store.ruleset(settings), ledger=ledger,
-                           spool=Spool(home.spool_dir) if repair else None, repair=repair)
-    except (ReconcileError, ConfigError) as exc:
+        if repair:  # through the same ingest pipeline as C-STORE and uploads
+            core = RouterCore.for_tool(store)
+            try:
+                report = reconcile(core.settings, core.ruleset, ledger=core.ledger,
+                                   pipeline=core.pipeline, repair=True)
+            finally:
+                core.close()
+        else:
+            report = reconcile(settings, store.ruleset(settings))
+    except (ReconcileError, ConfigError, LedgerError) as exc:
         raise ManageError(str(exc)) from None
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))

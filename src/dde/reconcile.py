@@ -18,16 +18,18 @@ from dataclasses import asdict, dataclass, field
 import httpx
 
 from dde.config import EndpointSettings, Settings
-from dde.delivery.ledger import Ledger, NewInstance, Route
+from dde.dicom.part10 import NotPart10, split_part10
 from dde.endpoints.http import http_client
-from dde.receiving.header import BrokenDataset, parse_header
-from dde.receiving.part10 import NotPart10, split_part10
-from dde.receiving.spool import Spool, SpoolError, encode_file_meta
+from dde.receiving.ingest import Incoming, IngestPipeline
+from dde.routing.route import Route
 from dde.routing.rules import RuleSet
+from dde.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
 PAGE = 1000
+RECONCILE_AET = "DDE_RECONCILE"
+"""The called AE title the ledger shows for a copy queued by a repair."""
 ClientFactory = Callable[[EndpointSettings], httpx.Client]
 
 
@@ -80,7 +82,7 @@ def roles(settings: Settings, ruleset: RuleSet) -> tuple[list[EndpointSettings],
 
 
 def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = None,
-              spool: Spool | None = None, repair: bool = False,
+              pipeline: IngestPipeline | None = None, repair: bool = False,
               client_factory: ClientFactory | None = None) -> ReconcileReport:
     factory = client_factory or (lambda e: http_client(e, timeout=30.0))
     started = time.monotonic()
@@ -111,9 +113,9 @@ def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = N
         report.missing_in_probe[probe.name] = len(missing)
         report.only_in_probe[probe.name] = len(held - all_stored)
         if repair and missing:
-            if ledger is None or spool is None:
+            if ledger is None or pipeline is None:
                 raise ReconcileError("--repair needs the router's ledger and spool")
-            ok, failed, waiting = _repair(settings, probe, missing, stored, ledger, spool,
+            ok, failed, waiting = _repair(settings, probe, missing, stored, ledger, pipeline,
                                           factory)
             report.repaired += ok
             report.repair_failed += failed
@@ -123,7 +125,7 @@ def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = N
 
 
 def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
-            stored: dict[str, str], ledger: Ledger, spool: Spool,
+            stored: dict[str, str], ledger: Ledger, pipeline: IngestPipeline,
             factory: ClientFactory) -> tuple[int, int, int]:
     ok = failed = waiting = 0
     by_source: dict[str, list[str]] = {}
@@ -137,41 +139,34 @@ def _repair(settings: Settings, probe: EndpointSettings, missing: set[str],
                 try:
                     response = client.get(f"{source.url}/instances/{instance_id}/file")
                     response.raise_for_status()
-                    if _queue_copy(response.content, source_name, probe.name, ledger, spool):
+                    if _queue_copy(response.content, source_name, probe.name, ledger,
+                                   pipeline):
                         ok += 1
                     else:
                         waiting += 1
-                except (httpx.HTTPError, ReconcileError, SpoolError) as exc:
+                except (httpx.HTTPError, ReconcileError) as exc:
                     failed += 1
                     log.warning("reconcile: could not queue a copy from %s: %s", source_name,
                                 exc)
     return ok, failed, waiting
 
 
-def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger, spool: Spool) -> bool:
-    """Queue a copy for the probe; False when one is already pending (nothing queued)."""
+def _queue_copy(part10: bytes, source: str, probe: str, ledger: Ledger,
+                pipeline: IngestPipeline) -> bool:
+    """Queue a copy for the probe through the ingest pipeline (spool, ledger, in one durable
+    path with C-STORE and uploads); False when one is already pending (nothing queued)."""
     try:
         parts = split_part10(part10)
     except NotPart10 as exc:
         raise ReconcileError(f"the storage returned an unusable file: {exc}") from None
-    sop_class, sop_instance = parts.sop_class_uid, parts.sop_instance_uid
-    syntax, dataset = parts.transfer_syntax_uid, parts.dataset
-    if ledger.waiting_for(sop_instance, probe):
+    if ledger.operators.waiting_for(parts.sop_instance_uid, probe):
         return False
-    try:
-        header = parse_header(dataset, syntax)
-    except BrokenDataset as exc:
-        raise ReconcileError(str(exc)) from None
-    spooled = spool.write(encode_file_meta(sop_class, sop_instance, syntax, "DDE_RECONCILE"),
-                          dataset)
-    record = NewInstance(
-        sop_instance_uid=sop_instance, sop_class_uid=sop_class, transfer_syntax_uid=syntax,
-        study_instance_uid=header.study_instance_uid,
-        series_instance_uid=header.series_instance_uid, patient_id=header.patient_id,
-        accession_number=header.accession_number, modality=header.modality,
-        calling_aet=source, called_aet="DDE_RECONCILE", source_ip=None,
-        spool_path=spooled.relative_path, size=spooled.size, received_at=time.time(),
-    )
-    ledger.ingest(record, lambda view: Route("reconcile", (), (probe,),
-                                             reason=f"missing in {probe}, copied from {source}"))
+    result = pipeline.ingest(Incoming(
+        dataset=parts.dataset, transfer_syntax_uid=parts.transfer_syntax_uid,
+        sop_class_uid=parts.sop_class_uid, sop_instance_uid=parts.sop_instance_uid,
+        calling_aet=source, called_aet=RECONCILE_AET, source_ip=None,
+        route=Route("reconcile", (), (probe,),
+                    reason=f"missing in {probe}, copied from {source}")))
+    if not result.ok:
+        raise ReconcileError(f"not queued: {result.detail}")
     return True

@@ -15,7 +15,7 @@ from tests.support.orthanc import free_port
 from tests.support.router import RouterProcess, router_settings, write_router_home
 
 from dde.cli import EXIT_LEDGER_CORRUPT, EXIT_LEDGER_LOCKED
-from dde.delivery.ledger import Ledger
+from dde.store.ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

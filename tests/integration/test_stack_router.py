@@ -23,8 +23,8 @@ from tests.support.datagen import write_series
 from tests.support.orthanc import free_port, storescu, wait_until
 from tests.support.router import ROUTER_AET, ledger_idle
 
-from dde.delivery.ledger import Ledger
 from dde.stack.process import proc_cmdline
+from dde.store.ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

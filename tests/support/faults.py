@@ -16,7 +16,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from dde.delivery.ledger import Ledger
+from dde.store.ledger import Ledger
 from tests.support.orthanc import STORESCU
 
 # DCMTK storescu -v writes to stderr, per file:

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from dde.app import RouterApp
 from dde.config import EndpointSettings, Home, Settings, parse_settings, settings_to_yaml
-from dde.delivery.ledger import Ledger
+from dde.runtime.main import RouterApp
+from dde.store.ledger import Ledger
 from tests.support.orthanc import RunningOrthanc, wait_until
 
 ROUTER_AET = "DYNAMIC_DICOM_MW"

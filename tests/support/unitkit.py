@@ -16,10 +16,13 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 
 from dde.config import EndpointSettings
-from dde.delivery.ledger import IngestView, Ledger, NewInstance, Route
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import SendResult, Shipment
 from dde.receiving.ingest import Incoming
+from dde.routing.route import Route
+from dde.store.intake import IngestView
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance
 from tests.support.datagen import make_instance
 
 
@@ -105,7 +108,7 @@ def ingest_to(ledger: Ledger, destinations: Iterable[str], mirrors: Iterable[str
               pin: tuple[str, str, str] | None = None, **instance: Any) -> int:
     """Commit one instance routed to ``destinations`` (+ ``mirrors``); return its id."""
     route = Route("default", tuple(destinations), tuple(mirrors), pin)
-    instance_id, _ = ledger.ingest(new_instance(**instance), lambda view: route)
+    instance_id, _ = ledger.intake.ingest(new_instance(**instance), lambda view: route)
     return instance_id
 
 

@@ -16,10 +16,10 @@ from pydicom.uid import generate_uid
 
 from dde.config import Home, Settings, WebSettings, parse_settings, settings_to_yaml
 from dde.config_store import ConfigStore
-from dde.delivery.ledger import Ledger
 from dde.receiving.ingest import IngestPipeline
-from dde.receiving.spool import Spool
 from dde.routing.router import Router
+from dde.store.ledger import Ledger
+from dde.store.spool import Spool
 from dde.web.auth import Authenticator
 from dde.web.metrics import WebMetrics
 from dde.web.server import build_app

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dde.delivery.ledger import Ledger
-from dde.receiving.spool import Spool
+from dde.store.ledger import Ledger
+from dde.store.spool import Spool
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,9 @@ from click.testing import CliRunner, Result
 from tests.support.unitkit import delivery_rows, ingest_to
 
 from dde.cli import main
-from dde.delivery.ledger import DeliveryOutcome, Ledger
-from dde.delivery.states import DeliveryState
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome
+from dde.store.states import DeliveryState
 
 UID_DONE = "1.2.826.0.1.3680043.10.1"
 UID_WAITING = "1.2.826.0.1.3680043.10.2"
@@ -27,7 +28,7 @@ def home(tmp_path: Path) -> Path:
     try:
         done = ingest_to(ledger, ["A"], ["PROBE"], sop_instance_uid=UID_DONE)
         rows = delivery_rows(ledger, done)
-        ledger.record_outcomes([
+        ledger.queue.record_outcomes([
             DeliveryOutcome(rows["A"][0], DeliveryState.DELIVERED),
             DeliveryOutcome(rows["PROBE"][0], DeliveryState.FAILED, "0x0122 not supported"),
         ])

@@ -22,7 +22,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dde.receiving.header import parse_header
+from dde.dicom.header import parse_header
 from dde.routing.conditions import (
     AllOf,
     AnyOf,

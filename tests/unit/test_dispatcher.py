@@ -14,11 +14,14 @@ from tests.support.unitkit import FakeSender, delivery_rows, endpoint, generated
 
 from dde.config import EndpointSettings
 from dde.delivery.dispatcher import Dispatcher, EndpointWorker
-from dde.delivery.ledger import Ledger, QueuedDelivery
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import SendResult, Shipment
-from dde.receiving.spool import Spool, encode_file_meta
+from dde.store.database import Database
+from dde.store.ledger import Ledger
+from dde.store.queue import DeliveryQueue
+from dde.store.records import QueuedDelivery
+from dde.store.spool import Spool, encode_file_meta
 
 FAST = RetryPolicy(max_attempts=3, base=0.02, cap=0.05)
 SLOW = RetryPolicy(max_attempts=5, base=60.0, cap=120.0)
@@ -45,11 +48,11 @@ class Recorder(FakeSender):
         self.log.append("release")
 
 
-class WatchedLedger(Ledger):
-    """A ledger that tells when a worker found its queue empty."""
+class WatchedQueue(DeliveryQueue):
+    """A delivery queue that tells when a worker found it empty."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, database: Database) -> None:
+        super().__init__(database)
         self.found_empty = threading.Event()
 
     def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
@@ -57,6 +60,15 @@ class WatchedLedger(Ledger):
         if not due:
             self.found_empty.set()
         return due
+
+
+class WatchedLedger(Ledger):
+    """A ledger whose queue tells when a worker found it empty."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.queue = WatchedQueue(self.database)
+        self.found_empty = self.queue.found_empty
 
 
 @pytest.fixture
@@ -173,7 +185,7 @@ def test_spool_file_is_removed_only_when_every_delivery_is_delivered(
     assert dispatcher.clean_spool_once() == 1
 
     assert not spool.path_of(path).exists()
-    assert ledger.where(uid)[0].spool_path is None
+    assert ledger.operators.where(uid)[0].spool_path is None
     assert dispatcher.clean_spool_once() == 0
 
 
@@ -186,7 +198,7 @@ def test_the_running_janitor_cleans_after_deliveries(ledger: Ledger, spool: Spoo
 
     wait_until(lambda: not any(spool.path_of(p).exists() for _, p, _ in items), TIMEOUT,
                "spool files removed by the janitor")
-    assert ledger.spool_paths_in_use() == set()
+    assert ledger.spool_index.spool_paths_in_use() == set()
 
 
 def test_janitor_keeps_files_within_retention(ledger: Ledger, spool: Spool,

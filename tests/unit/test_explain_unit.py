@@ -13,11 +13,13 @@ from tests.support.datagen import make_instance
 from tests.support.unitkit import ISSUE_EXAMPLE_RULES
 
 from dde.config import EndpointSettings, HealthSettings, Settings
-from dde.delivery.ledger import Ledger, NewInstance, Route
-from dde.endpoints.registry import STATUS_FRESH_SECONDS
 from dde.routing.explain import ExplainError, explain
+from dde.routing.route import Route
 from dde.routing.router import Origin
 from dde.routing.rules import RuleSet, default_ruleset, parse_rules
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance
+from dde.store.status_board import STATUS_FRESH_SECONDS, PublishedStatus
 
 PROBE = "ORTHANC-PROBE"
 FAILOVER = 300.0
@@ -51,8 +53,8 @@ def write_file(folder: Path, study: str | None = None, modality: str = "CT",
 def publish(ledger: Ledger, loads: dict[str, int], down: dict[str, float] | None = None) -> None:
     """Publish health 'up' (or 'down' since the given time) and the loads, as the router does."""
     down = down or {}
-    ledger.publish_status([
-        (name, "down" if name in down else "up", "open" if name in down else "closed",
+    ledger.status_board.publish([PublishedStatus(
+        name, "down" if name in down else "up", "open" if name in down else "closed",
          down.get(name), "refused" if name in down else None, load)
         for name, load in loads.items()])
 
@@ -64,7 +66,7 @@ def pin(ledger: Ledger, study: str, endpoint: str) -> None:
         series_instance_uid=None, patient_id="P1", accession_number=None, modality="CT",
         calling_aet="TEST_SCU", called_aet="DYNAMIC_DICOM_MW", source_ip="127.0.0.1",
         spool_path="x/y.dcm", size=1, received_at=time.time())
-    ledger.ingest(record, lambda view: Route("default", (endpoint,), (PROBE,),
+    ledger.intake.ingest(record, lambda view: Route("default", (endpoint,), (PROBE,),
                                              pins=((study, endpoint, "storage"),)))
 
 
@@ -109,7 +111,7 @@ def test_a_stale_published_status_is_not_trusted(tmp_path: Path, ledger: Ledger,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     long_ago = time.time() - STATUS_FRESH_SECONDS - 60
     with monkeypatch.context() as patch:
-        patch.setattr("dde.delivery.ledger.time", SimpleNamespace(time=lambda: long_ago))
+        patch.setattr("dde.store.status_board.time", SimpleNamespace(time=lambda: long_ago))
         publish(ledger, {"ORTHANC1": 40, "ORTHANC2": 10, PROBE: 50},
                 down={"ORTHANC2": long_ago})
 
@@ -164,7 +166,7 @@ def test_explain_writes_nothing(tmp_path: Path, ledger: Ledger) -> None:
 
     assert (ledger.execute("SELECT COUNT(*) FROM instances"),
             ledger.execute("SELECT COUNT(*) FROM deliveries")) == before
-    assert ledger.pin_for(study, "storage") is None
+    assert ledger.operators.pin_for(study, "storage") is None
 
 
 def test_rules_decide_with_the_calling_aet_given(tmp_path: Path, ledger: Ledger) -> None:

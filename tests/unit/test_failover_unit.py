@@ -14,11 +14,12 @@ from tests.support.unitkit import FakeLoads
 
 from dde.config import EndpointSettings, EndpointState, HealthSettings, RoutingSettings
 from dde.delivery.failover import fail_over_once
-from dde.delivery.ledger import DeliveryOutcome, Ledger, NewInstance
-from dde.delivery.states import DeliveryState
+from dde.dicom.header import InstanceHeader, parse_header
 from dde.endpoints.health import HealthMonitor
-from dde.receiving.header import InstanceHeader, parse_header
 from dde.routing.router import Router
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome, NewInstance
+from dde.store.states import DeliveryState
 
 PROBE = "ORTHANC-PROBE"
 FAILOVER = 60.0
@@ -54,7 +55,8 @@ class World:
             accession_number=None, modality=header.modality, calling_aet="TEST_SCU",
             called_aet="DYNAMIC_DICOM_MW", source_ip="127.0.0.1",
             spool_path=f"{generate_uid()}.dcm", size=10, received_at=time.time())
-        instance_id, _ = self.ledger.ingest(record, lambda view: self.router.route(header, view))
+        instance_id, _ = self.ledger.intake.ingest(
+            record, lambda view: self.router.route(header, view))
         return instance_id
 
     def fail(self, name: str) -> None:
@@ -70,10 +72,11 @@ class World:
     def deliver(self, instance_id: int, endpoint: str) -> None:
         row = self.ledger.execute("SELECT id FROM deliveries WHERE instance_id = ? AND"
                                   " endpoint = ?", (instance_id, endpoint))
-        self.ledger.record_outcomes([DeliveryOutcome(int(row[0][0]), DeliveryState.DELIVERED)])
+        self.ledger.queue.record_outcomes(
+            [DeliveryOutcome(int(row[0][0]), DeliveryState.DELIVERED)])
 
     def moved_events(self) -> list[tuple[str, str, int]]:
-        return [(e[3], e[4], e[5]) for e in self.ledger.events() if e[2] == "study-moved"]
+        return [(e[3], e[4], e[5]) for e in self.ledger.event_log.events() if e[2] == "study-moved"]
 
 
 def make_header(study: str) -> InstanceHeader:
@@ -110,7 +113,7 @@ def world(ledger: Ledger) -> World:
 def test_after_failover_after_the_pending_rest_moves_to_the_other_member(world: World) -> None:
     study = generate_uid()
     first, second, third = (world.receive(study) for _ in range(3))
-    assert world.ledger.pin_for(study, "storage") == "ORTHANC1"
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC1"
     world.deliver(first, "ORTHANC1")
     world.fail("ORTHANC1")
     world.clock.now += FAILOVER
@@ -123,9 +126,9 @@ def test_after_failover_after_the_pending_rest_moves_to_the_other_member(world: 
     for instance_id in (second, third):
         assert world.rows(instance_id) == {"ORTHANC2": ("route", "pending"),
                                            PROBE: ("mirror", "pending")}
-    assert world.ledger.pin_for(study, "storage") == "ORTHANC2"
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC2"
     assert world.moved_events() == [("ORTHANC1", "ORTHANC2", 2)]
-    assert world.ledger.waiting_count("ORTHANC1") == 0
+    assert world.ledger.operators.waiting_count("ORTHANC1") == 0
     # a later call finds nothing more to move
     assert fail_over_once(world.ledger, world.health, world.router) == 0
     assert world.moved_events() == [("ORTHANC1", "ORTHANC2", 2)]
@@ -145,7 +148,7 @@ def test_before_the_deadline_nothing_moves(world: World) -> None:
         assert fail_over_once(world.ledger, world.health, world.router) == 0
 
     assert world.rows(instance_id)["ORTHANC1"] == ("route", "pending")
-    assert world.ledger.pin_for(study, "storage") == "ORTHANC1"
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC1"
     assert world.moved_events() == []
     # meanwhile the study keeps its pin (affinity), although ORTHANC1 is down
     later = world.receive(study)
@@ -186,7 +189,7 @@ def test_only_studies_pinned_to_the_lost_endpoint_move(world: World) -> None:
     world.loads.counts = {"ORTHANC1": 100, "ORTHANC2": 0}
     on_two = generate_uid()
     two = world.receive(on_two)
-    assert world.ledger.pin_for(on_two, "storage") == "ORTHANC2"
+    assert world.ledger.operators.pin_for(on_two, "storage") == "ORTHANC2"
     world.fail("ORTHANC1")
     world.clock.now += FAILOVER
 
@@ -194,7 +197,7 @@ def test_only_studies_pinned_to_the_lost_endpoint_move(world: World) -> None:
 
     assert world.rows(one)["ORTHANC2"] == ("route", "pending")
     assert world.rows(two)["ORTHANC2"] == ("route", "pending")
-    assert world.ledger.pin_for(on_two, "storage") == "ORTHANC2"
+    assert world.ledger.operators.pin_for(on_two, "storage") == "ORTHANC2"
     assert world.moved_events() == [("ORTHANC1", "ORTHANC2", 1)]
 
 
@@ -208,7 +211,7 @@ def test_nothing_moves_when_no_other_member_is_available(world: World) -> None:
     assert fail_over_once(world.ledger, world.health, world.router) == 0
 
     assert world.rows(instance_id)["ORTHANC1"] == ("route", "pending")
-    assert world.ledger.pin_for(study, "storage") == "ORTHANC1"
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC1"
 
 
 def test_a_draining_member_does_not_take_moved_studies(world: World) -> None:
@@ -226,4 +229,4 @@ def test_a_draining_member_does_not_take_moved_studies(world: World) -> None:
     assert fail_over_once(world.ledger, world.health, world.router) == 1
 
     assert "ORTHANC3" in world.rows(instance_id)
-    assert world.ledger.pin_for(study, "storage") == "ORTHANC3"
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC3"

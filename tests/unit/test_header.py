@@ -11,7 +11,7 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 from tests.support.unitkit import bundled_file, generated, split_part10
 
-from dde.receiving.header import BrokenDataset, InstanceHeader, parse_header
+from dde.dicom.header import BrokenDataset, InstanceHeader, parse_header
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.unitkit import generated
 
-from dde.receiving.header import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, BrokenDataset, parse_header
+from dde.dicom.header import DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN, BrokenDataset, parse_header
 
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"

@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.filereader import read_file_meta_info
 
-from dde.receiving.header import (
+from dde.dicom.header import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     MAX_INFLATE_LIMIT,
     MIN_INFLATE_LIMIT,

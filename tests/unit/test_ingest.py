@@ -12,11 +12,15 @@ from pydicom.uid import generate_uid
 from tests.support.unitkit import endpoint, generated, load_book, split_part10
 
 from dde.config import RoutingSettings
-from dde.delivery.ledger import IngestView, Ledger, NewInstance, Route
 from dde.dicom import status as dimse
 from dde.receiving.ingest import IngestPipeline, IngestResult
-from dde.receiving.spool import Spool, SpooledFile, SpoolError
+from dde.routing.route import Route
 from dde.routing.router import Router
+from dde.store.errors import LedgerError
+from dde.store.intake import IngestRecords, IngestView, P
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance
+from dde.store.spool import Spool, SpooledFile, SpoolError
 
 ENDPOINTS = [endpoint("ORTHANC1"), endpoint("ORTHANC2"),
              endpoint("ORTHANC-PROBE", ["probe"])]
@@ -66,7 +70,7 @@ def test_success_commits_rows_and_keeps_the_spool_file(ledger: Ledger, spool: Sp
 
     assert result.status == dimse.SUCCESS and result.ok
     assert result.route is not None and result.instance_id is not None
-    (record,) = ledger.where(instance.sop_instance_uid)
+    (record,) = ledger.operators.where(instance.sop_instance_uid)
     assert record.id == result.instance_id
     assert [(d.endpoint, d.role, d.state) for d in record.deliveries] == [
         ("ORTHANC1", "route", "pending"), ("ORTHANC-PROBE", "mirror", "pending"),
@@ -145,10 +149,16 @@ def test_spool_failure_is_out_of_resources_and_no_row(ledger: Ledger, tmp_path: 
     assert committed.calls == []
 
 
-class BrokenLedger(Ledger):
+class BrokenIntake(IngestRecords):
     def ingest(self, instance: NewInstance,
-               decide: Callable[[IngestView], Route]) -> tuple[int, Route]:
-        raise sqlite3.OperationalError("database or disk is full")
+               decide: Callable[[IngestView], P]) -> tuple[int, P]:
+        raise LedgerError("database or disk is full")
+
+
+class BrokenLedger(Ledger):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.intake = BrokenIntake(self.database)
 
 
 def test_ledger_failure_is_out_of_resources_and_the_spool_file_removed(
@@ -268,7 +278,7 @@ def test_a_discarded_instance_is_acknowledged_and_keeps_no_spool_file(
 
     assert result.status == dimse.SUCCESS and result.route is not None
     assert result.route.discard
-    (record,) = ledger.where(instance.sop_instance_uid)
+    (record,) = ledger.operators.where(instance.sop_instance_uid)
     assert record.deliveries == [] and record.spool_path is None
     assert spool_files(spool.root) == []
     assert committed.calls == []

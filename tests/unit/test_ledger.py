@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 from tests.support.unitkit import delivery_rows, ingest_to, new_instance
 
-from dde.delivery.ledger import DeliveryOutcome, IngestView, Ledger, LedgerError, Route
-from dde.delivery.states import DeliveryState, InvalidTransition, check_transition
+from dde.routing.route import Route
+from dde.store.errors import LedgerError
+from dde.store.intake import IngestView
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome
+from dde.store.states import DeliveryState, InvalidTransition, check_transition
 
 PENDING, DELIVERED, FAILED = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.FAILED
 
@@ -85,10 +89,10 @@ def test_ingest_writes_instance_deliveries_and_pin_together(ledger: Ledger) -> N
     instance = new_instance("aa/bb.dcm", study_instance_uid="1.2.3")
     route = Route("default", ("ORTHANC1",), ("ORTHANC-PROBE",), ("1.2.3", "ORTHANC1", "storage"))
 
-    instance_id, returned = ledger.ingest(instance, lambda view: route)
+    instance_id, returned = ledger.intake.ingest(instance, lambda view: route)
 
     assert returned == route
-    (record,) = ledger.where(instance.sop_instance_uid)
+    (record,) = ledger.operators.where(instance.sop_instance_uid)
     assert record.id == instance_id
     assert record.spool_path == "aa/bb.dcm"
     assert record.rule == "default"
@@ -110,7 +114,7 @@ def test_decide_reads_pins_and_queue_inside_the_transaction(ledger: Ledger) -> N
         seen["queued"] = view.queued_counts()
         return Route("default", ("ORTHANC1",))
 
-    ledger.ingest(new_instance(), decide)
+    ledger.intake.ingest(new_instance(), decide)
 
     assert seen == {"pin": "ORTHANC1", "other": None, "queued": {"ORTHANC1": 1, "PROBE": 1}}
 
@@ -120,7 +124,7 @@ def test_if_decide_raises_nothing_is_written(ledger: Ledger) -> None:
         raise RuntimeError("no route")
 
     with pytest.raises(RuntimeError):
-        ledger.ingest(new_instance(), decide)
+        ledger.intake.ingest(new_instance(), decide)
 
     assert [count(ledger, t) for t in ("instances", "deliveries", "study_pins")] == [0, 0, 0]
 
@@ -129,8 +133,8 @@ def test_a_failing_row_rolls_back_the_pin_written_before_it(ledger: Ledger) -> N
     bad = dataclasses.replace(new_instance(), calling_aet=None)  # type: ignore[arg-type]
     route = Route("default", ("A",), (), ("1.2.3", "A", "storage"))
 
-    with pytest.raises(sqlite3.IntegrityError):
-        ledger.ingest(bad, lambda view: route)
+    with pytest.raises(LedgerError, match="NOT NULL"):
+        ledger.intake.ingest(bad, lambda view: route)
 
     assert [count(ledger, t) for t in ("instances", "deliveries", "study_pins")] == [0, 0, 0]
     # The ledger is still usable afterwards.
@@ -156,23 +160,23 @@ def test_concurrent_ingests_are_serialised_so_decide_sees_the_others_rows(
         second_decided.set()
         return Route("default", ("B",))
 
-    one = threading.Thread(target=lambda: ledger.ingest(new_instance(), first))
+    one = threading.Thread(target=lambda: ledger.intake.ingest(new_instance(), first))
     one.start()
     assert first_deciding.wait(10)
-    two = threading.Thread(target=lambda: ledger.ingest(new_instance(), second))
+    two = threading.Thread(target=lambda: ledger.intake.ingest(new_instance(), second))
     two.start()
     one.join(10)
     two.join(10)
 
     assert seen["queued"] == {"A": 1}
-    assert ledger.queued_counts() == {"A": 1, "B": 1}
+    assert ledger.queue.queued_counts() == {"A": 1, "B": 1}
 
 
 def test_same_sop_instance_received_twice_keeps_both_receptions(ledger: Ledger) -> None:
     ingest_to(ledger, ["A"], sop_instance_uid="1.2.3.4.5.6")
     ingest_to(ledger, ["B"], sop_instance_uid="1.2.3.4.5.6")
 
-    records = ledger.where("1.2.3.4.5.6")
+    records = ledger.operators.where("1.2.3.4.5.6")
 
     assert [[d.endpoint for d in r.deliveries] for r in records] == [["A"], ["B"]]
 
@@ -186,7 +190,7 @@ def test_due_returns_pending_due_deliveries_of_one_endpoint_oldest_first(
     same_time_later_id = ingest_to(ledger, ["A"], received_at=now - 10)
     future = ingest_to(ledger, ["A"], received_at=now + 3600)
 
-    due = ledger.due("A", now, limit=10)
+    due = ledger.queue.due("A", now, limit=10)
 
     assert [d.instance_id for d in due] == [early, late, same_time_later_id]
     assert future not in [d.instance_id for d in due]
@@ -194,10 +198,10 @@ def test_due_returns_pending_due_deliveries_of_one_endpoint_oldest_first(
     assert due[0].spool_path == "ab/cd.dcm"
     assert due[0].sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
     assert due[0].transfer_syntax_uid == "1.2.840.10008.1.2.1"
-    assert [d.instance_id for d in ledger.due("A", now, limit=2)] == [early, late]
-    assert [d.instance_id for d in ledger.due("B", now, limit=10)] == [early]
-    assert ledger.next_due_at("A") == pytest.approx(now - 20)
-    assert ledger.next_due_at("nobody") is None
+    assert [d.instance_id for d in ledger.queue.due("A", now, limit=2)] == [early, late]
+    assert [d.instance_id for d in ledger.queue.due("B", now, limit=10)] == [early]
+    assert ledger.queue.next_due_at("A") == pytest.approx(now - 20)
+    assert ledger.queue.next_due_at("nobody") is None
 
 
 def test_due_follows_next_attempt_at_of_outcomes(ledger: Ledger) -> None:
@@ -206,24 +210,24 @@ def test_due_follows_next_attempt_at_of_outcomes(ledger: Ledger) -> None:
     second = ingest_to(ledger, ["A"], received_at=now - 4)
     first_delivery = only_delivery(ledger, first)
 
-    ledger.record_outcomes([DeliveryOutcome(first_delivery, PENDING, "busy",
+    ledger.queue.record_outcomes([DeliveryOutcome(first_delivery, PENDING, "busy",
                                             next_attempt_at=now + 60)], now=now)
 
-    assert [d.instance_id for d in ledger.due("A", now, 10)] == [second]
-    assert [d.instance_id for d in ledger.due("A", now + 61, 10)] == [second, first]
-    assert ledger.due("A", now + 61, 10)[1].attempts == 1
-    assert ledger.next_due_at("A") == pytest.approx(now - 4)
+    assert [d.instance_id for d in ledger.queue.due("A", now, 10)] == [second]
+    assert [d.instance_id for d in ledger.queue.due("A", now + 61, 10)] == [second, first]
+    assert ledger.queue.due("A", now + 61, 10)[1].attempts == 1
+    assert ledger.queue.next_due_at("A") == pytest.approx(now - 4)
 
 
 def test_delivered_and_failed_are_never_due(ledger: Ledger) -> None:
     a = only_delivery(ledger, ingest_to(ledger, ["A"]))
     b = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(a, DELIVERED), DeliveryOutcome(b, FAILED, "no")])
+    ledger.queue.record_outcomes([DeliveryOutcome(a, DELIVERED), DeliveryOutcome(b, FAILED, "no")])
 
-    assert ledger.due("A", time.time() + 1e6, 10) == []
-    assert ledger.next_due_at("A") is None
-    assert ledger.queued_counts() == {}
+    assert ledger.queue.due("A", time.time() + 1e6, 10) == []
+    assert ledger.queue.next_due_at("A") is None
+    assert ledger.queue.queued_counts() == {}
 
 
 # -- outcomes and the state machine --------------------------------------------------------
@@ -243,7 +247,7 @@ def test_check_transition(old: DeliveryState, new: DeliveryState, allowed: bool)
 def test_pending_to_delivered(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(delivery, DELIVERED)], now=1234.5)
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, DELIVERED)], now=1234.5)
 
     state, attempts, error, _ = state_of(ledger, delivery)
     assert (state, attempts, error) == ("delivered", 1, None)
@@ -254,7 +258,7 @@ def test_pending_to_delivered(ledger: Ledger) -> None:
 def test_pending_to_failed_keeps_the_reason(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(delivery, FAILED, "SOP class not supported")])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, FAILED, "SOP class not supported")])
 
     assert state_of(ledger, delivery)[:3] == ("failed", 1, "SOP class not supported")
 
@@ -262,8 +266,8 @@ def test_pending_to_failed_keeps_the_reason(ledger: Ledger) -> None:
 def test_pending_rescheduled_spends_an_attempt(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy", next_attempt_at=99.0)])
-    ledger.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy again",
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy", next_attempt_at=99.0)])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy again",
                                             next_attempt_at=199.0)])
 
     assert state_of(ledger, delivery) == ("pending", 2, "busy again", 199.0)
@@ -272,23 +276,23 @@ def test_pending_rescheduled_spends_an_attempt(ledger: Ledger) -> None:
 def test_outcome_that_does_not_count_as_an_attempt(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(delivery, PENDING, "down", counts_as_attempt=False,
-                                            next_attempt_at=50.0)])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, PENDING, "down",
+                                                  counts_as_attempt=False, next_attempt_at=50.0)])
 
     assert state_of(ledger, delivery) == ("pending", 0, "down", 50.0)
 
 
 def test_failed_to_pending_by_an_operator_retry(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(delivery, FAILED, "refused")])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, FAILED, "refused")])
     before = time.time()
 
-    assert ledger.retry(delivery) is FAILED
+    assert ledger.operators.retry(delivery) is FAILED
 
     state, attempts, _, next_attempt_at = state_of(ledger, delivery)
     assert (state, attempts) == ("pending", 0)
     assert before <= next_attempt_at <= time.time()
-    assert [d.id for d in ledger.due("A", time.time(), 10)] == [delivery]
+    assert [d.id for d in ledger.queue.due("A", time.time(), 10)] == [delivery]
 
 
 def test_a_late_outcome_for_a_delivered_delivery_changes_nothing(ledger: Ledger) -> None:
@@ -296,9 +300,9 @@ def test_a_late_outcome_for_a_delivered_delivery_changes_nothing(ledger: Ledger)
     still written (a stale worker must not roll back another's results)."""
     delivered = only_delivery(ledger, ingest_to(ledger, ["A"]))
     other = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(delivered, DELIVERED)])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivered, DELIVERED)])
 
-    ledger.record_outcomes([DeliveryOutcome(other, DELIVERED),
+    ledger.queue.record_outcomes([DeliveryOutcome(other, DELIVERED),
                             DeliveryOutcome(delivered, PENDING, "again")])
 
     assert state_of(ledger, delivered)[:3] == ("delivered", 1, None)
@@ -309,10 +313,10 @@ def test_failed_to_delivered_is_refused_and_nothing_of_the_batch_is_written(
         ledger: Ledger) -> None:
     failed = only_delivery(ledger, ingest_to(ledger, ["A"]))
     other = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(failed, FAILED, "refused")])
+    ledger.queue.record_outcomes([DeliveryOutcome(failed, FAILED, "refused")])
 
     with pytest.raises(InvalidTransition):
-        ledger.record_outcomes([DeliveryOutcome(other, DELIVERED),
+        ledger.queue.record_outcomes([DeliveryOutcome(other, DELIVERED),
                                 DeliveryOutcome(failed, DELIVERED)])
 
     assert state_of(ledger, failed)[0] == "failed"
@@ -322,7 +326,7 @@ def test_failed_to_delivered_is_refused_and_nothing_of_the_batch_is_written(
 def test_outcome_of_an_unknown_delivery_is_ignored(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
 
-    ledger.record_outcomes([DeliveryOutcome(9999, DELIVERED), DeliveryOutcome(delivery,
+    ledger.queue.record_outcomes([DeliveryOutcome(9999, DELIVERED), DeliveryOutcome(delivery,
                                                                               DELIVERED)])
 
     assert state_of(ledger, delivery)[0] == "delivered"
@@ -332,14 +336,14 @@ def test_note_error_does_not_spend_attempts_nor_touch_settled_deliveries(
         ledger: Ledger) -> None:
     waiting = only_delivery(ledger, ingest_to(ledger, ["A"]))
     done = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(done, DELIVERED)])
+    ledger.queue.record_outcomes([DeliveryOutcome(done, DELIVERED)])
     _, _, _, due_before = state_of(ledger, waiting)
 
-    ledger.note_error([waiting, done], "association rejected")
+    ledger.queue.note_error([waiting, done], "association rejected")
 
     assert state_of(ledger, waiting) == ("pending", 0, "association rejected", due_before)
     assert state_of(ledger, done)[:3] == ("delivered", 1, None)
-    ledger.note_error([], "nothing")  # no ids: no-op
+    ledger.queue.note_error([], "nothing")  # no ids: no-op
 
 
 # -- the spool janitor's view ----------------------------------------------------------
@@ -349,35 +353,36 @@ def test_spool_file_is_releasable_only_when_every_delivery_is_delivered(
     rows = delivery_rows(ledger, instance)
     far_future = time.time() + 3600
 
-    ledger.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED)])
-    assert ledger.releasable_spool_files(far_future) == []
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED)])
+    assert ledger.spool_index.releasable_spool_files(far_future) == []
 
-    ledger.record_outcomes([DeliveryOutcome(rows["PROBE"][0], FAILED, "refused")])
-    assert ledger.releasable_spool_files(far_future) == []
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["PROBE"][0], FAILED, "refused")])
+    assert ledger.spool_index.releasable_spool_files(far_future) == []
 
-    ledger.retry(rows["PROBE"][0])
-    ledger.record_outcomes([DeliveryOutcome(rows["PROBE"][0], DELIVERED)])
-    assert ledger.releasable_spool_files(far_future) == [(instance, "aa/one.dcm")]
+    ledger.operators.retry(rows["PROBE"][0])
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["PROBE"][0], DELIVERED)])
+    assert ledger.spool_index.releasable_spool_files(far_future) == [(instance, "aa/one.dcm")]
 
 
 def test_releasable_respects_retention(ledger: Ledger) -> None:
     instance = ingest_to(ledger, ["A"], spool_path="aa/kept.dcm")
-    ledger.record_outcomes([DeliveryOutcome(only_delivery(ledger, instance), DELIVERED)],
+    ledger.queue.record_outcomes([DeliveryOutcome(only_delivery(ledger, instance), DELIVERED)],
                            now=1000.0)
 
-    assert ledger.releasable_spool_files(older_than=999.0) == []
-    assert ledger.releasable_spool_files(older_than=1000.0) == [(instance, "aa/kept.dcm")]
+    assert ledger.spool_index.releasable_spool_files(older_than=999.0) == []
+    assert ledger.spool_index.releasable_spool_files(older_than=1000.0) == [
+        (instance, "aa/kept.dcm")]
 
 
 def test_mark_spool_removed_takes_the_file_out_of_use(ledger: Ledger) -> None:
     gone = ingest_to(ledger, ["A"], spool_path="aa/gone.dcm")
     ingest_to(ledger, ["A"], spool_path="aa/kept.dcm")
-    ledger.record_outcomes([DeliveryOutcome(only_delivery(ledger, gone), DELIVERED)])
+    ledger.queue.record_outcomes([DeliveryOutcome(only_delivery(ledger, gone), DELIVERED)])
 
-    ledger.mark_spool_removed([gone])
+    ledger.spool_index.mark_spool_removed([gone])
 
-    assert ledger.releasable_spool_files(time.time() + 60) == []
-    assert ledger.spool_paths_in_use() == {"aa/kept.dcm"}
+    assert ledger.spool_index.releasable_spool_files(time.time() + 60) == []
+    assert ledger.spool_index.spool_paths_in_use() == {"aa/kept.dcm"}
     assert ledger.execute("SELECT spool_removed_at IS NOT NULL FROM instances WHERE id = ?",
                           (gone,)) == [(1,)]
 
@@ -385,44 +390,44 @@ def test_mark_spool_removed_takes_the_file_out_of_use(ledger: Ledger) -> None:
 # -- operators -----------------------------------------------------------------------------
 def test_retry_of_a_pending_delivery_makes_it_due_now(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy",
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy",
                                             next_attempt_at=time.time() + 3600)])
 
-    assert ledger.retry(delivery) is PENDING
+    assert ledger.operators.retry(delivery) is PENDING
 
     assert state_of(ledger, delivery)[:2] == ("pending", 1)  # attempts are kept
-    assert [d.id for d in ledger.due("A", time.time(), 10)] == [delivery]
+    assert [d.id for d in ledger.queue.due("A", time.time(), 10)] == [delivery]
 
 
 def test_retry_of_a_delivered_or_unknown_delivery_changes_nothing(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(delivery, DELIVERED)])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery, DELIVERED)])
 
-    assert ledger.retry(delivery) is DELIVERED
-    assert ledger.retry(424242) is None
+    assert ledger.operators.retry(delivery) is DELIVERED
+    assert ledger.operators.retry(424242) is None
     assert state_of(ledger, delivery)[:2] == ("delivered", 1)
 
 
 def test_retry_failed_requeues_every_failed_delivery(ledger: Ledger) -> None:
     failed = [only_delivery(ledger, ingest_to(ledger, ["A"])) for _ in range(3)]
     delivered = only_delivery(ledger, ingest_to(ledger, ["A"]))
-    ledger.record_outcomes([DeliveryOutcome(d, FAILED, "x") for d in failed]
+    ledger.queue.record_outcomes([DeliveryOutcome(d, FAILED, "x") for d in failed]
                            + [DeliveryOutcome(delivered, DELIVERED)])
 
-    assert ledger.retry_failed() == 3
+    assert ledger.operators.retry_failed() == 3
 
     assert [state_of(ledger, d)[:2] for d in failed] == [("pending", 0)] * 3
     assert state_of(ledger, delivered)[0] == "delivered"
-    assert ledger.retry_failed() == 0
+    assert ledger.operators.retry_failed() == 0
 
 
 def test_where_tells_every_delivery_of_an_instance(ledger: Ledger) -> None:
     instance = new_instance("aa/where.dcm", sop_instance_uid="1.2.826.0.1.99")
-    ledger.ingest(instance, lambda view: Route("default", ("ORTHANC2",), ("PROBE",)))
-    rows = {r.endpoint: r for r in ledger.where("1.2.826.0.1.99")[0].deliveries}
-    ledger.record_outcomes([DeliveryOutcome(rows["PROBE"].id, FAILED, "refused")])
+    ledger.intake.ingest(instance, lambda view: Route("default", ("ORTHANC2",), ("PROBE",)))
+    rows = {r.endpoint: r for r in ledger.operators.where("1.2.826.0.1.99")[0].deliveries}
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["PROBE"].id, FAILED, "refused")])
 
-    (record,) = ledger.where("1.2.826.0.1.99")
+    (record,) = ledger.operators.where("1.2.826.0.1.99")
 
     assert record.sop_instance_uid == "1.2.826.0.1.99"
     assert (record.calling_aet, record.called_aet) == ("TEST_SCU", "DYNAMIC_DICOM_MW")
@@ -431,25 +436,25 @@ def test_where_tells_every_delivery_of_an_instance(ledger: Ledger) -> None:
     assert [(d.endpoint, d.role, d.state, d.last_error) for d in record.deliveries] == [
         ("ORTHANC2", "route", "pending", None), ("PROBE", "mirror", "failed", "refused"),
     ]
-    assert ledger.where("1.2.3.nothing") == []
+    assert ledger.operators.where("1.2.3.nothing") == []
 
 
 def test_queue_and_counts(ledger: Ledger) -> None:
     a = ingest_to(ledger, ["A"], ["P"], sop_instance_uid="1.1")
     rows = delivery_rows(ledger, a)
-    ledger.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED),
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED),
                             DeliveryOutcome(rows["P"][0], FAILED, "refused")])
     ingest_to(ledger, ["B"], sop_instance_uid="2.2")
 
-    entries = ledger.queue()
+    entries = ledger.operators.queue()
 
     assert [(e.endpoint, e.state, e.sop_instance_uid) for e in entries] == [
         ("P", "failed", "1.1"), ("B", "pending", "2.2"),
     ]
-    assert [e.endpoint for e in ledger.queue([PENDING])] == ["B"]
-    assert ledger.state_counts() == {"A": {"delivered": 1}, "P": {"failed": 1},
+    assert [e.endpoint for e in ledger.operators.queue([PENDING])] == ["B"]
+    assert ledger.operators.state_counts() == {"A": {"delivered": 1}, "P": {"failed": 1},
                                      "B": {"pending": 1}}
-    assert ledger.queued_counts() == {"B": 1}
+    assert ledger.queue.queued_counts() == {"B": 1}
 
 
 def test_a_second_ledger_on_the_same_file_sees_everything(tmp_path: Path) -> None:
@@ -457,20 +462,20 @@ def test_a_second_ledger_on_the_same_file_sees_everything(tmp_path: Path) -> Non
     first = Ledger(path)
     done = ingest_to(first, ["A"], pin=("1.2.3", "A", "storage"), sop_instance_uid="5.5")
     ingest_to(first, ["A"], sop_instance_uid="6.6")
-    first.record_outcomes([DeliveryOutcome(only_delivery(first, done), DELIVERED)])
+    first.queue.record_outcomes([DeliveryOutcome(only_delivery(first, done), DELIVERED)])
     first.close()
 
     second = Ledger(path)
     try:
-        assert second.where("5.5")[0].deliveries[0].state == "delivered"
-        assert [d.sop_instance_uid for d in second.due("A", time.time(), 10)] == ["6.6"]
+        assert second.operators.where("5.5")[0].deliveries[0].state == "delivered"
+        assert [d.sop_instance_uid for d in second.queue.due("A", time.time(), 10)] == ["6.6"]
         seen: dict[str, str | None] = {}
 
         def decide(view: IngestView) -> Route:
             seen["pin"] = view.pin_for("1.2.3")
             return Route("default", ("A",))
 
-        second.ingest(new_instance(), decide)
+        second.intake.ingest(new_instance(), decide)
         assert seen["pin"] == "A"
     finally:
         second.close()
@@ -481,7 +486,7 @@ def test_two_open_ledgers_see_each_others_commits(tmp_path: Path) -> None:
     writer, reader = Ledger(path), Ledger(path)
     try:
         ingest_to(writer, ["A"], sop_instance_uid="7.7")
-        assert [r.sop_instance_uid for r in reader.where("7.7")] == ["7.7"]
+        assert [r.sop_instance_uid for r in reader.operators.where("7.7")] == ["7.7"]
     finally:
         writer.close()
         reader.close()
@@ -495,20 +500,20 @@ def test_releasable_since_finds_what_changed_and_not_the_old_backlog(ledger: Led
     half = ingest_to(ledger, ["A", "B"], spool_path="d/half.dcm", received_at=100.0)
     discarded = ingest_to(ledger, [], spool_path="d/discarded.dcm", received_at=300.0)
     rows = delivery_rows(ledger, done)
-    ledger.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED),
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["A"][0], DELIVERED),
                             DeliveryOutcome(rows["B"][0], DELIVERED)], now=250.0)
-    ledger.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["A"][0], DELIVERED)],
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["A"][0], DELIVERED)],
                            now=250.0)
 
-    everything = ledger.releasable_spool_files(older_than=400.0)
+    everything = ledger.spool_index.releasable_spool_files(older_than=400.0)
     assert sorted(everything) == sorted([(done, "d/done.dcm"), (discarded, "d/discarded.dcm")])
     # Since 200: the delivery made at 250 - never the backlog (nor the instance without any
     # delivery: the receiver removes a discarded instance's file itself).
-    assert ledger.releasable_spool_files(400.0, since=200.0) == [(done, "d/done.dcm")]
-    assert ledger.releasable_spool_files(400.0, since=350.0) == []
+    assert ledger.spool_index.releasable_spool_files(400.0, since=200.0) == [(done, "d/done.dcm")]
+    assert ledger.spool_index.releasable_spool_files(400.0, since=350.0) == []
     # The half-delivered instance becomes releasable when its last delivery is made.
-    ledger.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["B"][0], DELIVERED)],
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery_rows(ledger, half)["B"][0], DELIVERED)],
                            now=380.0)
-    assert ledger.releasable_spool_files(400.0, since=350.0) == [(half, "d/half.dcm")]
-    assert ledger.releasable_spool_files(370.0, since=350.0) == []  # not old enough yet
-    assert not {i for i, _ in ledger.releasable_spool_files(400.0)} & set(backlog)
+    assert ledger.spool_index.releasable_spool_files(400.0, since=350.0) == [(half, "d/half.dcm")]
+    assert ledger.spool_index.releasable_spool_files(370.0, since=350.0) == []  # not old enough yet
+    assert not {i for i, _ in ledger.spool_index.releasable_spool_files(400.0)} & set(backlog)

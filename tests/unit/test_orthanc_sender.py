@@ -14,7 +14,7 @@ from tests.support.unitkit import generated
 from dde.config import DeliverySettings, EndpointKind, EndpointSettings
 from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import SendStatus, Shipment
-from dde.receiving.spool import Spool, encode_file_meta
+from dde.store.spool import Spool, encode_file_meta
 
 PASSWORD = "s3cret-Pa55word"
 Handler = Callable[[httpx.Request], httpx.Response]

@@ -7,18 +7,25 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 from tests.support.datagen import make_instance
+from tests.support.unitkit import FakeLoads
 
-from dde.config import EndpointSettings, Settings
-from dde.delivery.ledger import Ledger, NewInstance, Route
-from dde.receiving.spool import Spool
+from dde.config import EndpointSettings, RoutingSettings, Settings
+from dde.receiving.ingest import IngestPipeline
 from dde.reconcile import ReconcileError, reconcile
+from dde.routing.route import Route
+from dde.routing.router import Router
 from dde.routing.rules import default_ruleset
+from dde.store.errors import LedgerError
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance
+from dde.store.spool import Spool
 
 PROBE = "ORTHANC-PROBE"
 URLS = {"ORTHANC1": "http://pacs1:8042", "ORTHANC2": "http://pacs2:8043",
@@ -69,6 +76,16 @@ def factory(orthancs: dict[str, FakeOrthanc]) -> Callable[[EndpointSettings], ht
 
         return httpx.Client(transport=httpx.MockTransport(handler))
     return make
+
+
+def through(ledger: Ledger, spool: Spool) -> IngestPipeline:
+    """The ingest pipeline a repair goes through (its copies have a fixed route)."""
+    router = Router(RoutingSettings(), settings().endpoints, FakeLoads())
+    return IngestPipeline(ledger, spool, router, lambda destinations: None)
+
+
+def repairing(ledger: Ledger, spool: Spool) -> dict[str, Any]:
+    return {"ledger": ledger, "pipeline": through(ledger, spool), "repair": True}
 
 
 def settings(names: tuple[str, ...] = ("ORTHANC1", "ORTHANC2", PROBE)) -> Settings:
@@ -160,7 +177,7 @@ def test_repair_fetches_only_the_missing_files_and_queues_one_copy_each(
         PROBE: FakeOrthanc([i for i in one + two if i not in missing]),
     }
 
-    report = reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    report = reconcile(settings(), RULESET, **repairing(ledger, spool),
                        client_factory=factory(orthancs))
 
     assert report.missing_in_probe == {PROBE: 3}
@@ -184,7 +201,7 @@ def test_repair_fetches_only_the_missing_files_and_queues_one_copy_each(
         # the dataset is the storage's, byte for byte, behind a rebuilt file meta
         assert dataset_part(written)[0] == dataset_part(raw)[0]
         assert dataset_part(written)[1:] == dataset_part(raw)[1:]
-    assert ledger.queued_counts() == {PROBE: 3}
+    assert ledger.queue.queued_counts() == {PROBE: 3}
 
 
 def test_repair_counts_a_file_the_storage_cannot_give(ledger: Ledger, spool: Spool) -> None:
@@ -194,11 +211,28 @@ def test_repair_counts_a_file_the_storage_cannot_give(ledger: Ledger, spool: Spo
                                         broken_files={stored[1]}),
                 "ORTHANC2": FakeOrthanc([]), PROBE: FakeOrthanc([])}
 
-    report = reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    report = reconcile(settings(), RULESET, **repairing(ledger, spool),
                        client_factory=factory(orthancs))
 
     assert (report.repaired, report.repair_failed) == (1, 2)
-    assert ledger.queued_counts() == {PROBE: 1}
+    assert ledger.queue.queued_counts() == {PROBE: 1}
+
+
+def test_a_repair_the_ledger_refuses_leaves_no_spool_file(ledger: Ledger, spool: Spool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    stored = ids("a", 1)
+    orthancs = {"ORTHANC1": FakeOrthanc(stored, files={stored[0]: part10(generate_uid())}),
+                "ORTHANC2": FakeOrthanc([]), PROBE: FakeOrthanc([])}
+
+    def full(*args: object) -> None:
+        raise LedgerError("database or disk is full")
+
+    monkeypatch.setattr(ledger.intake, "ingest", full)
+    report = reconcile(settings(), RULESET, ledger=ledger, pipeline=through(ledger, spool),
+                       repair=True, client_factory=factory(orthancs))
+
+    assert (report.repaired, report.repair_failed) == (0, 1)
+    assert [p for p in spool.root.rglob("*") if p.is_file()] == []
 
 
 def test_repair_without_ledger_or_spool_is_an_error() -> None:
@@ -213,10 +247,10 @@ def test_repair_with_nothing_missing_needs_nothing(ledger: Ledger, spool: Spool)
     orthancs = {"ORTHANC1": FakeOrthanc(["a"]), "ORTHANC2": FakeOrthanc([]),
                 PROBE: FakeOrthanc(["a"])}
 
-    report = reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    report = reconcile(settings(), RULESET, **repairing(ledger, spool),
                        client_factory=factory(orthancs))
 
-    assert report.repaired == 0 and ledger.queued_counts() == {}
+    assert report.repaired == 0 and ledger.queue.queued_counts() == {}
 
 
 def test_no_probe_is_an_error() -> None:
@@ -261,15 +295,15 @@ def test_a_second_repair_does_not_queue_a_copy_that_is_still_waiting(
     orthancs = {"ORTHANC1": FakeOrthanc(stored, files={i: part10(generate_uid())
                                                        for i in stored[:2]}),
                 "ORTHANC2": FakeOrthanc([]), PROBE: FakeOrthanc(stored[2:])}
-    first = reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    first = reconcile(settings(), RULESET, **repairing(ledger, spool),
                       client_factory=factory(orthancs))
     assert first.repaired == 2
 
-    reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    reconcile(settings(), RULESET, **repairing(ledger, spool),
               client_factory=factory(orthancs))
 
-    assert ledger.queued_counts() == {PROBE: 2}
-    assert ledger.waiting_count(PROBE) == 2
+    assert ledger.queue.queued_counts() == {PROBE: 2}
+    assert ledger.operators.waiting_count(PROBE) == 2
 
 
 def test_repair_does_not_duplicate_a_mirror_delivery_the_router_still_owes(
@@ -284,11 +318,11 @@ def test_repair_does_not_duplicate_a_mirror_delivery_the_router_still_owes(
         patient_id="RECON-1", accession_number=None, modality="CT", calling_aet="TEST_SCU",
         called_aet="DYNAMIC_DICOM_MW", source_ip="127.0.0.1", spool_path="x/y.dcm",
         size=len(raw), received_at=time.time())
-    ledger.ingest(record, lambda view: Route("default", ("ORTHANC1",), (PROBE,)))
+    ledger.intake.ingest(record, lambda view: Route("default", ("ORTHANC1",), (PROBE,)))
     orthancs = {"ORTHANC1": FakeOrthanc(["a"], files={"a": raw}),
                 "ORTHANC2": FakeOrthanc([]), PROBE: FakeOrthanc([])}
 
-    reconcile(settings(), RULESET, ledger=ledger, spool=spool, repair=True,
+    reconcile(settings(), RULESET, **repairing(ledger, spool),
               client_factory=factory(orthancs))
 
-    assert ledger.waiting_count(PROBE) == 1
+    assert ledger.operators.waiting_count(PROBE) == 1

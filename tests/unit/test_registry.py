@@ -12,9 +12,6 @@ from pydicom.uid import generate_uid
 
 from dde.config import EndpointSettings, EndpointState, Home, Settings
 from dde.config_store import ConfigStore
-from dde.delivery.ledger import DeliveryOutcome, Ledger, NewInstance, Route
-from dde.delivery.states import DeliveryState
-from dde.endpoints import registry
 from dde.endpoints.registry import (
     EndpointError,
     add_endpoint,
@@ -23,6 +20,11 @@ from dde.endpoints.registry import (
     set_state,
     update_endpoint,
 )
+from dde.routing.route import Route
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome, NewInstance
+from dde.store.states import DeliveryState
+from dde.store.status_board import STATUS_FRESH_SECONDS, PublishedStatus
 
 PROBE = "ORTHANC-PROBE"
 
@@ -58,7 +60,7 @@ def ingest(ledger: Ledger, study: str | None, destinations: tuple[str, ...],
            mirrors: tuple[str, ...] = (PROBE,), pin: str | None = None) -> int:
     route = Route("default", destinations, mirrors,
                   pins=((study, pin, "storage"),) if pin and study else ())
-    instance_id, _ = ledger.ingest(instance(study), lambda view: route)
+    instance_id, _ = ledger.intake.ingest(instance(study), lambda view: route)
     return instance_id
 
 
@@ -75,7 +77,7 @@ def delivery_id(ledger: Ledger, instance_id: int, endpoint: str) -> int:
 
 
 def set_outcome(ledger: Ledger, instance_id: int, endpoint: str, state: DeliveryState) -> None:
-    ledger.record_outcomes([DeliveryOutcome(delivery_id(ledger, instance_id, endpoint), state,
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery_id(ledger, instance_id, endpoint), state,
                                             error="refused" if state.value == "failed" else None)])
 
 
@@ -161,7 +163,7 @@ def test_remove_is_refused_while_deliveries_wait(store: ConfigStore, ledger: Led
     assert store.path.read_bytes() == before
     assert reopened(store).endpoint("ORTHANC2") is not None
     assert deliveries(ledger, pending)[1][:3] == ("ORTHANC2", "route", "pending")
-    assert ledger.pin_for(study, "storage") == "ORTHANC2"
+    assert ledger.operators.pin_for(study, "storage") == "ORTHANC2"
 
 
 def test_remove_force_redirects_to_the_other_member_and_repins(store: ConfigStore,
@@ -192,10 +194,10 @@ def test_remove_force_redirects_to_the_other_member_and_repins(store: ConfigStor
     assert deliveries(ledger, both) == [("ORTHANC-PROBE", "mirror", "pending", 0),
                                         ("ORTHANC1", "route", "pending", 0)]
     assert deliveries(ledger, untouched)[1][0] == "ORTHANC1"
-    assert ledger.waiting_count("ORTHANC2") == 0
-    assert ledger.pin_for(study, "storage") == "ORTHANC1"
-    assert ledger.pin_for(other_study, "storage") == "ORTHANC1"
-    kinds = [(e[2], e[3], e[4], e[5]) for e in ledger.events()]
+    assert ledger.operators.waiting_count("ORTHANC2") == 0
+    assert ledger.operators.pin_for(study, "storage") == "ORTHANC1"
+    assert ledger.operators.pin_for(other_study, "storage") == "ORTHANC1"
+    kinds = [(e[2], e[3], e[4], e[5]) for e in ledger.event_log.events()]
     assert ("endpoint-redirected", "ORTHANC2", "ORTHANC1", 3) in kinds
 
 
@@ -238,7 +240,7 @@ def test_remove_force_of_an_endpoint_the_rules_name_changes_nothing(store: Confi
 
     assert reopened(store).endpoint("ORTHANC2") is not None
     assert deliveries(ledger, waiting)[1][:3] == ("ORTHANC2", "route", "pending")
-    assert ledger.events() == []
+    assert ledger.event_log.events() == []
 
 
 def test_remove_with_nothing_waiting(store: ConfigStore, ledger: Ledger) -> None:
@@ -271,7 +273,7 @@ def publish(ledger: Ledger, health: str = "down") -> None:
     rows = [("ORTHANC1", "up", "closed", None, None, 12),
             ("ORTHANC2", health, "open" if health == "down" else "closed",
              time.time() - 30 if health == "down" else None, "refused", 3)]
-    ledger.publish_status(rows)
+    ledger.status_board.publish([PublishedStatus(*row) for row in rows])
 
 
 def test_describe_shows_configuration_published_status_and_counts(store: ConfigStore,
@@ -297,11 +299,11 @@ def test_describe_shows_configuration_published_status_and_counts(store: ConfigS
 
 def test_describe_shows_unknown_when_the_published_status_is_stale(
         store: ConfigStore, ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
-    published_at = time.time() - registry.STATUS_FRESH_SECONDS - 5
+    published_at = time.time() - STATUS_FRESH_SECONDS - 5
     with monkeypatch.context() as patch:
-        patch.setattr("dde.delivery.ledger.time", SimpleNamespace(time=lambda: published_at))
+        patch.setattr("dde.store.status_board.time", SimpleNamespace(time=lambda: published_at))
         publish(ledger)
-    assert ledger.endpoint_status()["ORTHANC2"]["updated_at"] == published_at
+    assert ledger.status_board.read() == {}  # stale: shown as unknown
 
     rows = {row["name"]: row for row in describe(store.settings(), ledger)}
 

@@ -9,9 +9,9 @@ from pydicom.uid import generate_uid
 from tests.support.unitkit import FakeView, endpoint, generated, load_book
 
 from dde.config import EndpointSettings, RoutingSettings
-from dde.delivery.ledger import Route
+from dde.dicom.header import InstanceHeader, parse_header
 from dde.endpoints.load import LoadBook
-from dde.receiving.header import InstanceHeader, parse_header
+from dde.routing.route import Route
 from dde.routing.router import NoRoute, Router
 from dde.routing.rules import default_ruleset
 

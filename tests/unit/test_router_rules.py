@@ -13,11 +13,12 @@ from tests.support.datagen import make_instance
 from tests.support.unitkit import ISSUE_EXAMPLE_RULES, FakeLoads
 
 from dde.config import EndpointSettings, EndpointState, RoutingSettings
-from dde.delivery.ledger import IngestView, Route
-from dde.receiving.header import InstanceHeader, parse_header
+from dde.dicom.header import InstanceHeader, parse_header
 from dde.routing.decision import NoRoute
+from dde.routing.route import Route
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet, parse_rules
+from dde.store.intake import IngestView
 
 RULES = ISSUE_EXAMPLE_RULES
 

@@ -17,7 +17,7 @@ import pytest
 from pydicom import dcmread
 from tests.support.unitkit import generated, split_part10
 
-from dde.receiving.spool import Spool, SpoolError, encode_file_meta
+from dde.store.spool import Spool, SpoolError, encode_file_meta
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -138,7 +138,7 @@ def test_write_into_a_read_only_spool_raises_and_leaves_nothing(spool: Spool) ->
 def test_write_into_a_read_only_subfolder_raises_and_leaves_nothing(
         spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     fixed = uuid.UUID("ab" + "0" * 30)
-    monkeypatch.setattr("dde.receiving.spool.uuid.uuid4", lambda: fixed)
+    monkeypatch.setattr("dde.store.spool.uuid.uuid4", lambda: fixed)
     folder = spool.root / "ab"
     folder.mkdir()
 
@@ -164,7 +164,7 @@ def test_failure_midway_raises_and_removes_the_partial_file(
             real(*args)  # some bytes reach the .part file first: the disk then fills
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(f"dde.receiving.spool.os.{failing}", fail_on_file)
+    monkeypatch.setattr(f"dde.store.spool.os.{failing}", fail_on_file)
 
     with pytest.raises(SpoolError, match="No space left"):
         spool.write(meta, b"data" * 100)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tests.unit.test_ingest import Committed, assert_nothing_left, generated, pipeline
 
-from dde.delivery.ledger import Ledger
 from dde.dicom import status as dimse
-from dde.receiving.spool import Spool, SpoolFull
+from dde.store.ledger import Ledger
+from dde.store.spool import Spool, SpoolFull
 
 META = b"M" * 100
 

@@ -14,22 +14,22 @@ from pydicom.uid import generate_uid
 from tests.support.unitkit import endpoint, load_book, part10_bytes, split_part10
 
 from dde.config import RoutingSettings
-from dde.delivery.ledger import Ledger
 from dde.dicom import status as dimse
-from dde.receiving import incoming as incoming_module
-from dde.receiving import spool as spool_module
-from dde.receiving.header import (
+from dde.dicom.header import (
     DEFER_SIZE,
     BrokenDataset,
     InstanceHeader,
     parse_header,
     parse_header_file,
 )
+from dde.dicom.part10 import dataset_offset
+from dde.receiving import incoming as incoming_module
 from dde.receiving.incoming import IncomingFile, stream_datasets_to, write_failure
 from dde.receiving.ingest import Incoming, IngestPipeline
-from dde.receiving.part10 import dataset_offset
-from dde.receiving.spool import Spool, SpoolFull
 from dde.routing.router import Router
+from dde.store import spool as spool_module
+from dde.store.ledger import Ledger
+from dde.store.spool import Spool, SpoolFull
 from dde.synthetic import make_instance
 
 ENDPOINTS = [endpoint("ORTHANC1"), endpoint("ORTHANC2")]
@@ -183,7 +183,7 @@ def test_a_streamed_dataset_is_adopted_by_the_spool_and_committed(ledger: Ledger
 
     assert result.status == dimse.SUCCESS, result.detail
     assert not received.exists()  # renamed into the spool, not copied
-    (record,) = ledger.where(incoming.sop_instance_uid)
+    (record,) = ledger.operators.where(incoming.sop_instance_uid)
     assert record.id == result.instance_id
     assert record.size == len(raw)
     syntax, dataset = split_part10(raw)

@@ -17,8 +17,8 @@ from tests.support.webkit import AUTH, TOKEN, WebKit, dicom_bytes, make_webkit
 
 from dde.cli import main
 from dde.config_store import ConfigStore
-from dde.delivery.ledger import DeliveryOutcome
-from dde.delivery.states import DeliveryState
+from dde.store.records import DeliveryOutcome
+from dde.store.states import DeliveryState
 
 RULES = """\
 rules:
@@ -74,11 +74,11 @@ def delivered_and_failed(kit: WebKit) -> tuple[int, int, int]:
     ledger = kit.ledger
     done = ingest_to(ledger, ["ORTHANC1"], ["ORTHANC-PROBE"], study_instance_uid="1.2.1")
     rows = delivery_rows(ledger, done)
-    ledger.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.DELIVERED),
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.DELIVERED),
                             DeliveryOutcome(rows["ORTHANC-PROBE"][0], DeliveryState.DELIVERED)])
     failed = ingest_to(ledger, ["ORTHANC1"], ["ORTHANC-PROBE"], study_instance_uid="1.2.1")
     rows = delivery_rows(ledger, failed)
-    ledger.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.DELIVERED),
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.DELIVERED),
                             DeliveryOutcome(rows["ORTHANC-PROBE"][0], DeliveryState.FAILED,
                                             "0xA700 out of resources")])
     waiting = ingest_to(ledger, ["ORTHANC2"], study_instance_uid="1.2.2")
@@ -398,7 +398,7 @@ def test_retry_every_failed_delivery(kit: WebKit) -> None:
     response = kit.client.post("/api/queue/retry-failed", headers=AUTH)
     assert response.status_code == 200
     assert response.json() == {"requeued": 1}
-    assert kit.ledger.state_counts()["ORTHANC-PROBE"].get("failed", 0) == 0
+    assert kit.ledger.operators.state_counts()["ORTHANC-PROBE"].get("failed", 0) == 0
     assert kit.client.post("/api/queue/retry-failed", headers=AUTH).json() == {"requeued": 0}
 
 
@@ -445,7 +445,7 @@ def test_an_unexpected_error_is_a_bare_500(kit: WebKit, monkeypatch: pytest.Monk
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(kit.ledger, "state_counts", broken)
+    monkeypatch.setattr(kit.ledger.operators, "state_counts", broken)
     with caplog.at_level(logging.ERROR, logger="dde.web.errors"):
         response = kit.client.get("/api/queue", headers=AUTH)
 

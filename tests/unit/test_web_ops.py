@@ -23,7 +23,7 @@ from dde.delivery.dispatcher import EndpointWorker
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.sending import SendResult
 from dde.receiving.ingest import IngestPipeline
-from dde.receiving.spool import encode_file_meta
+from dde.store.spool import encode_file_meta
 from dde.telemetry import Telemetry
 
 

@@ -12,8 +12,9 @@ from fastapi.testclient import TestClient
 from tests.support.unitkit import delivery_rows, ingest_to
 from tests.support.webkit import AUTH, TOKEN, WebKit, default_settings, make_webkit
 
-from dde.delivery.ledger import DeliveryOutcome
-from dde.delivery.states import DeliveryState
+from dde.store.records import DeliveryOutcome
+from dde.store.states import DeliveryState
+from dde.store.status_board import PublishedStatus
 from dde.web.pages import NAVIGATION, STATIC_DIR, format_age, local_path
 
 PAGES = [path for path, _, _ in NAVIGATION]
@@ -152,12 +153,13 @@ def test_the_dashboard_shows_every_endpoint_the_queue_and_failures(kit: WebKit) 
     ledger = kit.ledger
     failed = ingest_to(ledger, ["ORTHANC1"], ["ORTHANC-PROBE"])
     rows = delivery_rows(ledger, failed)
-    ledger.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.FAILED,
+    ledger.queue.record_outcomes([DeliveryOutcome(rows["ORTHANC1"][0], DeliveryState.FAILED,
                                             "0xA700 out of resources"),
                             DeliveryOutcome(rows["ORTHANC-PROBE"][0], DeliveryState.DELIVERED)])
     ingest_to(ledger, ["ORTHANC2"])
-    ledger.publish_status([("ORTHANC1", "up", "closed", None, None, 12),
-                           ("ORTHANC2", "down", "open", time.time(), "connection refused", None)])
+    ledger.status_board.publish([PublishedStatus("ORTHANC1", "up", "closed", None, None, 12),
+                                 PublishedStatus("ORTHANC2", "down", "open", time.time(),
+                                                 "connection refused", None)])
     log_in(kit.client)
 
     html = kit.client.get("/").text
@@ -211,8 +213,9 @@ def test_hostile_values_are_escaped_in_every_server_rendered_page(tmp_path: Path
     ledger = kit.ledger
     failed = ingest_to(ledger, ["ORTHANC1"], sop_instance_uid="1.2.3.4.5")
     [delivery] = delivery_rows(ledger, failed).values()
-    ledger.record_outcomes([DeliveryOutcome(delivery[0], DeliveryState.FAILED, HOSTILE)])
-    ledger.publish_status([("ORTHANC1", "down", "open", time.time(), ATTRIBUTE_BREAKER, None)])
+    ledger.queue.record_outcomes([DeliveryOutcome(delivery[0], DeliveryState.FAILED, HOSTILE)])
+    ledger.status_board.publish([PublishedStatus("ORTHANC1", "down", "open", time.time(),
+                                                 ATTRIBUTE_BREAKER, None)])
     kit.services.store.apply_rules(f"# </textarea>{HOSTILE}\nrules:\n  - name: all\n"
                                    "    route: [ORTHANC1]\n")
     log_in(kit.client)

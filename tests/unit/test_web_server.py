@@ -12,8 +12,8 @@ import httpx
 import pytest
 from tests.support.webkit import AUTH, WebKit, make_webkit
 
-from dde.app import RouterApp
 from dde.config import Home, WebSettings, parse_settings, settings_to_yaml
+from dde.runtime.main import RouterApp
 from dde.web.auth import token_file
 from dde.web.server import WebServer
 

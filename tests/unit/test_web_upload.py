@@ -56,7 +56,7 @@ def assert_refused(response: Any, status: int, error: str, kit: WebKit) -> dict[
 
 
 def spooled_dataset(kit: WebKit, uid: str) -> tuple[str, bytes]:
-    (record,) = kit.ledger.where(uid)
+    (record,) = kit.ledger.operators.where(uid)
     assert record.spool_path is not None
     return split_part10(kit.services.spool.path_of(record.spool_path).read_bytes())
 
@@ -71,7 +71,7 @@ def test_one_file_is_stored_like_a_c_store(kit: WebKit) -> None:
         "name": "scan.dcm", "status": "stored", "dicom_status": dimse.SUCCESS,
         "detail": "stored", "sop_instance_uid": uid,
         "destinations": ["ORTHANC1", "ORTHANC-PROBE"]}]}
-    (record,) = kit.ledger.where(uid)
+    (record,) = kit.ledger.operators.where(uid)
     assert (record.calling_aet, record.called_aet, record.source_ip) == (
         upload.WEB_CALLING_AET, ROUTER_AET, "testclient")
     assert spooled_dataset(kit, uid) == split_part10(raw)  # the bytes as received
@@ -277,7 +277,7 @@ def test_a_refusal_by_the_receive_path_is_reported_per_file(kit: WebKit) -> None
     metrics = kit.client.get("/metrics").text
     assert metric_value(metrics, "dde_refused_instances_total", 'reason="uid_mismatch"') == 1
     assert metric_value(metrics, "dde_received_instances_total") == 1
-    assert [r.sop_instance_uid for r in kit.ledger.where(uid)] == [uid]
+    assert [r.sop_instance_uid for r in kit.ledger.operators.where(uid)] == [uid]
 
 
 def test_a_session_upload_with_csrf(kit: WebKit) -> None:

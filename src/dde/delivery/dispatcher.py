@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Iterable
 
 from dde.config import EndpointSettings, EndpointState
-from dde.delivery.ledger import DeliveryOutcome, Ledger, QueuedDelivery
 from dde.delivery.retry import RetryPolicy
-from dde.delivery.states import DeliveryState
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import Sender, SendStatus, Shipment
-from dde.receiving.spool import Spool
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome, QueuedDelivery
+from dde.store.spool import Spool
+from dde.store.states import DeliveryState
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class EndpointWorker:
                 idle_since = now
             elif now - idle_since >= self._idle_release:
                 self._sender.release()
-            next_due = self._ledger.next_due_at(self.name)
+            next_due = self._ledger.queue.next_due_at(self.name)
             timeout = self._poll if next_due is None else min(self._poll, max(0.0, next_due - now))
             if idle_since is not None and now - idle_since < self._idle_release:
                 timeout = min(timeout, self._idle_release)
@@ -134,7 +135,7 @@ class EndpointWorker:
         self._sender.release()
 
     def _one_batch(self) -> bool:
-        batch = self._ledger.due(self.name, time.time(), self._batch_size)
+        batch = self._ledger.queue.due(self.name, time.time(), self._batch_size)
         if not batch:
             return False
         shipments = {item.id: self._shipment(item) for item in batch}
@@ -162,11 +163,11 @@ class EndpointWorker:
                          self.name, item.attempts + 1)
             elif result.status is SendStatus.UNREACHABLE:
                 unreachable = result.detail
-                self._ledger.note_endpoint_error(self.name, result.detail)
+                self._ledger.queue.note_endpoint_error(self.name, result.detail)
                 break
             else:
                 outcomes.append(self._refused(item, result.detail, result.permanent))
-        self._ledger.record_outcomes(outcomes)
+        self._ledger.queue.record_outcomes(outcomes)
         self._report(outcomes, received_at)
         if delivered:
             self._loads.note_delivered(self.name, delivered)
@@ -262,6 +263,21 @@ class Dispatcher:
         self.sync(endpoints)
         self._janitor.start()
 
+    def reconfigure(self, policy: RetryPolicy, *, batch_size: int, idle_release: float,
+                    poll: float, retention: float, nice: int) -> None:
+        """New delivery settings: every worker is started again with them at the next
+        :meth:`sync` (their associations are released in order first)."""
+        with self._sync_lock:
+            with self._lock:
+                self._policy, self._batch_size = policy, batch_size
+                self._idle_release, self._poll = idle_release, poll
+                self._retention, self._nice = retention, nice
+                stale = list(self._workers.values())
+                self._workers.clear()
+            for worker in stale:
+                worker.stop()
+        self._janitor_wake.set()
+
     def sync(self, endpoints: Iterable[EndpointSettings]) -> None:
         """Start workers for new endpoints, restart changed ones, stop removed ones.
 
@@ -325,13 +341,14 @@ class Dispatcher:
     def clean_spool_once(self) -> int:
         """Remove up to one batch of spool files no delivery needs any more; how many."""
         older_than = time.time() - self._retention
-        removable = self._ledger.releasable_spool_files(older_than, since=self._cleaned_until)
+        removable = self._ledger.spool_index.releasable_spool_files(
+            older_than, since=self._cleaned_until)
         if not removable:
             # Everything up to ``older_than`` was looked at: next time only what changed
             # since (less a margin for delivery batches committed a little late).
             self._cleaned_until = older_than - JANITOR_OVERLAP_SECONDS
             return 0
-        self._ledger.mark_spool_removed([instance_id for instance_id, _ in removable])
+        self._ledger.spool_index.mark_spool_removed([instance_id for instance_id, _ in removable])
         for _, path in removable:
             self._spool.remove(path)
         return len(removable)

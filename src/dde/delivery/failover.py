@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-from dde.delivery.ledger import Ledger
 from dde.endpoints.health import HealthMonitor
 from dde.routing.decision import least_loaded
 from dde.routing.router import Router
+from dde.store.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +22,10 @@ def fail_over_once(ledger: Ledger, health: HealthMonitor, router: Router) -> int
     moved = 0
     lost = health.failed_over()
     for source in sorted(lost):
-        studies = ledger.pinned_studies_with_pending(source)
+        studies = ledger.moves.pinned_studies_with_pending(source)
         if not studies:
             continue
-        queued = ledger.queued_counts()
+        queued = ledger.queue.queued_counts()
         for study, group in studies:
             candidates = [c for c in router.candidates(group, queued) if c.name not in lost]
             target = least_loaded(candidates)
@@ -33,7 +33,7 @@ def fail_over_once(ledger: Ledger, health: HealthMonitor, router: Router) -> int
                 log.warning("%s is down past failover but no other member of %s is "
                             "available; its studies wait", source, group)
                 break
-            count = ledger.move_study(study, source, target.name,
+            count = ledger.moves.move_study(study, source, target.name,
                                       f"{source} down longer than failover_after")
             queued[target.name] = queued.get(target.name, 0) + count
             queued[source] = max(0, queued.get(source, 0) - count)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from dde.delivery.ledger import DeliveryRecord, InstanceRecord, InstanceSummary, QueueEntry
+from dde.store.records import DeliveryRecord, InstanceRecord, InstanceSummary, QueueEntry
 
 
 def iso(timestamp: float | None) -> str | None:

@@ -5,14 +5,12 @@ them within a second, without a restart and without dropping associations in pro
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from dde.config import ConfigError, EndpointSettings, EndpointState, Settings
 from dde.config_store import ConfigStore
-from dde.delivery.ledger import Ledger
-
-STATUS_FRESH_SECONDS = 30.0
+from dde.store.ledger import Ledger
+from dde.store.status_board import UNKNOWN
 
 
 class EndpointError(Exception):
@@ -29,22 +27,18 @@ def _find(settings: Settings, name: str) -> EndpointSettings:
 
 def describe(settings: Settings, ledger: Ledger | None) -> list[dict[str, Any]]:
     """Every endpoint with its configuration and, if the router published it, live status."""
-    status = ledger.endpoint_status() if ledger is not None else {}
-    counts = ledger.state_counts() if ledger is not None else {}
-    now = time.time()
+    board = ledger.status_board.read() if ledger is not None else {}
+    counts = ledger.operators.state_counts() if ledger is not None else {}
     rows = []
     for e in settings.endpoints:
-        live = status.get(e.name)
-        fresh = live is not None and now - float(live["updated_at"]) < STATUS_FRESH_SECONDS
+        live = board.get(e.name, UNKNOWN)
         c = counts.get(e.name, {})
         rows.append({
             "name": e.name, "kind": e.kind.value, "aet": e.aet, "host": e.host,
             "port": e.port, "url": e.url, "groups": list(e.groups), "weight": e.weight,
             "state": e.state.value,
-            "health": live["health"] if fresh and live else "unknown",
-            "breaker": live["breaker"] if fresh and live else None,
-            "last_error": live["last_error"] if fresh and live else None,
-            "load": live["load"] if fresh and live else None,
+            "health": live.health, "breaker": live.breaker,
+            "last_error": live.last_error, "load": live.load,
             "queued": int(c.get("pending", 0)),
             "failed": int(c.get("failed", 0)),
             "delivered": int(c.get("delivered", 0)),
@@ -86,7 +80,7 @@ def remove_endpoint(store: ConfigStore, ledger: Ledger | None, name: str,
     with store.locked():
         settings = store.settings()
         endpoint = _find(settings, name)
-        waiting = ledger.waiting_count(name) if ledger is not None else 0
+        waiting = ledger.operators.waiting_count(name) if ledger is not None else 0
         target: str | None = None
         if waiting and not force:
             raise EndpointError(
@@ -100,14 +94,14 @@ def remove_endpoint(store: ConfigStore, ledger: Ledger | None, name: str,
             if not others:
                 raise EndpointError(f"--force: no other enabled endpoint shares a group with "
                                     f"{name} to take its {waiting} deliveries")
-            queued = ledger.queued_counts() if ledger is not None else {}
+            queued = ledger.queue.queued_counts() if ledger is not None else {}
             target = min(others, key=lambda e: (queued.get(e.name, 0), e.name)).name
     # the lock is released: update() takes it again
     settings = _update(store, lambda s: s.model_copy(
         update={"endpoints": [e for e in s.endpoints if e.name != name]}))
     redirected = 0
     if target is not None and ledger is not None:
-        redirected = ledger.redirect_all(name, target, "endpoint removed with --force")
+        redirected = ledger.moves.redirect_all(name, target, "endpoint removed with --force")
     return settings, redirected, target
 
 

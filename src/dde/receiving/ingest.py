@@ -9,23 +9,27 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dde.delivery.ledger import Ledger, LedgerError, NewInstance, Route
 from dde.dicom import status as dimse
-from dde.dicom.uids import uid_name
-from dde.receiving.header import (
+from dde.dicom.header import (
     BrokenDataset,
     InstanceHeader,
     parse_header,
     parse_header_file,
 )
-from dde.receiving.part10 import NotPart10, dataset_offset
-from dde.receiving.spool import (
+from dde.dicom.part10 import NotPart10, dataset_offset
+from dde.dicom.uids import uid_name
+from dde.routing.decision import NoRoute
+from dde.routing.route import Route
+from dde.routing.router import Origin, Router
+from dde.store.errors import LedgerError
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance
+from dde.store.spool import (
     Spool,
     SpooledFile,
     SpoolError,
@@ -33,8 +37,6 @@ from dde.receiving.spool import (
     encode_file_meta,
     spool_error,
 )
-from dde.routing.decision import NoRoute
-from dde.routing.router import Origin, Router
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ class Incoming:
     dataset_file: Path | None = None
     stream_error: OSError | None = None
     """Why writing ``dataset_file`` stopped short (disk full …): the instance is refused."""
+    route: Route | None = None
+    """A placement decided by the caller (a reconcile repair): the router is not asked."""
 
     @property
     def size(self) -> int:
@@ -144,15 +148,16 @@ class IngestPipeline:
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         try:
             origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
-            instance_id, route = self._ledger.ingest(
-                record, lambda view: self._router.route(header, view, origin)
-            )
+            fixed = incoming.route
+            instance_id, route = self._ledger.intake.ingest(
+                record, lambda view: fixed if fixed is not None
+                else self._router.route(header, view, origin))
         except NoRoute as exc:
             self._spool.remove(spooled.relative_path)
             log.warning("refused an instance from %s: no route: %s", incoming.calling_aet, exc)
             return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}",
                                 reason="no_route")
-        except (sqlite3.Error, LedgerError) as exc:
+        except LedgerError as exc:
             self._spool.remove(spooled.relative_path)
             log.error("refused an instance from %s: ledger write failed: %s",
                       incoming.calling_aet, exc)
@@ -185,9 +190,9 @@ class IngestPipeline:
         """A discarded instance needs no spool file (the janitor only looks at delivered
         ones); failing here changes nothing for the sender."""
         try:
-            self._ledger.mark_spool_removed([instance_id])
+            self._ledger.spool_index.mark_spool_removed([instance_id])
             self._spool.remove(relative_path)
-        except (sqlite3.Error, LedgerError, OSError) as exc:
+        except (LedgerError, OSError) as exc:
             log.warning("could not remove the spool file of discarded instance #%d: %s",
                         instance_id, exc)
 

@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 
 from dde.config import ReceiverSettings
-from dde.receiving.worker import READY
 
 log = logging.getLogger(__name__)
+
+READY = "ready"
+"""What a receiver process prints on stdout once it listens."""
+RECEIVER_MODULE = "dde.runtime.receiver_process"
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -99,7 +102,7 @@ class ReceiverPool:
                    for c in list(self._children))
 
     def _argv(self) -> list[str]:
-        argv = [sys.executable, "-m", "dde.receiving.worker", "--home", str(self._home),
+        argv = [sys.executable, "-m", RECEIVER_MODULE, "--home", str(self._home),
                 "--port", str(self.port), "--notify", self._notify,
                 "--parent", str(os.getpid())]
         if self._config_file is not None:

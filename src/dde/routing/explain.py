@@ -6,45 +6,20 @@ explanation uses those, the persisted study pins and the queue depths, and the a
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from dde.config import Settings
-from dde.delivery.ledger import Ledger
-from dde.endpoints.registry import STATUS_FRESH_SECONDS
-from dde.receiving.header import BrokenDataset, parse_header
-from dde.receiving.part10 import NotPart10, split_part10
+from dde.dicom.header import BrokenDataset, parse_header
+from dde.dicom.part10 import NotPart10, split_part10
 from dde.routing.decision import NoRoute
+from dde.routing.published import PublishedEndpoints
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet
+from dde.store.ledger import Ledger
 
 
 class ExplainError(Exception):
     pass
-
-
-class PublishedState:
-    """Health and load as the running router last published them (stale → unknown)."""
-
-    def __init__(self, ledger: Ledger | None, failover_after: float) -> None:
-        status = ledger.endpoint_status() if ledger is not None else {}
-        now = time.time()
-        self._status = {n: s for n, s in status.items()
-                        if now - float(s["updated_at"]) < STATUS_FRESH_SECONDS}
-        self._failover_after = failover_after
-        self._now = now
-
-    def is_down(self, name: str) -> bool:
-        return self._status.get(name, {}).get("health") == "down"
-
-    def failed_over(self) -> set[str]:
-        return {n for n, s in self._status.items() if s.get("health") == "down"
-                and s.get("down_since") is not None
-                and self._now - float(s["down_since"]) >= self._failover_after}
-
-    def stored(self, name: str) -> int:
-        load = self._status.get(name, {}).get("load")
-        return int(load) if load is not None else 0
 
 
 def read_part10(path: Path) -> tuple[bytes, str]:
@@ -87,12 +62,13 @@ def explain_dataset(dataset: bytes, syntax: str, label: str, settings: Settings,
         header = parse_header(dataset, syntax)
     except BrokenDataset as exc:
         raise ExplainError(f"{label}: the router would refuse it: {exc}") from None
-    state = PublishedState(ledger, settings.health.failover_after_seconds)
-    router = Router(settings.routing, settings.endpoints, state, state, ruleset)
     if ledger is None:
         raise ExplainError("no ledger yet: start the router once (dde serve / dde stack up)")
+    state = PublishedEndpoints(ledger.status_board, settings.health.failover_after_seconds,
+                               max_age=0)
+    router = Router(settings.routing, settings.endpoints, state, state, ruleset)
     try:
-        route = router.route(header, ledger.view(), origin)
+        route = router.route(header, ledger.intake.view(), origin)
     except NoRoute as exc:
         return {"rule": None, "destinations": [], "mirrors": [], "refused": True,
                 "reason": f"no route: {exc} (the router answers a failure status)"}

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dde.config import EndpointSettings, EndpointState, RoutingSettings
-from dde.delivery.ledger import IngestView, Route
-from dde.receiving.header import InstanceHeader
+from dde.dicom.header import InstanceHeader
 from dde.routing.conditions import Subject
 from dde.routing.decision import Candidate, NoRoute, decide_storage
+from dde.routing.route import PinView, Route
 from dde.routing.rules import RuleSet, default_ruleset, evaluate
 from dde.routing.strategies import StrategyState, choose
 
@@ -95,7 +95,7 @@ class Router:
         with self._lock:
             return tuple(m for m in self._ruleset.mirror if m in self._endpoints)
 
-    def route(self, header: InstanceHeader, view: IngestView,
+    def route(self, header: InstanceHeader, view: PinView,
               origin: Origin = Origin()) -> Route:
         """Decide inside the ingest transaction. Raises :class:`NoRoute`."""
         ruleset = self.ruleset

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -32,6 +32,7 @@ import httpx
 
 from dde.config import Home, Settings, StackOrthanc
 from dde.stack.errors import StackError
+from dde.stack.logfollow import LogFollower
 from dde.stack.orthanc import (
     OrthancProcess,
     orthanc_binary,
@@ -43,7 +44,6 @@ from dde.stack.process import (
     PidRecord,
     log_size,
     log_tail,
-    offset_of_last_lines,
     port_in_use,
     read_pid_file,
     spawn,
@@ -447,52 +447,6 @@ def _foreground(
 
 # ---------------------------------------------------------------------------------------------
 # logs
-
-
-@dataclass
-class LogFollower:
-    """Prints the complete lines appended to some parts' logs, prefixed with the part name."""
-
-    parts: Sequence[Part]
-    out: TextIO | None = None
-    start_at_end: bool = False
-    prefix: bool = True
-    _offsets: dict[str, int] = field(default_factory=dict)
-    _partial: dict[str, bytes] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for part in self.parts:
-            self._offsets[part.name] = log_size(part.log) if self.start_at_end else 0
-        self._width = max((len(p.name) for p in self.parts), default=0)
-
-    def say(self, name: str, line: str) -> None:
-        out = self.out or sys.stdout
-        out.write(f"{name:<{self._width}} | {line}\n" if self.prefix else f"{line}\n")
-        out.flush()
-
-    def skip_to_last(self, lines: int) -> None:
-        """Start each log ``lines`` lines before its end."""
-        for part in self.parts:
-            self._offsets[part.name] = offset_of_last_lines(part.log, lines)
-
-    def poll(self) -> None:
-        for part in self.parts:
-            offset = self._offsets[part.name]
-            if log_size(part.log) < offset:
-                offset = 0  # truncated or replaced: start again
-            try:
-                with open(part.log, "rb") as log:
-                    log.seek(offset)
-                    chunk = log.read()
-            except OSError:
-                continue
-            self._offsets[part.name] = offset + len(chunk)
-            data = self._partial.pop(part.name, b"") + chunk
-            *lines, rest = data.split(b"\n")
-            if rest:
-                self._partial[part.name] = rest
-            for line in lines:
-                self.say(part.name, line.decode(errors="replace").rstrip("\r"))
 
 
 def logs(

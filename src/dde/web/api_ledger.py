@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from dde.config import WebSettings
 from dde.delivery.reports import queue_document, summary_document, where_document
-from dde.delivery.states import DeliveryState
+from dde.store.states import DeliveryState
 from dde.web.auth import require_user
 from dde.web.errors import ApiError, conflict, not_found
 from dde.web.services import WebServices
@@ -61,7 +61,7 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
     @router.get("/instances/{sop_instance_uid}",
                 summary="Where one instance went (as `dde where --json`)")
     def where(sop_instance_uid: str) -> dict[str, Any]:
-        records = services.ledger.where(sop_instance_uid)
+        records = services.ledger.operators.where(sop_instance_uid)
         if not records:
             raise not_found(f"no instance with SOP Instance UID {sop_instance_uid} "
                             "in the ledger")
@@ -76,7 +76,7 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         offset: Annotated[int, Query(ge=0)] = 0,
     ) -> dict[str, Any]:
-        total, found = services.ledger.search(
+        total, found = services.ledger.operators.search(
             patient_id=patient_id or None, accession_number=accession or None,
             study_instance_uid=study_uid or None, since=parse_since(since),
             limit=limit, offset=offset)
@@ -95,12 +95,12 @@ def queue_router(services: WebServices) -> APIRouter:
     @router.get("/queue", summary="What waits or failed, per endpoint (as `dde queue --json`)")
     def queue(limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
         ledger = services.ledger
-        return queue_document(ledger.state_counts(), ledger.queue(limit=limit))
+        return queue_document(ledger.operators.state_counts(), ledger.operators.queue(limit=limit))
 
     @router.post("/deliveries/{delivery_id}/retry",
                  summary="Send a failed (or waiting) delivery again, now")
     def retry(delivery_id: int) -> dict[str, Any]:
-        previous = services.ledger.retry(delivery_id)
+        previous = services.ledger.operators.retry(delivery_id)
         if previous is None:
             raise not_found(f"no delivery with id {delivery_id}")
         if previous is DeliveryState.DELIVERED:
@@ -110,7 +110,7 @@ def queue_router(services: WebServices) -> APIRouter:
 
     @router.post("/queue/retry-failed", summary="Send every failed delivery again, now")
     def retry_failed() -> dict[str, Any]:
-        count = services.ledger.retry_failed()
+        count = services.ledger.operators.retry_failed()
         wake_all()
         return {"requeued": count}
 

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from dde.delivery.ledger import LedgerError
+from dde.store.errors import LedgerError
 from dde.web.services import WebServices
 
 

@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from dde.delivery.ledger import LedgerError
+from dde.store.errors import LedgerError
 from dde.telemetry import Telemetry
 from dde.web.services import WebServices
 
@@ -120,8 +120,8 @@ class StateCollector(Collector):
                                labels=["endpoint"])
         now = time.time()
         try:
-            summary = self._services.ledger.queue_summary()
-            counts = self._services.ledger.state_counts()
+            summary = self._services.ledger.operators.queue_summary()
+            counts = self._services.ledger.operators.state_counts()
         except (sqlite3.Error, LedgerError) as exc:
             log.warning("metrics: ledger not readable: %s", exc)
             summary, counts = {}, {}

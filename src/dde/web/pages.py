@@ -29,8 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dde.config import ConfigError, EndpointKind
 from dde.config_store import default_rules_text
 from dde.delivery.reports import iso
-from dde.delivery.states import DeliveryState
 from dde.endpoints import registry
+from dde.store.states import DeliveryState
 from dde.web.auth import SESSION_COOKIE, Authenticator
 from dde.web.services import WebServices
 from dde.web.stats import stats_document
@@ -166,7 +166,8 @@ def pages_router(services: WebServices, authenticator: Authenticator) -> APIRout
     def dashboard(request: Request) -> Response:
         settings = services.settings
         stats = stats_document(services, settings, STATS_MINUTES)
-        failures = services.ledger.queue(states=(DeliveryState.FAILED,), limit=FAILURES_SHOWN)
+        failures = services.ledger.operators.queue(states=(DeliveryState.FAILED,),
+                                                   limit=FAILURES_SHOWN)
         receiver = services.receiver
         failed_total = sum(e["failed"] for e in stats["endpoints"])
         return render(request, "dashboard", "Dashboard", stats=stats, failures=failures,

@@ -1,4 +1,4 @@
-"""What the web part needs from the running router (:class:`dde.app.RouterApp` provides
+"""What the web part needs from the running router (:class:`dde.runtime.main.RouterApp` provides
 it; tests pass fakes). Read-only properties so that any object with these attributes fits.
 """
 
@@ -9,9 +9,9 @@ from typing import Any, Protocol
 
 from dde.config import Home, Settings
 from dde.config_store import ConfigStore
-from dde.delivery.ledger import Ledger
 from dde.receiving.ingest import IngestPipeline
-from dde.receiving.spool import Spool
+from dde.store.ledger import Ledger
+from dde.store.spool import Spool
 
 
 class ReceiverView(Protocol):

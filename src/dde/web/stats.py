@@ -24,9 +24,9 @@ def stats_document(services: WebServices, settings: Settings, minutes: int = 15,
     since = float(buckets[0] * 60)
     ledger = services.ledger
     rows = registry.describe(settings, ledger)
-    queues = ledger.queue_summary()
-    delivered = ledger.delivered_per_minute(since)
-    received = ledger.received_per_minute(since)
+    queues = ledger.operators.queue_summary()
+    delivered = ledger.operators.delivered_per_minute(since)
+    received = ledger.operators.received_per_minute(since)
     endpoints = []
     for row in rows:
         queue = queues.get(row["name"])

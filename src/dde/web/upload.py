@@ -25,8 +25,8 @@ from typing import IO, Any
 
 from fastapi import UploadFile
 
+from dde.dicom.part10 import NotPart10, split_part10
 from dde.receiving.ingest import Incoming, IngestPipeline
-from dde.receiving.part10 import NotPart10, split_part10
 from dde.web.errors import ApiError
 
 WEB_CALLING_AET = "WEB_UPLOAD"

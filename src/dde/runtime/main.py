@@ -1,19 +1,21 @@
-"""Wiring only: config → ledger/spool → health/loads → router → dispatcher → receiver → web,
-plus the background loops that keep them live (config reload, status, failover)."""
+"""The main process, wired: health/loads → core (config, ledger, spool, router, ingest) →
+dispatcher → receiver → web, plus the background loops that keep them live (config reload,
+status, failover)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from dde.config import EndpointKind, EndpointSettings, Home, Settings
-from dde.config_store import ConfigStore, ConfigWatch
+from dde.config import DeliverySettings, EndpointKind, EndpointSettings, Home, Settings
+from dde.config_store import ConfigStore
 from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
-from dde.delivery.ledger import Ledger
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.dicom_sender import DicomSender
 from dde.endpoints.health import HealthMonitor
@@ -21,13 +23,12 @@ from dde.endpoints.load import LoadBook
 from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import Sender
 from dde.net import quicken_reactors
-from dde.receiving.ingest import IngestPipeline
 from dde.receiving.notify import NotificationListener, channel_name
 from dde.receiving.pool import ReceiverPool
 from dde.receiving.scp import StorageSCP
-from dde.receiving.spool import Spool
-from dde.routing.router import Router
 from dde.routing.rules import RuleSet
+from dde.runtime.core import RouterCore
+from dde.store.status_board import PublishedStatus
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 from dde.web.auth import Authenticator, load_token
 from dde.web.metrics import WebMetrics
@@ -38,20 +39,29 @@ log = logging.getLogger(__name__)
 CONFIG_POLL_SECONDS = 0.5
 
 
+def _retry_policy(delivery: DeliverySettings) -> RetryPolicy:
+    return RetryPolicy(delivery.max_attempts, delivery.backoff_base_seconds,
+                       delivery.backoff_cap_seconds)
+
+
+def _dispatch_options(settings: Settings) -> dict[str, Any]:
+    delivery = settings.delivery
+    return {"batch_size": delivery.batch_size, "idle_release": delivery.idle_release_seconds,
+            "poll": delivery.poll_seconds, "retention": settings.spool.retention_seconds,
+            "nice": delivery.nice}
+
+
 class RouterApp:
+    """The main process: the shared core, plus delivery, probes, loads, the receiver (in
+    processes or in this one) and the web server, and the loops that keep them live."""
+
     def __init__(self, home: Home, settings: Settings, config_file: Path | None = None,
                  ruleset: RuleSet | None = None, verbose: bool = False) -> None:
         self.home = home
-        self.settings = settings
         home.ensure()
         self.store = ConfigStore(home, config_file)
-        self._watch = ConfigWatch(self.store)
         if ruleset is None:
             ruleset = self.store.ruleset(settings)
-        self.ledger = Ledger(home.database)
-        self.spool = Spool(home.spool_dir, settings.spool.max_bytes,
-                           settings.spool.min_free_bytes,
-                           shared=settings.receiver.processes > 0)
         self.metrics: WebMetrics | None = WebMetrics() if settings.web.enabled else None
         telemetry: Telemetry = self.metrics or NULL_TELEMETRY
         self._api_token = load_token(home) if settings.web.enabled else None
@@ -59,22 +69,22 @@ class RouterApp:
         self.loads.set_endpoints(settings.endpoints)
         self.health = HealthMonitor(settings.health, settings.receiver.ae_title)
         self.health.configure(settings.health, settings.endpoints)
-        self.router = Router(settings.routing, settings.endpoints, self.loads, self.health,
-                             ruleset)
-        delivery = settings.delivery
+        self.core = RouterCore(self.store, settings, ruleset, health=self.health,
+                               loads=self.loads, on_committed=self._committed,
+                               telemetry=telemetry,
+                               shared_spool=settings.receiver.processes > 0)
+        self.ledger = self.core.ledger
+        self.spool = self.core.spool
+        self.router = self.core.router
+        self.pipeline = self.core.pipeline
         self.dispatcher = Dispatcher(
-            self.ledger, self.spool,
-            RetryPolicy(delivery.max_attempts, delivery.backoff_base_seconds,
-                        delivery.backoff_cap_seconds),
-            self.loads, self._sender_for, batch_size=delivery.batch_size,
-            idle_release=delivery.idle_release_seconds, poll=delivery.poll_seconds,
-            retention=settings.spool.retention_seconds, health=self.health,
-            telemetry=telemetry, nice=delivery.nice,
+            self.ledger, self.spool, _retry_policy(settings.delivery), self.loads,
+            self._sender_for, **_dispatch_options(settings), health=self.health,
+            telemetry=telemetry,
         )
+        self.core.listeners.append(self._apply_here)
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)
         self.health.listeners.append(self._publish_on_change)
-        self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
-                                       self.dispatcher.wake, telemetry)
         self.receiver: StorageSCP | ReceiverPool
         self._notes: NotificationListener | None = None
         if settings.receiver.processes:
@@ -87,6 +97,14 @@ class RouterApp:
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
 
+    @property
+    def settings(self) -> Settings:
+        """The settings the router runs with now."""
+        return self.core.settings
+
+    def _committed(self, destinations: Iterable[str]) -> None:
+        self.dispatcher.wake(destinations)
+
     def _sender_for(self, endpoint: EndpointSettings) -> Sender:
         if endpoint.kind is EndpointKind.ORTHANC_REST:
             return OrthancRestSender(endpoint, self.settings.delivery)
@@ -95,27 +113,25 @@ class RouterApp:
     # -- live configuration ------------------------------------------------------------
     def reload(self) -> bool:
         """Apply the configuration files if they changed; keep the old ones if invalid."""
-        change = self._watch.changed()
-        if change is None:
-            return False
-        self.apply(*change)
-        return True
+        return self.core.reload()
 
     def apply(self, settings: Settings, ruleset: RuleSet) -> None:
-        previous = {e.name for e in self.settings.endpoints}
-        self.settings = settings
+        self.core.apply(settings, ruleset)
+
+    def _apply_here(self, previous: Settings, settings: Settings, ruleset: RuleSet) -> None:
+        """What only the main process has: loads, probes, delivery workers."""
         self.loads.set_endpoints(settings.endpoints)
         self.health.configure(settings.health, settings.endpoints)
-        self.router.configure(ruleset, settings.endpoints)
+        if (settings.delivery != previous.delivery
+                or settings.spool.retention_seconds != previous.spool.retention_seconds):
+            self.dispatcher.reconfigure(_retry_policy(settings.delivery),
+                                        **_dispatch_options(settings))
         self.dispatcher.sync(settings.endpoints)
+        before = {e.name for e in previous.endpoints}
         current = {e.name for e in settings.endpoints}
         log.info("configuration applied: %d endpoints (added: %s; removed: %s), %d rules",
-                 len(current), ", ".join(sorted(current - previous)) or "none",
-                 ", ".join(sorted(previous - current)) or "none", len(ruleset.rules))
-        if settings.receiver != self.receiver.settings:
-            log.warning("receiver settings changed; they take effect at the next restart")
-        if self.web is not None and settings.web != self.web.settings:
-            log.warning("web settings changed; they take effect at the next restart")
+                 len(current), ", ".join(sorted(current - before)) or "none",
+                 ", ".join(sorted(before - current)) or "none", len(ruleset.rules))
 
     def publish_status(self) -> None:
         snapshot = self.health.snapshot()
@@ -124,11 +140,11 @@ class RouterApp:
         for endpoint in self.settings.endpoints:
             entry = snapshot.get(endpoint.name, {})
             stored = loads.get(endpoint.name, {}).get("stored")
-            rows.append((endpoint.name, str(entry.get("health", "unknown")),
-                         str(entry.get("breaker", "closed")), entry.get("down_since"),
-                         entry.get("last_error"),
-                         int(stored) if isinstance(stored, int) else None))
-        self.ledger.publish_status(rows)
+            rows.append(PublishedStatus(
+                endpoint.name, str(entry.get("health", "unknown")),
+                str(entry.get("breaker", "closed")), entry.get("down_since"),
+                entry.get("last_error"), int(stored) if isinstance(stored, int) else None))
+        self.ledger.status_board.publish(rows)
 
     def _publish_on_change(self, name: str, up: bool) -> None:
         """Receiver processes route with the published picture: a change goes out now."""
@@ -162,7 +178,7 @@ class RouterApp:
         self.loads.start()
         self.health.start()
         self.dispatcher.start(self.settings.endpoints)
-        pending = sum(self.ledger.queued_counts().values())
+        pending = sum(self.ledger.queue.queued_counts().values())
         if pending:
             log.info("resuming %d pending deliveries", pending)
         self.publish_status()  # receiver processes route with what is published
@@ -186,7 +202,7 @@ class RouterApp:
 
         try:
             report = reconcile(self.settings, self.router.ruleset, ledger=self.ledger,
-                               spool=self.spool, repair=self.settings.reconcile.repair)
+                               pipeline=self.pipeline, repair=self.settings.reconcile.repair)
         except ReconcileError as exc:
             log.warning("periodic reconcile failed: %s", exc)
             return
@@ -210,7 +226,7 @@ class RouterApp:
         self.dispatcher.stop()
         self.health.stop()
         self.loads.stop()
-        self.ledger.close()
+        self.core.close()
         log.info("stopped")
 
     def serve_forever(self) -> None:

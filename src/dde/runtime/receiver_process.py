@@ -1,6 +1,6 @@
 """A receiver process: the DICOM receiver on its own, beside the main router process.
 
-``dde serve`` starts ``receiver.processes`` of these (``python -m dde.receiving.worker``).
+``dde serve`` starts ``receiver.processes`` of these (``python -m dde.runtime.receiver_process``).
 Each listens on the receiver port with ``SO_REUSEPORT``, streams every dataset to the
 spool's incoming folder as it arrives, and acknowledges only after the spool file is fsync'd
 and the ledger transaction is committed — exactly the main process's ingest path, without
@@ -24,21 +24,20 @@ import threading
 from pathlib import Path
 
 from dde import logs
-from dde.config import ConfigError, Home
-from dde.config_store import ConfigStore, ConfigWatch
-from dde.delivery.ledger import Ledger, LedgerError
+from dde.config import ConfigError, Home, Settings
+from dde.config_store import ConfigStore
 from dde.net import quicken_reactors
 from dde.receiving.incoming import stream_datasets_to
-from dde.receiving.ingest import IngestPipeline
 from dde.receiving.notify import Notifier
-from dde.receiving.published import PublishedEndpoints
+from dde.receiving.pool import READY
 from dde.receiving.scp import StorageSCP
-from dde.receiving.spool import Spool
-from dde.routing.router import Router
+from dde.routing.rules import RuleSet
+from dde.runtime.core import RouterCore
+from dde.store.errors import LedgerError
 
 log = logging.getLogger(__name__)
 
-READY = "ready"
+
 STOP_SIGNALS = {signal.SIGTERM}
 WATCH_SECONDS = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -57,23 +56,13 @@ def _end_with_parent(parent_pid: int) -> None:
 
 class ReceiverWorker:
     def __init__(self, home: Home, config_file: Path | None, port: int, notify: str) -> None:
-        self.store = ConfigStore(home, config_file)
-        self.watch = ConfigWatch(self.store)
-        settings = self.store.settings()
-        ruleset = self.store.ruleset(settings)
-        self.ledger = Ledger(home.database)
-        self.spool = Spool(home.spool_dir, settings.spool.max_bytes,
-                           settings.spool.min_free_bytes, shared=True)
-        stream_datasets_to(self.spool.incoming_dir)
-        self.published = PublishedEndpoints(self.ledger,
-                                            settings.health.failover_after_seconds)
-        self.router = Router(settings.routing, settings.endpoints, self.published,
-                             self.published, ruleset)
         self.notifier = Notifier(notify)
-        self.pipeline = IngestPipeline(self.ledger, self.spool, self.router,
-                                       self.notifier.committed, self.notifier)
-        receiver = settings.receiver.model_copy(update={"port": port})
-        self.scp = StorageSCP(receiver, self.pipeline, shared_port=True, streamed=True,
+        self.core = RouterCore(ConfigStore(home, config_file), *_current(home, config_file),
+                               on_committed=self.notifier.committed, telemetry=self.notifier,
+                               shared_spool=True)
+        stream_datasets_to(self.core.spool.incoming_dir)
+        receiver = self.core.settings.receiver.model_copy(update={"port": port})
+        self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True, streamed=True,
                               on_association=self.refresh)
         self._config_lock = threading.Lock()
 
@@ -97,27 +86,27 @@ class ReceiverWorker:
         calls when unchanged) and the endpoint picture as last published. A change made
         before an association was opened is in force for it."""
         self._apply_changes()
-        self.published.expire()
+        if self.core.published is not None:
+            self.core.published.expire()
 
     def _apply_changes(self) -> None:
         with self._config_lock:
-            change = self.watch.changed()
-        if change is None:
-            return
-        settings, ruleset = change
-        self.router.configure(ruleset, settings.endpoints)
-        self.published.failover_after = settings.health.failover_after_seconds
-        self.spool.max_bytes = settings.spool.max_bytes
-        self.spool.min_free_bytes = settings.spool.min_free_bytes
+            self.core.reload()
 
     def close(self) -> None:
         self.scp.stop()
         self.notifier.close()
-        self.ledger.close()
+        self.core.close()
+
+
+def _current(home: Home, config_file: Path | None) -> tuple[Settings, RuleSet]:
+    store = ConfigStore(home, config_file)
+    settings = store.settings()
+    return settings, store.ruleset(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dde.receiving.worker",
+    parser = argparse.ArgumentParser(prog="python -m dde.runtime.receiver_process",
                                      description="A receiver process of `dde serve`.")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--config", type=Path)

@@ -1,0 +1,107 @@
+"""The ledger's database: one SQLite file, one connection per thread, transactions.
+
+SQLite runs in WAL mode with ``synchronous=FULL``: a committed transaction is on disk.
+Writers are serialised by SQLite (``BEGIN IMMEDIATE``). Opening refuses a damaged file
+(``PRAGMA quick_check``) and one another process keeps locked, before anything is written
+(:mod:`dde.store.errors`); then the schema is created or migrated (:mod:`dde.store.schema`).
+
+Only the repositories of :mod:`dde.store` use this class: it is where SQL lives.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dde.store.errors import LedgerError, damaged, open_error
+from dde.store.schema import migrate
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Database:
+    def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
+        """Open (or create) the database. A lock held longer than ``open_timeout`` seconds
+        raises :class:`~dde.store.errors.LedgerLocked`; a damaged file
+        :class:`~dde.store.errors.LedgerCorrupt`."""
+        self.path = path
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        connection = self.connection(open_timeout)
+        try:
+            self._check_at_open(connection)
+            connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            migrate(connection, path)
+        except sqlite3.DatabaseError as exc:
+            raise open_error(path, exc) from None
+
+    def _check_at_open(self, connection: sqlite3.Connection) -> None:
+        problems = [str(row[0]) for row in connection.execute("PRAGMA quick_check").fetchall()]
+        if problems != ["ok"]:
+            raise damaged(self.path, problems)
+        connection.execute("BEGIN IMMEDIATE")  # fails at once if another process holds it
+        connection.execute("ROLLBACK")
+
+    def connection(self, timeout: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
+        """This thread's connection (opened at its first use)."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            return connection
+        try:
+            connection = sqlite3.connect(
+                self.path, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise open_error(self.path, exc) from None
+        self._local.connection = connection
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: committed when the block ends, rolled back on an error.
+
+        A database error (locked past the busy timeout, disk full, I/O error) leaves as
+        :class:`~dde.store.errors.LedgerError`; any other exception passes unchanged."""
+        connection = self.connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path}: {exc}") from exc
+        try:
+            yield connection
+        except BaseException as exc:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the transaction is gone already (the error ended it)
+            if isinstance(exc, sqlite3.Error):
+                raise LedgerError(f"{self.path}: {exc}") from exc
+            raise
+        try:
+            connection.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                connection.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise LedgerError(f"{self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for connection in self._connections:
+                try:
+                    connection.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()

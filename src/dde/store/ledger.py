@@ -1,0 +1,50 @@
+"""The ledger: every received instance, its deliveries, the study pins, events and the
+published endpoint status — one database, one repository per kind of use.
+
+| repository | used by | what for |
+| --- | --- | --- |
+| ``intake`` (:class:`IngestRecords`) | the ingest pipeline | an instance, its deliveries |
+| ``queue`` (:class:`DeliveryQueue`) | the dispatcher | due deliveries, their outcomes |
+| ``spool_index`` (:class:`SpoolIndex`) | the spool janitor | which spool files may go |
+| ``operators`` (:class:`OperatorQueries`) | CLI, API | where, search, queue, retry |
+| ``moves`` (:class:`StudyMoves`) | failover, forced removal | move a study's rest, re-pin |
+| ``event_log`` (:class:`EventLog`) | moves, the dashboard | what happened |
+| ``status_board`` (:class:`EndpointStatusBoard`) | router, receivers, explain | health and load |
+
+The repositories are the seam a second database backend implements; SQL lives in them and
+in :mod:`dde.store.database`, nowhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dde.store.database import Database
+from dde.store.events import EventLog
+from dde.store.intake import IngestRecords
+from dde.store.moves import StudyMoves
+from dde.store.operators import OperatorQueries
+from dde.store.queue import DeliveryQueue
+from dde.store.spool_index import SpoolIndex
+from dde.store.status_board import EndpointStatusBoard
+
+
+class Ledger:
+    def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
+        """Open (or create) the ledger; see :class:`~dde.store.database.Database`."""
+        self.path = path
+        self.database = Database(path, open_timeout)
+        self.intake = IngestRecords(self.database)
+        self.queue = DeliveryQueue(self.database)
+        self.spool_index = SpoolIndex(self.database)
+        self.operators = OperatorQueries(self.database)
+        self.moves = StudyMoves(self.database)
+        self.event_log = EventLog(self.database)
+        self.status_board = EndpointStatusBoard(self.database)
+
+    def close(self) -> None:
+        self.database.close()
+
+    def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Read-only query for diagnostics."""
+        return list(self.database.connection().execute(sql, parameters).fetchall())

@@ -1,0 +1,118 @@
+"""What the ledger's repositories take and give: plain, typed records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dde.store.states import DeliveryState
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+    spool_path: str
+    size: int
+    received_at: float
+
+
+@dataclass(frozen=True)
+class QueuedDelivery:
+    id: int
+    instance_id: int
+    endpoint: str
+    attempts: int
+    spool_path: str | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    received_at: float | None = None
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    delivery_id: int
+    state: DeliveryState
+    error: str | None = None
+    counts_as_attempt: bool = True
+    next_attempt_at: float = 0.0
+
+
+@dataclass
+class DeliveryRecord:
+    id: int
+    endpoint: str
+    role: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+@dataclass
+class InstanceRecord:
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+    rule: str
+    size: int
+    received_at: float
+    spool_path: str | None
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+
+@dataclass
+class InstanceSummary:
+    """One row of a ledger search: the instance's identifiers and its deliveries."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    calling_aet: str
+    rule: str
+    size: int
+    received_at: float
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    """Pending deliveries of one endpoint: how many, and when the oldest was queued."""
+
+    pending: int
+    oldest_created_at: float | None
+
+
+@dataclass
+class QueueEntry:
+    delivery_id: int
+    endpoint: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    created_at: float
+    instance_id: int
+    sop_instance_uid: str

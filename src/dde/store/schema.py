@@ -1,0 +1,108 @@
+"""The ledger's schema and its migrations.
+
+Version 1 is the first schema. A migration is a function from the version before to its
+own version; :func:`migrate` runs the missing ones in order inside the open transaction,
+and refuses a ledger written by a newer version of dde.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from dde.store.errors import LedgerError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    study_instance_uid TEXT,
+    series_instance_uid TEXT,
+    patient_id TEXT,
+    accession_number TEXT,
+    modality TEXT,
+    calling_aet TEXT NOT NULL,
+    called_aet TEXT NOT NULL,
+    source_ip TEXT,
+    rule TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    spool_path TEXT,
+    received_at REAL NOT NULL,
+    spool_removed_at REAL
+);
+CREATE INDEX IF NOT EXISTS instances_sop ON instances(sop_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_instance_uid);
+CREATE INDEX IF NOT EXISTS instances_spooled ON instances(id) WHERE spool_path IS NOT NULL;
+CREATE INDEX IF NOT EXISTS instances_patient ON instances(patient_id);
+CREATE INDEX IF NOT EXISTS instances_accession ON instances(accession_number);
+CREATE INDEX IF NOT EXISTS instances_received ON instances(received_at);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL REFERENCES instances(id),
+    endpoint TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('route', 'mirror')),
+    state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at REAL NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries(endpoint, state, next_attempt_at, id);
+CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, endpoint);
+CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries(delivered_at)
+    WHERE delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    endpoint TEXT,
+    target TEXT,
+    count INTEGER NOT NULL DEFAULT 0,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS endpoint_status (
+    endpoint TEXT PRIMARY KEY,
+    health TEXT NOT NULL,
+    breaker TEXT NOT NULL,
+    down_since REAL,
+    last_error TEXT,
+    load INTEGER,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_pins (
+    study_instance_uid TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    pinned_at REAL NOT NULL,
+    PRIMARY KEY (study_instance_uid, grp)
+);
+"""
+
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: dict[int, Migration] = {}
+"""``{version: step}``: the step that brings a ledger of ``version - 1`` to ``version``."""
+
+
+def migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Create the tables a new ledger needs; bring an older one up to date."""
+    connection.executescript(SCHEMA)
+    row = connection.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    version = SCHEMA_VERSION if row is None else int(row[0])
+    if version > SCHEMA_VERSION:
+        raise LedgerError(f"{path}: ledger schema {version} is newer than this version of "
+                          f"dde understands ({SCHEMA_VERSION})")
+    for step in range(version + 1, SCHEMA_VERSION + 1):
+        MIGRATIONS[step](connection)
+    connection.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema', ?)",
+                       (str(SCHEMA_VERSION),))

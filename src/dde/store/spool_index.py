@@ -1,0 +1,53 @@
+"""Which spool files the ledger still needs, and which it may let go."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from dde.store.database import Database
+
+_ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
+                  " AND (d.state != 'delivered' OR d.delivered_at > ?))")
+
+
+class SpoolIndex:
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    def releasable_spool_files(self, older_than: float, limit: int = 500,
+                               since: float | None = None) -> list[tuple[int, str]]:
+        """Spool files whose every delivery is delivered, the last one before ``older_than``.
+
+        ``since``: look only at instances with a delivery delivered after it (indexed), so
+        that a large queue of pending deliveries is not read again at every clean-up; None
+        looks at every instance that still has a spool file (instances without any delivery
+        included)."""
+        if since is None:
+            rows = self._database.connection().execute(
+                "SELECT i.id, i.spool_path FROM instances i WHERE i.spool_path IS NOT NULL"
+                f" AND {_ALL_DELIVERED} LIMIT ?", (older_than, limit)).fetchall()
+        else:
+            rows = self._database.connection().execute(
+                "SELECT i.id, i.spool_path FROM instances i WHERE i.id IN ("
+                "   SELECT d0.instance_id FROM deliveries d0"
+                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?)"
+                f" AND i.spool_path IS NOT NULL AND {_ALL_DELIVERED} LIMIT ?",
+                (since, older_than, older_than, limit)).fetchall()
+        return [(int(a), str(b)) for a, b in rows]
+
+    def mark_spool_removed(self, instance_ids: Sequence[int]) -> None:
+        if not instance_ids:
+            return
+        now = time.time()
+        with self._database.transaction() as connection:
+            connection.executemany(
+                "UPDATE instances SET spool_path = NULL, spool_removed_at = ? WHERE id = ?",
+                [(now, i) for i in instance_ids],
+            )
+
+    def spool_paths_in_use(self) -> set[str]:
+        rows = self._database.connection().execute(
+            "SELECT spool_path FROM instances WHERE spool_path IS NOT NULL"
+        ).fetchall()
+        return {str(r[0]) for r in rows}
