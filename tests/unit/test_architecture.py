@@ -15,7 +15,7 @@ LAYERS: dict[str, int] = {
     "config": 0, "dicom": 0, "telemetry": 0, "logs": 0, "net": 0, "output": 0,
     "synthetic": 0,
     # the only place with SQL and files
-    "store": 1,
+    "store": 1, "reports": 2,
     # pure decisions; the configuration files (validated with the rules); destinations
     "routing": 2, "config_store": 3, "endpoints": 4,
     # the stages

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
 from dde.config import WebSettings
-from dde.delivery.reports import queue_document, summary_document, where_document
+from dde.reports import queue_document, summary_document, where_document
 from dde.store.states import DeliveryState
 from dde.web.auth import require_user
 from dde.web.errors import ApiError, conflict, not_found

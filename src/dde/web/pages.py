@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dde.config import ConfigError, EndpointKind
 from dde.config_store import default_rules_text
-from dde.delivery.reports import iso
 from dde.endpoints import registry
+from dde.reports import iso
 from dde.store.states import DeliveryState
 from dde.web.auth import SESSION_COOKIE, Authenticator
 from dde.web.services import WebServices

@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from dde.config import Settings
-from dde.delivery.reports import iso
 from dde.endpoints import registry
+from dde.reports import iso
 from dde.web.services import WebServices
 
 
