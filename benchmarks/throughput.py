@@ -35,7 +35,6 @@ import platform
 import re
 import shutil
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import httpx
 
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
 from dde.store.ledger import Ledger
+from dde.store.records import NewInstance, SeedDelivery, SeedInstance
 from dde.synthetic import write_large_instance, write_series
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -440,31 +440,21 @@ def seed_backlog(home: Path, count: int, sample: Path) -> None:
     spool_file = "backlog/backlog.dcm"
     (home / "spool" / "backlog").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sample, home / "spool" / spool_file)
-    database = home / "dde.sqlite3"
-    Ledger(database).close()
     now = time.time()
-    instances = [(i, f"2.25.{10**20 + i}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
-                  "2.25.1", "2.25.2", "DDE-BACKLOG", "ACC-BACKLOG", "CT", "BACKLOG_SCU",
-                  ROUTER_AET, "127.0.0.1", "benchmark backlog", sample.stat().st_size,
-                  spool_file, now) for i in range(1, count + 1)]
-    deliveries = [(i, BACKLOG_ENDPOINT, now, now, now) for i in range(1, count + 1)]
-    with contextlib.closing(sqlite3.connect(database)) as db, db:
-        db.executemany(
-            "INSERT INTO instances (id, sop_instance_uid, sop_class_uid, transfer_syntax_uid, "
-            "study_instance_uid, series_instance_uid, patient_id, accession_number, modality, "
-            "calling_aet, called_aet, source_ip, rule, size, spool_path, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", instances)
-        db.executemany(
-            "INSERT INTO deliveries (instance_id, endpoint, role, state, attempts, "
-            "next_attempt_at, created_at, updated_at) VALUES (?, ?, 'route', 'pending', 0, ?, "
-            "?, ?)", deliveries)
+    size = sample.stat().st_size
+    pending = (SeedDelivery(BACKLOG_ENDPOINT),)
+    backlog = (SeedInstance(NewInstance(f"2.25.{10**20 + i}", "1.2.840.10008.5.1.4.1.1.2",
+                                        "1.2.840.10008.1.2.1", "2.25.1", "2.25.2",
+                                        "DDE-BACKLOG", "ACC-BACKLOG", "CT", "BACKLOG_SCU",
+                                        ROUTER_AET, "127.0.0.1", spool_file, size, now),
+                            "benchmark backlog", pending) for i in range(1, count + 1))
+    with contextlib.closing(Ledger(home / "dde.sqlite3")) as ledger:
+        ledger.diagnostics.seed(backlog)
 
 
 def pending_to(database: Path, endpoint: str) -> int:
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        row = db.execute("SELECT COUNT(*) FROM deliveries WHERE endpoint = ? AND state = "
-                         "'pending'", (endpoint,)).fetchone()
-    return int(row[0])
+    with contextlib.closing(Ledger(database)) as ledger:
+        return ledger.queue.queued_counts().get(endpoint, 0)
 
 
 def case_backlog(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
@@ -588,10 +578,10 @@ def case_latency(folder: Path, data: Data, args: argparse.Namespace) -> dict[str
 
 def delivery_problems(database: Path) -> list[str]:
     """The errors of deliveries that failed or were refused at least once."""
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        rows = db.execute("SELECT endpoint, state, last_error FROM deliveries WHERE "
-                          "last_error IS NOT NULL").fetchall()
-    return [f"{endpoint} ({state}): {error}" for endpoint, state, error in rows]
+    with contextlib.closing(Ledger(database)) as ledger:
+        rows = ledger.diagnostics.deliveries()
+    return [f"{d.endpoint} ({d.state}): {d.last_error}" for d in rows
+            if d.last_error is not None]
 
 
 def case_gigabyte(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
@@ -614,6 +604,7 @@ def case_gigabyte(folder: Path, data: Data, args: argparse.Namespace) -> dict[st
             except RuntimeError as exc:
                 result["error"] = str(exc)[-1000:]
             result["e2e_s"] = time.perf_counter() - started
+            result["acknowledged"] = "ack_s" in result  # storescu exited 0: Success
             result["arrived"] = deployment.arrived(counter, 1)
         result["problems"] = delivery_problems(database)[:5]
         result["peak_rss_mb"] = rss.peak_sum_mb
@@ -761,7 +752,12 @@ def summarize_gigabyte(rounds: list[dict[str, Any]]) -> dict[str, Any] | None:
         "megabytes": measured[0]["megabytes"],
         "ack_s": median_of([m.get("ack_s") for m in measured]),
         "e2e_s": median_of([m.get("e2e_s") for m in measured]),
+        "acknowledged": all(m.get("acknowledged", "ack_s" in m) for m in measured),
         "arrived": all(m["arrived"] for m in measured),
+        "rounds": len(measured),
+        "unacknowledged_rounds": sum(1 for m in measured
+                                     if not m.get("acknowledged", "ack_s" in m)),
+        "not_arrived_rounds": sum(1 for m in measured if not m["arrived"]),
         "baseline_rss_mb": median_of([m["baseline_rss_mb"] for m in measured]),
         "peak_rss_mb": max(m["peak_rss_mb"] for m in measured),
         "peak_hwm_sum_mb": max(m["peak_hwm_sum_mb"] for m in measured),
@@ -785,8 +781,12 @@ class Headline:
     target: float
     minimum: float | None = None
     lower_is_better: bool = False
+    failed: str | None = None
+    """Why the case behind this figure failed: then there is no verdict on the figure."""
 
     def verdict(self) -> str:
+        if self.failed is not None:
+            return f"FAILED ({self.failed}): no verdict"
         if self.value is None:
             return "n/a"
 
@@ -802,7 +802,25 @@ class Headline:
 
     def as_json(self) -> dict[str, Any]:
         return {"label": self.label, "value": self.value, "unit": self.unit,
-                "target": self.target, "minimum": self.minimum, "verdict": self.verdict()}
+                "target": self.target, "minimum": self.minimum, "verdict": self.verdict(),
+                "failed": self.failed}
+
+
+def gigabyte_failure(gigabyte: dict[str, Any]) -> str | None:
+    """Why the big-instance case failed (not acknowledged, or not in a storage and the probe
+    in some round); None when the instance arrived in every round. A peak RSS is judged
+    only for an instance that went all the way through."""
+    if not gigabyte:
+        return None
+    rounds = gigabyte.get("rounds", 1)
+    reasons = []
+    if not gigabyte.get("acknowledged", gigabyte.get("ack_s") is not None):
+        reasons.append(f"not acknowledged in {gigabyte.get('unacknowledged_rounds', rounds)} "
+                       f"of {rounds} round(s)")
+    if not gigabyte.get("arrived"):
+        reasons.append(f"not in a storage and the probe in "
+                       f"{gigabyte.get('not_arrived_rounds', rounds)} of {rounds} round(s)")
+    return f"the instance was {' and '.join(reasons)}" if reasons else None
 
 
 def headlines(summary: dict[str, Any]) -> list[Headline]:
@@ -825,7 +843,8 @@ def headlines(summary: dict[str, Any]) -> list[Headline]:
                  " ms)", latency.get("router", {}).get("p99_ms"), "ms", 20,
                  lower_is_better=True),
         Headline(f"peak router RSS, {fmt(gigabyte.get('megabytes'), 0)} MB instance",
-                 gigabyte.get("peak_rss_mb"), "MB", 200, lower_is_better=True),
+                 gigabyte.get("peak_rss_mb"), "MB", 200, lower_is_better=True,
+                 failed=gigabyte_failure(gigabyte)),
         Headline("backlog cost (worse of ack, e2e)", max(costs) if costs else None, "%", 10,
                  lower_is_better=True),
     ]
@@ -860,11 +879,18 @@ def print_report(summary: dict[str, Any], data: Data, args: argparse.Namespace) 
               f"{fmt(latency['router_histogram_p99_ms'], 1)} ms (bucket bound)")
     gigabyte = summary["gigabyte"]
     if gigabyte:
-        print(f"\nOne instance of {gigabyte['megabytes']:.0f} MB to the router: ack "
-              f"{fmt(gigabyte['ack_s'])} s, e2e {fmt(gigabyte['e2e_s'])} s, arrived "
-              f"{gigabyte['arrived']}; router RSS baseline {fmt(gigabyte['baseline_rss_mb'], 0)}"
-              f" MB, peak {gigabyte['peak_rss_mb']:.0f} MB (sampled sum), "
-              f"{gigabyte['peak_hwm_sum_mb']:.0f} MB (sum of VmHWM)")
+        failure = gigabyte_failure(gigabyte)
+        if failure is not None:
+            print(f"\nOne instance of {gigabyte['megabytes']:.0f} MB to the router: the case "
+                  f"FAILED ({failure}; ack {fmt(gigabyte['ack_s'])} s); no memory verdict "
+                  f"without the instance through")
+        else:
+            print(f"\nOne instance of {gigabyte['megabytes']:.0f} MB to the router: ack "
+                  f"{fmt(gigabyte['ack_s'])} s, e2e {fmt(gigabyte['e2e_s'])} s, arrived "
+                  f"{gigabyte['arrived']}; router RSS baseline "
+                  f"{fmt(gigabyte['baseline_rss_mb'], 0)} MB, peak "
+                  f"{gigabyte['peak_rss_mb']:.0f} MB (sampled sum), "
+                  f"{gigabyte['peak_hwm_sum_mb']:.0f} MB (sum of VmHWM)")
         for problem in gigabyte["problems"] + gigabyte["errors"]:
             print(f"  problem: {problem}")
     print("\nHeadline")

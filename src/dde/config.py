@@ -47,6 +47,14 @@ class EndpointKind(StrEnum):
     ORTHANC_REST = "orthanc-rest"
 
 
+class Strategy(StrEnum):
+    """How a group picks the endpoint for a new study (:mod:`dde.routing.strategies`)."""
+
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+    WEIGHTED = "weighted"
+
+
 class EndpointState(StrEnum):
     ENABLED = "enabled"
     DRAINING = "draining"
@@ -210,7 +218,7 @@ class SpoolSettings(_Strict):
 
 class RoutingSettings(_Strict):
     group: str = "storage"
-    strategy: str = "least-loaded"
+    strategy: Strategy = Strategy.LEAST_LOADED
     mirror: list[str] = Field(default_factory=lambda: ["ORTHANC-PROBE"])
     load_refresh_seconds: float = Field(default=5.0, gt=0)
 
@@ -349,6 +357,7 @@ def parse_settings(raw: object, source: str = "configuration",
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
+            + (f" (not {err['input']!r})" if err["type"] == "enum" else "")
             for err in exc.errors()
         )
         raise ConfigError(f"{source}: {problems}") from None

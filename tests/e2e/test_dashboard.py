@@ -13,7 +13,6 @@ import base64
 import os
 import random
 import re
-import sqlite3
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,10 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from tests.support.browser import Console, Watched, ready
 from tests.support.datagen import make_instance, write_series
+
+from dde.store.ledger import Ledger
+from dde.store.records import NewInstance, SeedDelivery, SeedInstance
+from dde.store.states import DeliveryState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.e2e]
 
@@ -265,14 +268,15 @@ def test_hostile_dicom_values_are_shown_as_text(
     watched.assert_clean()
 
 
-def fill_ledger(database: Path, count: int, now: float) -> None:
+def fill_ledger(ledger: Ledger, count: int, now: float) -> None:
     """``count`` instances received over the last 15 minutes, each delivered to a storage
     PACS (one per study) and to the probe; three storage deliveries failed."""
     rng = random.Random(4)
     studies = [(generate_uid(), f"PAT-{n:05d}", f"ACC{n:07d}", rng.choice(STORAGES),
                 rng.choice(["CT", "CT", "MR", "US", "CR"])) for n in range(count // 20)]
     senders = {"CT": "CT_SCANNER_1", "MR": "MR_3T", "US": "US_ROOM_2", "CR": "CR_ER"}
-    instances, weights = [], []
+    instances: list[SeedInstance] = []
+    weights: list[float] = []
     for minute in range(15):  # a working curve: busier in some minutes than others
         weights.append(1.0 + 0.8 * abs(((minute * 7) % 11) - 5) / 5)
     total = sum(weights)
@@ -283,46 +287,29 @@ def fill_ledger(database: Path, count: int, now: float) -> None:
         received += [start + rng.random() * 60 for _ in range(n)]
     received = sorted(min(t, now - 1) for t in received[:count])
     received += [now - 1] * (count - len(received))
-    for index, at in enumerate(received):
-        study, patient, accession, storage, modality = studies[index % len(studies)]
-        instances.append((generate_uid(), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
-                          study, study + ".1", patient, accession, modality, senders[modality],
-                          "DYNAMIC_DICOM_MW", "10.0.0.7", "default", 520_000, None, at, at + 5,
-                          storage))
-    connection = sqlite3.connect(database, timeout=30)
-    try:
-        with connection:
-            first = connection.execute("SELECT COALESCE(MAX(id), 0) FROM instances").fetchone()[0]
-            connection.executemany(
-                "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                " study_instance_uid, series_instance_uid, patient_id, accession_number,"
-                " modality, calling_aet, called_aet, source_ip, rule, size, spool_path,"
-                " received_at, spool_removed_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [row[:-1] for row in instances])
-            deliveries = []
-            for offset, row in enumerate(instances, start=1):
-                at, storage = row[14], row[16]
-                failed = offset in (count // 3, count // 2, count - 40)
-                deliveries.append((first + offset, storage, "route",
-                                   "failed" if failed else "delivered", 5 if failed else 1,
-                                   "C-STORE refused by the PACS: 0xA700 out of resources"
-                                   if failed else None, at, at, at + 0.4,
-                                   None if failed else at + 0.4))
-                deliveries.append((first + offset, PROBE, "mirror", "delivered", 1, None,
-                                   at, at, at + 0.3, at + 0.3))
-            connection.executemany(
-                "INSERT INTO deliveries(instance_id, endpoint, role, state, attempts,"
-                " last_error, next_attempt_at, created_at, updated_at, delivered_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)", deliveries)
-    finally:
-        connection.close()
+    for offset, at in enumerate(received, start=1):
+        study, patient, accession, storage, modality = studies[(offset - 1) % len(studies)]
+        failed = offset in (count // 3, count // 2, count - 40)
+        stored = SeedDelivery(
+            storage, "route", DeliveryState.FAILED if failed else DeliveryState.DELIVERED,
+            5 if failed else 1,
+            "C-STORE refused by the PACS: 0xA700 out of resources" if failed else None,
+            at, at, at + 0.4, None if failed else at + 0.4)
+        mirrored = SeedDelivery(PROBE, "mirror", DeliveryState.DELIVERED, 1, None,
+                                at, at, at + 0.3, at + 0.3)
+        instances.append(SeedInstance(
+            NewInstance(generate_uid(), "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1",
+                        study, study + ".1", patient, accession, modality, senders[modality],
+                        "DYNAMIC_DICOM_MW", "10.0.0.7", "", 520_000, at),
+            "default", (stored, mirrored), spool_removed_at=at + 5))
+    ledger.diagnostics.seed(instances)
 
 
 def test_dashboard_load_time_with_10000_instances_in_the_ledger(
         console: Console, watched: Watched) -> None:
     page = watched.page
-    fill_ledger(console.stack.router.home.database, 10_000, time.time())
-    assert console.stack.router.ledger.execute("SELECT COUNT(*) FROM instances")[0][0] == 10_000
+    fill_ledger(console.stack.router.ledger, 10_000, time.time())
+    assert console.stack.router.ledger.diagnostics.count("instances") == 10_000
     console.log_in(page, "/endpoints")
 
     timings = []

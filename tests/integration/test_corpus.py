@@ -143,7 +143,7 @@ def identity(entry: Entry) -> Identity:
 
 
 def last_instance_id(router: InProcessRouter) -> int:
-    return int(router.ledger.execute("SELECT COALESCE(MAX(id), 0) FROM instances")[0][0])
+    return router.ledger.diagnostics.max_instance_id()
 
 
 def send_one(entry: Entry, router: InProcessRouter, scratch: Path) -> None:
@@ -182,12 +182,11 @@ def send_one(entry: Entry, router: InProcessRouter, scratch: Path) -> None:
     if notes:
         entry.detail += " [" + "; ".join(notes) + "]"
 
-    new = router.ledger.execute("SELECT id, sop_instance_uid FROM instances WHERE id > ?",
-                                (before,))
+    new = router.ledger.diagnostics.instances(after_id=before)
     entry.new_rows = len(new)
     if entry.outcome == "acknowledged" and len(new) == 1:
         # storescu names the dataset's SOP Instance UID, which may differ from the meta's
-        entry.instance_id, entry.sop_instance_uid = int(new[0][0]), str(new[0][1])
+        entry.instance_id, entry.sop_instance_uid = new[0].id, new[0].sop_instance_uid
 
 
 @dataclass
@@ -202,10 +201,10 @@ def settle(run: CorpusRun) -> None:
     for entry in run.entries:
         if entry.instance_id is None:
             continue
-        rows = run.router.ledger.execute(
-            "SELECT endpoint, role, state, last_error FROM deliveries WHERE instance_id = ?"
-            " ORDER BY role DESC, endpoint", (entry.instance_id,))
-        entry.deliveries = [(str(a), str(b), str(c), d) for a, b, c, d in rows]
+        rows = sorted(run.router.ledger.diagnostics.deliveries(instance_id=entry.instance_id),
+                      key=lambda d: d.endpoint)
+        rows.sort(key=lambda d: d.role, reverse=True)  # by role (descending), then endpoint
+        entry.deliveries = [(d.endpoint, d.role, d.state, d.last_error) for d in rows]
 
 
 def print_table(run: CorpusRun) -> None:

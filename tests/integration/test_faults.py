@@ -24,8 +24,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _pins(stack: ReferenceStack) -> dict[str, str]:
-    rows = stack.router.ledger.execute("SELECT study_instance_uid, endpoint FROM study_pins")
-    return {str(study): str(endpoint) for study, endpoint in rows}
+    pins = stack.router.ledger.diagnostics.pins()
+    return {pin.study_instance_uid: pin.endpoint for pin in pins}
 
 
 def _assert_each_in_exactly_one_storage(uids: set[str], storages: list[RunningOrthanc],

@@ -4,7 +4,6 @@ code of its own (3 locked, 4 damaged); it never resets or rewrites the file."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,8 +12,10 @@ from pathlib import Path
 import pytest
 from tests.support.orthanc import free_port
 from tests.support.router import RouterProcess, router_settings, write_router_home
+from tests.support.unitkit import ingest_to
 
-from dde.cli import EXIT_LEDGER_CORRUPT, EXIT_LEDGER_LOCKED
+from dde.cli.errors import EXIT_LEDGER_CORRUPT, EXIT_LEDGER_LOCKED
+from dde.store.diagnostics import hold_exclusive_lock
 from dde.store.ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,7 +64,7 @@ def test_ledger_damaged_inside_exits_4_and_is_left_byte_identical(tmp_path: Path
     home, _ = _home(tmp_path)
     database = home / "dde.sqlite3"
     ledger = Ledger(database)
-    ledger.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    ledger.diagnostics.checkpoint()
     ledger.close()
     damaged = bytearray(database.read_bytes())
     page_size = int.from_bytes(damaged[16:18], "big")
@@ -84,17 +85,12 @@ def test_ledger_locked_by_another_process_exits_3_then_serves_once_free(
     home, port = _home(tmp_path)
     database = home / "dde.sqlite3"
     ledger = Ledger(database)
-    ledger.execute("INSERT INTO meta(key, value) VALUES ('marker', 'kept')")
+    marker = ingest_to(ledger, [], sop_instance_uid="2.25.424242", spool_path="marker.dcm")
     ledger.close()
 
-    holder = sqlite3.connect(database, isolation_level=None)
-    try:
-        holder.execute("BEGIN EXCLUSIVE")
+    with hold_exclusive_lock(database):
         result, seconds = _serve(home)
         _assert_one_line_error(result, EXIT_LEDGER_LOCKED, "locked by another process")
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     print(f"\nlocked ledger: exit {result.returncode} in {seconds:.1f} s: "
           f"{result.stderr.strip()}")
 
@@ -104,9 +100,9 @@ def test_ledger_locked_by_another_process_exits_3_then_serves_once_free(
     try:
         check = Ledger(database)
         try:
-            rows = check.execute("SELECT value FROM meta WHERE key = 'marker'")
+            rows = check.operators.where("2.25.424242")
         finally:
             check.close()
-        assert [tuple(r) for r in rows] == [("kept",)]
+        assert [(r.id, r.sop_instance_uid) for r in rows] == [(marker, "2.25.424242")]
     finally:
         assert router.terminate() == 0

@@ -1,9 +1,12 @@
 """Hostile input against the receiver (loopback only, bounded loops): random bytes, garbage
 inside an association, a PDU claiming 2 GB, silent peers, more associations than allowed.
 
-The router runs as its own process (``dde serve``) so its peak memory (VmHWM) is its own.
-After each attack it still answers a C-ECHO (DCMTK echoscu) and a valid C-STORE (DCMTK
-storescu) is acknowledged and delivered."""
+The router runs as its own process (``dde serve``); the attacks land on its receiver process
+(``receiver.processes: 1``, the default), whose peak memory (VmHWM) is measured, and which
+must neither crash nor be restarted: the same receiver pid answers from the first attack to
+the last. The main process's peak memory is measured too. After each attack the router still
+answers a C-ECHO (DCMTK echoscu) and a valid C-STORE (DCMTK storescu) is acknowledged and
+delivered."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from tests.support.router import (
     write_router_home,
 )
 
-from dde.receiving.pdu_limits import A_ABORT_INVALID_PARAMETER
+from dde.dicom.pynetdicom_adapter import A_ABORT_INVALID_PARAMETER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,11 +42,33 @@ RSS_LIMIT_MB = 300
 TWO_GB = 0x7FFFFFFF
 
 
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM of a live process, in MB."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise AssertionError(f"process {pid} is gone") from None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for process {pid} (a zombie: it died)")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
 @dataclass
 class Target:
     router: RouterProcess
     storage: RunningOrthanc
     files: Path
+    receivers: list[int]
+    """The receiver processes at the start: the same ones must answer until the end."""
     sent: list[str] = field(default_factory=list)
     figures: dict[str, str] = field(default_factory=dict)
 
@@ -56,16 +81,28 @@ class Target:
         assert self.router.process is not None
         return self.router.process.pid
 
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise AssertionError("no VmHWM")
+    def receivers_peak_rss_mb(self) -> float:
+        return max(peak_rss_mb(pid) for pid in self.receivers)
 
-    def still_serves(self, label: str, seconds: float) -> None:
-        """C-ECHO answered, a valid C-STORE acknowledged, memory bounded; figures kept."""
+    def check_processes(self, label: str) -> None:
+        """The main process and the very same receiver processes are alive: none crashed,
+        none was restarted by the pool."""
         assert self.router.process is not None and self.router.process.poll() is None, \
             f"the router died during {label}"
+        dead = [pid for pid in self.receivers if not alive(pid)]
+        assert not dead, f"receiver process(es) {dead} died during {label}"
+        now = sorted(pid for pid in self.router.receiver_pids() if alive(pid))
+        assert now == sorted(self.receivers), (
+            f"receiver processes {sorted(self.receivers)} before {label}, {now} after: "
+            f"one was restarted")
+        log = self.router.log_path.read_text(errors="replace")
+        assert " ended (exit code" not in log and "started again" not in log, (
+            f"the pool logged a receiver process ending or restarting during {label}")
+
+    def still_serves(self, label: str, seconds: float) -> None:
+        """C-ECHO answered, a valid C-STORE acknowledged, memory bounded, the receiver
+        process neither crashed nor restarted; figures kept."""
+        self.check_processes(label)
         # Associations the attack ended may hold their slots (max_associations) for a
         # moment while pynetdicom winds them down: the receiver must answer again soon.
         after = time.monotonic()
@@ -82,11 +119,16 @@ class Target:
         run.wait(30)
         assert run.acknowledged() == [path], f"no C-STORE after {label}: {run.log()[-1500:]}"
         self.sent.append(sop_instance_uid(path))
-        peak = self.peak_rss_mb()
+        self.check_processes(label)
+        receiver_peak = self.receivers_peak_rss_mb()
+        main_peak = peak_rss_mb(self.pid)
         self.figures[label] = (f"attack {seconds:.1f} s, C-ECHO again after {echo_after:.1f} s, "
-                               f"peak RSS {peak:.0f} MB")
+                               f"peak RSS (VmHWM) receiver process {receiver_peak:.0f} MB, "
+                               f"main process {main_peak:.0f} MB")
         print(f"\n{label}: {self.figures[label]}")
-        assert peak < RSS_LIMIT_MB, f"peak RSS {peak:.0f} MB after {label}"
+        assert receiver_peak < RSS_LIMIT_MB, (
+            f"receiver process peak RSS {receiver_peak:.0f} MB after {label}")
+        assert main_peak < RSS_LIMIT_MB, f"main process peak RSS {main_peak:.0f} MB after {label}"
 
 
 @pytest.fixture
@@ -101,8 +143,10 @@ def target(orthanc_factory: OrthancFactory, tmp_path: Path) -> Iterator[Target]:
                   "max_associations": MAX_ASSOCIATIONS}))
     router = RouterProcess(home, port, tmp_path / "router.log")
     router.start()
-    result = Target(router, storage, tmp_path / "files")
     try:
+        receivers = [pid for pid in router.receiver_pids() if alive(pid)]
+        assert len(receivers) == 1, f"expected one receiver process, found {receivers}"
+        result = Target(router, storage, tmp_path / "files", receivers)
         yield result
         storage.wait_for_sop_instance_uids(set(result.sent), timeout=30)
     finally:
@@ -273,6 +317,8 @@ def test_hostile_input_leaves_the_receiver_up_and_bounded(target: Target) -> Non
 
     target.still_serves(f"{MAX_ASSOCIATIONS + 4} associations, limit {MAX_ASSOCIATIONS}",
                         _timed(crowd))
-    print(f"\nhostile input, peak RSS of the router {target.peak_rss_mb():.0f} MB "
-          f"(limit {RSS_LIMIT_MB}); {len(target.sent)} valid instances sent")
+    print(f"\nhostile input, peak RSS (VmHWM) of the receiver process "
+          f"{target.receivers_peak_rss_mb():.0f} MB, of the main process "
+          f"{peak_rss_mb(target.pid):.0f} MB (limit {RSS_LIMIT_MB} each); receiver process "
+          f"{target.receivers} alive from start to end; {len(target.sent)} valid instances sent")
 

@@ -63,15 +63,13 @@ def holder_of(stack_storages: list[RunningOrthanc], uid: str) -> RunningOrthanc:
 
 
 def deliveries(router: InProcessRouter, uid: str) -> list[tuple[str, str, int, str | None]]:
-    rows = router.ledger.execute(
-        "SELECT d.endpoint, d.state, d.attempts, d.last_error FROM deliveries d"
-        " JOIN instances i ON i.id = d.instance_id WHERE i.sop_instance_uid = ?"
-        " ORDER BY d.endpoint", (uid,))
-    return [(str(a), str(b), int(c), d) for a, b, c, d in rows]
+    rows = router.ledger.diagnostics.deliveries(sop_instance_uid=uid)
+    return sorted(((d.endpoint, d.state, d.attempts, d.last_error) for d in rows),
+                  key=lambda d: d[0])
 
 
 def instance_count(router: InProcessRouter) -> int:
-    return int(router.ledger.execute("SELECT COUNT(*) FROM instances")[0][0])
+    return router.ledger.diagnostics.count("instances")
 
 
 def assert_sent_successfully(result: subprocess.CompletedProcess[str], count: int = 1) -> None:
@@ -136,9 +134,8 @@ def test_file_sent_with_the_matching_proposal_arrives_byte_identical(
     assert_sent_successfully(result)
     reference_stack.router.wait_idle()
 
-    recorded = reference_stack.router.ledger.execute(
-        "SELECT transfer_syntax_uid FROM instances WHERE sop_instance_uid = ?", (uid,))
-    assert recorded == [(case.transfer_syntax,)], "storescu converted it, or it was not recorded"
+    recorded = [r.transfer_syntax_uid for r in reference_stack.router.ledger.operators.where(uid)]
+    assert recorded == [case.transfer_syntax], "storescu converted it, or it was not recorded"
     holder = holder_of(reference_stack.storages, uid)
     assert [(e, s, a) for e, s, a, _ in deliveries(reference_stack.router, uid)] == [
         (name, "delivered", 1) for name in sorted([holder.name, "ORTHANC-PROBE"])
@@ -200,11 +197,9 @@ def test_implicit_vr_file_sent_with_default_options_is_forwarded_as_received(
     assert_sent_successfully(result)
     retaining_stack.router.wait_idle()
 
-    rows = retaining_stack.router.ledger.execute(
-        "SELECT transfer_syntax_uid, spool_path FROM instances WHERE sop_instance_uid = ?",
-        (uid,))
+    rows = retaining_stack.router.ledger.operators.where(uid)
     assert len(rows) == 1
-    syntax, spool_path = rows[0]
+    syntax, spool_path = rows[0].transfer_syntax_uid, rows[0].spool_path
     assert spool_path is not None, "spool file released despite retention"
     received = dataset_bytes(retaining_stack.router.app.spool.path_of(spool_path).read_bytes())
     holder = holder_of(retaining_stack.storages, uid)
@@ -287,8 +282,8 @@ def wait_for_sentinel(stack: ReferenceStack, folder: Path) -> str:
 
 
 def assert_only_sentinel_recorded(stack: ReferenceStack, sentinel: str) -> None:
-    recorded = stack.router.ledger.execute("SELECT sop_instance_uid FROM instances")
-    assert recorded == [(sentinel,)]
+    recorded = [i.sop_instance_uid for i in stack.router.ledger.diagnostics.instances()]
+    assert recorded == [sentinel]
     for orthanc in [*stack.storages, stack.probe]:
         assert orthanc.sop_instance_uids() <= {sentinel}, orthanc.name
 

@@ -34,8 +34,8 @@ from tests.support.router import ROUTER_AET
 
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
+from dde.dicom.pynetdicom_adapter import MAX_CONTROL_PDU
 from dde.receiving.ingest import IngestPipeline
-from dde.receiving.pdu_limits import MAX_CONTROL_PDU
 from dde.receiving.scp import StorageSCP
 
 pytestmark = pytest.mark.integration

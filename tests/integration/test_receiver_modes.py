@@ -1,5 +1,6 @@
 """Receiving in the main process (``receiver.processes: 0``) and in several receiver
-processes on one port (``SO_REUSEPORT``) both deliver every instance exactly once."""
+processes on one port (``SO_REUSEPORT``) both deliver every instance (at least once, to
+exactly one storage)."""
 
 from __future__ import annotations
 

@@ -157,28 +157,17 @@ class BlackHole:
 def deliveries(ledger: Ledger, endpoint: str | None = None,
                state: str | None = None) -> list[dict[str, Any]]:
     """Delivery rows joined with their SOP Instance UID, filtered by endpoint and state."""
-    sql = ("SELECT d.id, d.endpoint, d.role, d.state, d.attempts, d.last_error,"
-           " i.sop_instance_uid FROM deliveries d JOIN instances i ON i.id = d.instance_id"
-           " WHERE 1=1")
-    parameters: list[Any] = []
-    if endpoint is not None:
-        sql += " AND d.endpoint = ?"
-        parameters.append(endpoint)
-    if state is not None:
-        sql += " AND d.state = ?"
-        parameters.append(state)
     keys = ("id", "endpoint", "role", "state", "attempts", "last_error", "sop_instance_uid")
-    return [dict(zip(keys, row, strict=True)) for row in ledger.execute(sql + " ORDER BY d.id",
-                                                                       parameters)]
+    return [{key: getattr(d, key) for key in keys}
+            for d in ledger.diagnostics.deliveries(endpoint=endpoint, state=state)]
 
 
 def ledger_sop_instance_uids(ledger: Ledger) -> set[str]:
-    return {str(row[0]) for row in ledger.execute("SELECT sop_instance_uid FROM instances")}
+    return ledger.diagnostics.sop_instance_uids()
 
 
 def state_counts(ledger: Ledger) -> dict[str, int]:
-    rows = ledger.execute("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
-    return {str(state): int(count) for state, count in rows}
+    return ledger.diagnostics.delivery_states()
 
 
 class HangingStorageSCP:

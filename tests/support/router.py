@@ -51,8 +51,7 @@ def router_settings(storages: Iterable[RunningOrthanc], probe: RunningOrthanc | 
 
 
 def ledger_idle(ledger: Ledger) -> bool:
-    rows = ledger.execute("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'")
-    return int(rows[0][0]) == 0
+    return sum(ledger.queue.queued_counts().values()) == 0
 
 
 @dataclass

@@ -85,15 +85,16 @@ def endpoint(name: str, groups: Iterable[str] = ("storage",), **extra: Any) -> E
 
 def new_instance(spool_path: str = "ab/cd.dcm", *, sop_instance_uid: str | None = None,
                  study_instance_uid: str | None = "1.2.3.4", received_at: float | None = None,
-                 size: int = 100) -> NewInstance:
+                 size: int = 100, patient_id: str | None = "DDE-TEST-1",
+                 accession_number: str | None = "ACC1") -> NewInstance:
     return NewInstance(
         sop_instance_uid=sop_instance_uid or generate_uid(),
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         transfer_syntax_uid="1.2.840.10008.1.2.1",
         study_instance_uid=study_instance_uid,
         series_instance_uid="1.2.3.4.5",
-        patient_id="DDE-TEST-1",
-        accession_number="ACC1",
+        patient_id=patient_id,
+        accession_number=accession_number,
         modality="CT",
         calling_aet="TEST_SCU",
         called_aet="DYNAMIC_DICOM_MW",
@@ -114,11 +115,8 @@ def ingest_to(ledger: Ledger, destinations: Iterable[str], mirrors: Iterable[str
 
 def delivery_rows(ledger: Ledger, instance_id: int) -> dict[str, tuple[Any, ...]]:
     """{endpoint: (id, state, attempts, last_error, next_attempt_at)} of one instance."""
-    rows = ledger.execute(
-        "SELECT endpoint, id, state, attempts, last_error, next_attempt_at FROM deliveries"
-        " WHERE instance_id = ?", (instance_id,),
-    )
-    return {str(row[0]): tuple(row[1:]) for row in rows}
+    return {d.endpoint: (d.id, d.state, d.attempts, d.last_error, d.next_attempt_at)
+            for d in ledger.diagnostics.deliveries(instance_id=instance_id)}
 
 
 @dataclass

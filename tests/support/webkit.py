@@ -101,7 +101,7 @@ class WebKit:
         return sorted(p for p in self.services.spool.root.rglob("*") if p.is_file())
 
     def instance_count(self) -> int:
-        return int(self.ledger.execute("SELECT COUNT(*) FROM instances")[0][0])
+        return self.ledger.diagnostics.count("instances")
 
 
 def make_webkit(tmp_path: Path, settings: Settings | None = None,

@@ -13,6 +13,7 @@ from dde.config import (
     ConfigError,
     Home,
     Settings,
+    Strategy,
     load_settings,
     parse_settings,
     settings_to_yaml,
@@ -138,6 +139,8 @@ def test_a_top_level_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
     ({"endpoints": [endpoint("has space")]}, "endpoints.0.name"),
     ({"endpoints": [endpoint("OK", aet="BACK\\SLASH")]}, "endpoints.0.aet"),
     ({"routing": {"unknown_key": 1}}, "routing.unknown_key"),
+    ({"routing": {"strategy": "least-laoded"}}, "routing.strategy"),
+    ({"routing": {"strategy": "Least-Loaded"}}, "routing.strategy"),
     ({"no_such_section": {}}, "no_such_section"),
 ])
 def test_invalid_values_are_config_errors_naming_the_field(raw: dict[str, object],
@@ -241,3 +244,8 @@ def test_the_web_part_defaults_and_its_environment_overrides(
     monkeypatch.setenv("DDE_WEB_PORT", "http")
     with pytest.raises(ConfigError, match="DDE_WEB_PORT"):
         load_settings(home)
+
+
+def test_the_strategies_are_a_closed_set_read_as_the_enum() -> None:
+    for name in ("least-loaded", "round-robin", "weighted"):
+        assert parse_settings({"routing": {"strategy": name}}).routing.strategy == Strategy(name)

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.support.unitkit import generated
 
 from dde import config_store as config_store_module
-from dde.config import ConfigError, EndpointSettings, Home, Settings
+from dde.config import ConfigError, EndpointSettings, Home, Settings, Strategy
 from dde.config_store import ConfigStore
 from dde.routing.rules import RulesError
+from dde.runtime.core import RouterCore
 
 RULES = """\
 rules:
@@ -282,3 +284,20 @@ def test_fingerprint_sees_a_hand_edit_of_dde_yaml(store: ConfigStore) -> None:
         out.write("# a comment\n")
 
     assert store.fingerprint() != first
+
+
+def test_a_running_core_refuses_a_strategy_typo_and_keeps_routing(
+        store: ConfigStore, caplog: pytest.LogCaptureFixture) -> None:
+    core = RouterCore.for_tool(store)
+    try:
+        text = store.path.read_text()
+        store.path.write_text(text.replace("strategy: least-loaded", "strategy: least-laoded"))
+
+        assert core.reload() is False
+        assert core.settings.routing.strategy == Strategy.LEAST_LOADED
+        assert "least-laoded" in caplog.text and "refused" in caplog.text
+        instance = generated()
+        result = core.pipeline.ingest(instance.incoming())
+        assert result.ok, result.detail
+    finally:
+        core.close()

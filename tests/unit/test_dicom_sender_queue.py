@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from pynetdicom.pdu_primitives import A_ABORT, P_DATA
 
-from dde.endpoints.dicom_sender import keep_responses_for_the_waiting_call
-from dde.endpoints.send_queue import BoundedSendQueue, SendStalled
+from dde.dicom.pynetdicom_adapter import (
+    BoundedSendQueue,
+    SendStalled,
+    keep_responses_for_the_waiting_call,
+)
 
 
 class FakeDimse:

@@ -151,7 +151,7 @@ def test_delivered_outcomes_are_recorded_with_the_spool_bytes(
         assert by_uid[uid] == spool.path_of(path).read_bytes()
     assert all(state(ledger, i, "A")[2:4] == (1, None) for i, _, _ in items)
     assert loads.stored("A") == 5
-    assert ledger.execute("SELECT COUNT(*) FROM deliveries WHERE delivered_at IS NULL") == [(0,)]
+    assert [d for d in ledger.diagnostics.deliveries() if d.delivered_at is None] == []
 
 
 def test_one_batch_is_sent_over_one_association(ledger: Ledger, spool: Spool,
@@ -389,6 +389,28 @@ def test_sync_starts_new_stops_removed_and_restarts_changed_workers(
     assert third["B"] is not first["B"] and not first["B"].alive
     assert third["C"] is second["C"] and third["C"].alive
     assert made == ["A", "B", "C", "B"]
+
+
+def test_new_delivery_settings_restart_every_worker_with_them(
+        ledger: Ledger, spool: Spool, workers: list[Any]) -> None:
+    dispatcher = make_dispatcher(workers, ledger, spool, {"A": FakeSender(), "B": FakeSender()})
+    dispatcher.sync([endpoint("A"), endpoint("B")])
+    before = dispatcher.workers()
+    slower = RetryPolicy(3, 5.0, 60.0)
+
+    dispatcher.reconfigure(slower, batch_size=2, idle_release=1.0, poll=0.5, retention=9.0,
+                           nice=0)
+    dispatcher.sync([endpoint("A"), endpoint("B")])
+
+    after = dispatcher.workers()
+    assert set(after) == {"A", "B"}
+    for name in ("A", "B"):
+        assert after[name] is not before[name] and not before[name].alive
+        assert after[name].alive
+        assert after[name]._policy is slower and after[name]._batch_size == 2
+    instance_id, _, _ = spooled(ledger, spool, ["A"])
+    dispatcher.wake(["A"])
+    wait_until(lambda: delivered(ledger, instance_id, "A"), TIMEOUT, "delivered after restart")
 
 
 def test_reconfiguring_a_hanging_endpoint_does_not_block_wake(

@@ -159,13 +159,12 @@ def test_a_pinned_study_moves_when_its_endpoint_is_down_past_failover(
 def test_explain_writes_nothing(tmp_path: Path, ledger: Ledger) -> None:
     publish(ledger, {"ORTHANC1": 0, "ORTHANC2": 0, PROBE: 0})
     study = generate_uid()
-    before = (ledger.execute("SELECT COUNT(*) FROM instances"),
-              ledger.execute("SELECT COUNT(*) FROM deliveries"))
+    before = (ledger.diagnostics.count("instances"), ledger.diagnostics.count("deliveries"))
 
     run(write_file(tmp_path, study), ledger)
 
-    assert (ledger.execute("SELECT COUNT(*) FROM instances"),
-            ledger.execute("SELECT COUNT(*) FROM deliveries")) == before
+    assert (ledger.diagnostics.count("instances"),
+            ledger.diagnostics.count("deliveries")) == before
     assert ledger.operators.pin_for(study, "storage") is None
 
 

@@ -16,7 +16,9 @@ from dde.config import EndpointSettings, EndpointState, HealthSettings, RoutingS
 from dde.delivery.failover import fail_over_once
 from dde.dicom.header import InstanceHeader, parse_header
 from dde.endpoints.health import HealthMonitor
+from dde.routing.route import Route
 from dde.routing.router import Router
+from dde.routing.rules import parse_rules
 from dde.store.ledger import Ledger
 from dde.store.records import DeliveryOutcome, NewInstance
 from dde.store.states import DeliveryState
@@ -65,15 +67,12 @@ class World:
         self.health.probe_once()
 
     def rows(self, instance_id: int) -> dict[str, tuple[str, str]]:
-        rows = self.ledger.execute(
-            "SELECT endpoint, role, state FROM deliveries WHERE instance_id = ?", (instance_id,))
-        return {str(e): (str(r), str(s)) for e, r, s in rows}
+        rows = self.ledger.diagnostics.deliveries(instance_id=instance_id)
+        return {d.endpoint: (d.role, d.state) for d in rows}
 
     def deliver(self, instance_id: int, endpoint: str) -> None:
-        row = self.ledger.execute("SELECT id FROM deliveries WHERE instance_id = ? AND"
-                                  " endpoint = ?", (instance_id, endpoint))
-        self.ledger.queue.record_outcomes(
-            [DeliveryOutcome(int(row[0][0]), DeliveryState.DELIVERED)])
+        (row,) = self.ledger.diagnostics.deliveries(instance_id=instance_id, endpoint=endpoint)
+        self.ledger.queue.record_outcomes([DeliveryOutcome(row.id, DeliveryState.DELIVERED)])
 
     def moved_events(self) -> list[tuple[str, str, int]]:
         return [(e[3], e[4], e[5]) for e in self.ledger.event_log.events() if e[2] == "study-moved"]
@@ -230,3 +229,41 @@ def test_a_draining_member_does_not_take_moved_studies(world: World) -> None:
 
     assert "ORTHANC3" in world.rows(instance_id)
     assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC3"
+
+
+WEIGHTED_RULES = """rules:
+  - name: default
+    route: {group: storage, strategy: weighted}
+mirror: [ORTHANC-PROBE]
+"""
+
+
+def test_the_moved_rest_goes_where_the_groups_strategy_says(world: World) -> None:
+    # ORTHANC3 holds 50 per unit of weight, ORTHANC2 10 (least-loaded would pick ORTHANC2);
+    # the group's rules say weighted, and ORTHANC3 weighs ten times as much: ORTHANC3.
+    endpoints = [ep("ORTHANC1"), ep("ORTHANC2"), ep("ORTHANC3", weight=10.0), ep(PROBE, "probe")]
+    world.health.configure(world.health.settings, endpoints)
+    world.health.probe_once()
+    world.loads.counts.update({"ORTHANC2": 10, "ORTHANC3": 500})
+    names = [e.name for e in endpoints]
+    world.router.configure(parse_rules(WEIGHTED_RULES, names, {"storage", "probe"}), endpoints)
+    study = generate_uid()
+    world.ledger.intake.ingest(
+        instance_of(study), lambda view: Route("default", ("ORTHANC1",), (PROBE,),
+                                               pin=(study, "ORTHANC1", "storage")))
+    world.fail("ORTHANC1")
+    world.clock.now += FAILOVER
+
+    assert fail_over_once(world.ledger, world.health, world.router) == 1
+
+    assert world.ledger.operators.pin_for(study, "storage") == "ORTHANC3"
+
+
+def instance_of(study: str) -> NewInstance:
+    header = make_header(study)
+    return NewInstance(
+        sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
+        transfer_syntax_uid=header.transfer_syntax_uid, study_instance_uid=study,
+        series_instance_uid=None, patient_id=None, accession_number=None, modality="CT",
+        calling_aet="TEST_SCU", called_aet="DYNAMIC_DICOM_MW", source_ip="127.0.0.1",
+        spool_path=f"{generate_uid()}.dcm", size=10, received_at=time.time())

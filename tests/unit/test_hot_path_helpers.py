@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from dde.delivery.dispatcher import lower_thread_priority
-from dde.net import _CappedSleep
+from dde.dicom.pynetdicom_adapter import _CappedSleep
 from dde.receiving.pool import reserve_port
 
 HOST = "127.0.0.1"
@@ -75,7 +75,7 @@ def test_a_capped_sleep_is_cut_to_its_limit() -> None:
 
 def test_a_capped_sleep_shorter_than_the_limit_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("dde.net.time.sleep", slept.append)
+    monkeypatch.setattr("dde.dicom.pynetdicom_adapter.time.sleep", slept.append)
 
     _CappedSleep(0.5).sleep(0.01)
     _CappedSleep(0.5).sleep(3)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from dde.dicom import status as dimse
 from dde.receiving.ingest import IngestPipeline, IngestResult
 from dde.routing.route import Route
 from dde.routing.router import Router
+from dde.store.diagnostics import backend_error
 from dde.store.errors import LedgerError
 from dde.store.intake import IngestRecords, IngestView, P
 from dde.store.ledger import Ledger
@@ -52,8 +52,7 @@ def spool_files(root: Path) -> list[Path]:
 
 def rows(ledger: Ledger) -> tuple[int, int, int]:
     return tuple(  # type: ignore[return-value]
-        int(ledger.execute(f"SELECT COUNT(*) FROM {t}")[0][0])
-        for t in ("instances", "deliveries", "study_pins")
+        ledger.diagnostics.count(t) for t in ("instances", "deliveries", "study_pins")
     )
 
 
@@ -76,8 +75,8 @@ def test_success_commits_rows_and_keeps_the_spool_file(ledger: Ledger, spool: Sp
         ("ORTHANC1", "route", "pending"), ("ORTHANC-PROBE", "mirror", "pending"),
     ]
     assert record.study_instance_uid == instance.study_instance_uid
-    assert ledger.execute("SELECT endpoint FROM study_pins WHERE study_instance_uid = ?",
-                          (instance.study_instance_uid,)) == [("ORTHANC1",)]
+    assert [p.endpoint for p in ledger.diagnostics.pins()
+            if p.study_instance_uid == instance.study_instance_uid] == ["ORTHANC1"]
     assert record.spool_path is not None
     path = spool.path_of(record.spool_path)
     assert spool_files(spool.root) == [path]
@@ -179,7 +178,7 @@ def test_locked_database_is_out_of_resources(ledger: Ledger, spool: Spool,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # A real SQLite error from inside the transaction (the router's decision runs there).
     def locked(*args: object) -> Route:
-        raise sqlite3.OperationalError("database is locked")
+        raise backend_error("database is locked")
 
     router = make_router()
     monkeypatch.setattr(router, "route", locked)

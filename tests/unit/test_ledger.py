@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.unitkit import delivery_rows, ingest_to, new_instance
@@ -21,13 +22,19 @@ from dde.store.states import DeliveryState, InvalidTransition, check_transition
 PENDING, DELIVERED, FAILED = DeliveryState.PENDING, DeliveryState.DELIVERED, DeliveryState.FAILED
 
 
+def sql(ledger: Ledger, statement: str, parameters: tuple[object, ...] = ()) -> list[Any]:
+    """Rows of one statement on this thread's connection (the store's own tests may look
+    at rows directly)."""
+    return list(ledger.database.connection().execute(statement, parameters).fetchall())
+
+
 def count(ledger: Ledger, table: str) -> int:
-    return int(ledger.execute(f"SELECT COUNT(*) FROM {table}")[0][0])
+    return int(sql(ledger, f"SELECT COUNT(*) FROM {table}")[0][0])
 
 
 def state_of(ledger: Ledger, delivery_id: int) -> tuple[str, int, str | None, float]:
-    row = ledger.execute(
-        "SELECT state, attempts, last_error, next_attempt_at FROM deliveries WHERE id = ?",
+    row = sql(
+        ledger, "SELECT state, attempts, last_error, next_attempt_at FROM deliveries WHERE id = ?",
         (delivery_id,),
     )[0]
     return str(row[0]), int(row[1]), row[2], float(row[3])
@@ -43,15 +50,15 @@ def test_wal_and_synchronous_full_on_every_connection(ledger: Ledger) -> None:
     seen: dict[str, object] = {}
 
     def other_thread() -> None:
-        seen["journal"] = ledger.execute("PRAGMA journal_mode")[0][0]
-        seen["synchronous"] = ledger.execute("PRAGMA synchronous")[0][0]
+        seen["journal"] = sql(ledger, "PRAGMA journal_mode")[0][0]
+        seen["synchronous"] = sql(ledger, "PRAGMA synchronous")[0][0]
 
     thread = threading.Thread(target=other_thread)
     thread.start()
     thread.join(10)
 
-    assert ledger.execute("PRAGMA journal_mode")[0][0] == "wal"
-    assert ledger.execute("PRAGMA synchronous")[0][0] == 2  # FULL
+    assert sql(ledger, "PRAGMA journal_mode")[0][0] == "wal"
+    assert sql(ledger, "PRAGMA synchronous")[0][0] == 2  # FULL
     assert seen == {"journal": "wal", "synchronous": 2}
 
 
@@ -99,7 +106,7 @@ def test_ingest_writes_instance_deliveries_and_pin_together(ledger: Ledger) -> N
     assert [(d.endpoint, d.role, d.state, d.attempts) for d in record.deliveries] == [
         ("ORTHANC1", "route", "pending", 0), ("ORTHANC-PROBE", "mirror", "pending", 0),
     ]
-    assert ledger.execute("SELECT study_instance_uid, endpoint, grp FROM study_pins") == [
+    assert sql(ledger, "SELECT study_instance_uid, endpoint, grp FROM study_pins") == [
         ("1.2.3", "ORTHANC1", "storage")
     ]
 
@@ -251,8 +258,8 @@ def test_pending_to_delivered(ledger: Ledger) -> None:
 
     state, attempts, error, _ = state_of(ledger, delivery)
     assert (state, attempts, error) == ("delivered", 1, None)
-    assert ledger.execute("SELECT delivered_at FROM deliveries WHERE id = ?",
-                          (delivery,)) == [(1234.5,)]
+    assert sql(ledger, "SELECT delivered_at FROM deliveries WHERE id = ?",
+               (delivery,)) == [(1234.5,)]
 
 
 def test_pending_to_failed_keeps_the_reason(ledger: Ledger) -> None:
@@ -383,11 +390,17 @@ def test_mark_spool_removed_takes_the_file_out_of_use(ledger: Ledger) -> None:
 
     assert ledger.spool_index.releasable_spool_files(time.time() + 60) == []
     assert ledger.spool_index.spool_paths_in_use() == {"aa/kept.dcm"}
-    assert ledger.execute("SELECT spool_removed_at IS NOT NULL FROM instances WHERE id = ?",
-                          (gone,)) == [(1,)]
+    assert sql(ledger, "SELECT spool_removed_at IS NOT NULL FROM instances WHERE id = ?",
+               (gone,)) == [(1,)]
 
 
 # -- operators -----------------------------------------------------------------------------
+def test_search_by_patient_and_accession_uses_an_index(ledger: Ledger) -> None:
+    plan = sql(ledger, "EXPLAIN QUERY PLAN SELECT id FROM instances"
+                       " WHERE patient_id = ? AND accession_number = ?", ("P", "A"))
+    assert any("USING INDEX" in str(row) for row in plan), plan
+
+
 def test_retry_of_a_pending_delivery_makes_it_due_now(ledger: Ledger) -> None:
     delivery = only_delivery(ledger, ingest_to(ledger, ["A"]))
     ledger.queue.record_outcomes([DeliveryOutcome(delivery, PENDING, "busy",

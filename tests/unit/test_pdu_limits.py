@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dde.receiving.pdu_limits import (
+from dde.dicom.pynetdicom_adapter import (
     A_ABORT_INVALID_PARAMETER,
     ABORT_LINGER,
     MAX_CONTROL_PDU,

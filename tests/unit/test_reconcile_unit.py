@@ -186,9 +186,9 @@ def test_repair_fetches_only_the_missing_files_and_queues_one_copy_each(
     assert orthancs["ORTHANC2"].fetched() == [two[7]]
     assert orthancs[PROBE].fetched() == []
 
-    rows = ledger.execute(
-        "SELECT i.sop_instance_uid, i.spool_path, i.calling_aet, i.patient_id, d.endpoint,"
-        " d.role, d.state FROM instances i JOIN deliveries d ON d.instance_id = i.id")
+    stored = {i.id: i for i in ledger.diagnostics.instances()}
+    rows = [(i.sop_instance_uid, i.spool_path, i.calling_aet, i.patient_id, d.endpoint, d.role,
+             d.state) for d in ledger.diagnostics.deliveries() for i in [stored[d.instance_id]]]
     assert len(rows) == 3
     expected = {dataset_part(raw)[1]: (raw, source) for key, raw in missing.items()
                 for source in [("ORTHANC1" if key.startswith("a") else "ORTHANC2")]}

@@ -65,15 +65,12 @@ def ingest(ledger: Ledger, study: str | None, destinations: tuple[str, ...],
 
 
 def deliveries(ledger: Ledger, instance_id: int) -> list[tuple[str, str, str, int]]:
-    rows = ledger.execute("SELECT endpoint, role, state, attempts FROM deliveries"
-                          " WHERE instance_id = ? ORDER BY endpoint, role", (instance_id,))
-    return [(str(a), str(b), str(c), int(d)) for a, b, c, d in rows]
+    rows = ledger.diagnostics.deliveries(instance_id=instance_id)
+    return sorted((d.endpoint, d.role, d.state, d.attempts) for d in rows)
 
 
 def delivery_id(ledger: Ledger, instance_id: int, endpoint: str) -> int:
-    rows = ledger.execute("SELECT id FROM deliveries WHERE instance_id = ? AND endpoint = ?",
-                          (instance_id, endpoint))
-    return int(rows[0][0])
+    return ledger.diagnostics.deliveries(instance_id=instance_id, endpoint=endpoint)[0].id
 
 
 def set_outcome(ledger: Ledger, instance_id: int, endpoint: str, state: DeliveryState) -> None:
@@ -214,6 +211,22 @@ def test_remove_force_picks_the_least_queued_enabled_member(store: ConfigStore,
     _, redirected, target = remove_endpoint(store, ledger, "ORTHANC2", force=True)
 
     assert (redirected, target) == (1, "ORTHANC3")  # 1 queued < 2; ORTHANC4 drains
+    assert deliveries(ledger, waiting)[1][0] == "ORTHANC3"
+
+
+def test_remove_force_picks_the_member_the_groups_strategy_picks(store: ConfigStore,
+                                                                   ledger: Ledger) -> None:
+    # ORTHANC3 has more queued than ORTHANC1 (least-loaded would pick ORTHANC1), but the
+    # rules route the group with `weighted` and ORTHANC3 weighs ten times as much.
+    add_endpoint(store, ep("ORTHANC3", weight=10.0))
+    store.apply_rules("rules:\n  - name: default\n    route: {group: storage, strategy: weighted}\n"
+                      f"mirror: [{PROBE}]\n")
+    ingest(ledger, generate_uid(), ("ORTHANC3",))
+    waiting = ingest(ledger, generate_uid(), ("ORTHANC2",))
+
+    _, redirected, target = remove_endpoint(store, ledger, "ORTHANC2", force=True)
+
+    assert (redirected, target) == (1, "ORTHANC3")
     assert deliveries(ledger, waiting)[1][0] == "ORTHANC3"
 
 

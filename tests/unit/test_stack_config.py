@@ -15,9 +15,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from dde.cli.stack_commands import stack
 from dde.config import Home, load_settings
 from dde.stack import supervisor
-from dde.stack.commands import stack
 from dde.stack.errors import StackError
 from dde.stack.orthanc import read_orthanc_config, render_orthanc_config, write_orthanc_config
 from dde.stack.process import (

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from dde.config import Strategy
 from dde.routing.decision import Candidate
 from dde.routing.strategies import StrategyState, choose, round_robin, weighted
 
@@ -163,6 +164,6 @@ def test_least_loaded_ties_go_by_name_and_it_keeps_no_state() -> None:
 
 
 @pytest.mark.parametrize("strategy", ["fastest", "", "Round-Robin", "least_loaded"])
-def test_unknown_strategy_is_a_value_error(strategy: str) -> None:
-    with pytest.raises(ValueError, match="unknown strategy"):
-        choose(strategy, [Candidate("A", 0)], StrategyState())
+def test_unknown_strategy_names_are_not_strategies(strategy: str) -> None:
+    with pytest.raises(ValueError, match="is not a valid Strategy"):
+        Strategy(strategy)

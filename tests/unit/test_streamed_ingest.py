@@ -14,6 +14,7 @@ from pydicom.uid import generate_uid
 from tests.support.unitkit import endpoint, load_book, part10_bytes, split_part10
 
 from dde.config import RoutingSettings
+from dde.dicom import pynetdicom_adapter as incoming_module
 from dde.dicom import status as dimse
 from dde.dicom.header import (
     DEFER_SIZE,
@@ -23,8 +24,7 @@ from dde.dicom.header import (
     parse_header_file,
 )
 from dde.dicom.part10 import dataset_offset
-from dde.receiving import incoming as incoming_module
-from dde.receiving.incoming import IncomingFile, stream_datasets_to, write_failure
+from dde.dicom.pynetdicom_adapter import IncomingFile, stream_datasets_to, write_failure
 from dde.receiving.ingest import Incoming, IngestPipeline
 from dde.routing.router import Router
 from dde.store import spool as spool_module
@@ -89,7 +89,7 @@ def pipeline(ledger: Ledger, spool: Spool) -> IngestPipeline:
 
 
 def instance_count(ledger: Ledger) -> int:
-    return int(ledger.execute("SELECT COUNT(*) FROM instances")[0][0])
+    return ledger.diagnostics.count("instances")
 
 
 class CountingReader:

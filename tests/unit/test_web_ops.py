@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,10 @@ from dde.delivery.dispatcher import EndpointWorker
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.sending import SendResult
 from dde.receiving.ingest import IngestPipeline
+from dde.store.diagnostics import backend_error
+from dde.store.records import DeliveryOutcome
 from dde.store.spool import encode_file_meta
+from dde.store.states import DeliveryState
 from dde.telemetry import Telemetry
 
 
@@ -73,10 +75,11 @@ def test_healthz_is_503_when_the_receiver_is_down(kit: WebKit) -> None:
 
 def test_healthz_is_503_when_the_ledger_fails(kit: WebKit,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*args: Any) -> Any:
-        raise sqlite3.OperationalError("disk I/O error")
+    class Failing:
+        def execute(self, *args: Any) -> Any:
+            raise backend_error("disk I/O error")
 
-    monkeypatch.setattr(kit.ledger, "execute", broken)
+    monkeypatch.setattr(kit.ledger.database, "connection", lambda *args: Failing())
     response = kit.client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["checks"]["database"]["ok"] is False
@@ -113,9 +116,9 @@ def test_metrics_show_breaker_health_and_failed_deliveries(kit: WebKit) -> None:
         "ORTHANC2": {"health": "down", "breaker": "open"},
     })
     kit.client.post("/api/instances", headers=AUTH, files={"file": ("a", dicom_bytes()[0])})
-    (instance_id,) = [i for (i,) in kit.ledger.execute("SELECT id FROM instances")]
-    probe = delivery_rows(kit.ledger, instance_id)["ORTHANC-PROBE"][0]
-    kit.ledger.execute("UPDATE deliveries SET state = 'failed' WHERE id = ?", (probe,))
+    (instance,) = kit.ledger.diagnostics.instances()
+    probe = delivery_rows(kit.ledger, instance.id)["ORTHANC-PROBE"][0]
+    kit.ledger.queue.record_outcomes([DeliveryOutcome(probe, DeliveryState.FAILED, "refused")])
 
     text = scrape(kit)
 

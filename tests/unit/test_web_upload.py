@@ -254,8 +254,7 @@ def test_path_traversal_names_are_labels_only(kit: WebKit, tmp_path: Path) -> No
     for path in files:
         assert path.parent.parent == spool and len(path.stem) == 32 and path.suffix == ".dcm"
     assert not list(tmp_path.rglob("passwd.dcm")) and not list(tmp_path.rglob("escaped.dcm"))
-    assert {uid1, uid2} == {u for (u,) in kit.ledger.execute(
-        "SELECT sop_instance_uid FROM instances")}
+    assert {uid1, uid2} == kit.ledger.diagnostics.sop_instance_uids()
 
 
 def test_a_refusal_by_the_receive_path_is_reported_per_file(kit: WebKit) -> None:

@@ -1,5 +1,6 @@
 """Failover: the undelivered rest of a study pinned to an endpoint that has been down longer
-than ``failover_after_seconds`` moves to another member of its group (invariant 5).
+than ``failover_after_seconds`` moves to another member of its group, chosen by the group's
+strategy (invariant 5).
 
 New instances of such a study are re-pinned by the router itself (the endpoint is "lost"
 to it); this moves what was already queued. Every move is an event in the ledger.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from dde.endpoints.health import HealthMonitor
-from dde.routing.decision import least_loaded
 from dde.routing.router import Router
 from dde.store.ledger import Ledger
 
@@ -27,15 +27,14 @@ def fail_over_once(ledger: Ledger, health: HealthMonitor, router: Router) -> int
             continue
         queued = ledger.queue.queued_counts()
         for study, group in studies:
-            candidates = [c for c in router.candidates(group, queued) if c.name not in lost]
-            target = least_loaded(candidates)
+            target = router.choose_target(group, queued, exclude=lost)
             if target is None:
                 log.warning("%s is down past failover but no other member of %s is "
                             "available; its studies wait", source, group)
                 break
-            count = ledger.moves.move_study(study, source, target.name,
-                                      f"{source} down longer than failover_after")
-            queued[target.name] = queued.get(target.name, 0) + count
+            count = ledger.moves.move_study(study, source, target,
+                                            f"{source} down longer than failover_after")
+            queued[target] = queued.get(target, 0) + count
             queued[source] = max(0, queued.get(source, 0) - count)
             moved += count
         if moved:

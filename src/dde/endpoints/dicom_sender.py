@@ -13,20 +13,22 @@ import logging
 import ssl
 from typing import Any
 
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.pdu_primitives import UserIdentityNegotiation
 
 from dde.config import DeliverySettings, EndpointSettings
+from dde.dicom import pynetdicom_adapter
 from dde.dicom import status as dimse
+from dde.dicom.pynetdicom_adapter import (
+    SendStalled,
+    bound_sending,
+    cancel_sending,
+    on_connection_open,
+)
 from dde.dicom.uids import uid_name
-from dde.endpoints.send_queue import BoundedSendQueue, SendStalled
 from dde.endpoints.sending import SendResult, Shipment
-from dde.net import on_connection_open
 
 log = logging.getLogger(__name__)
-
-# Send the spool file's bytes as they are; never decode and re-encode (DESIGN invariant 3).
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 MAX_CONTEXTS = 128
 Pair = tuple[str, str]
@@ -57,27 +59,10 @@ def user_identity(endpoint: EndpointSettings) -> list[Any]:
     return items
 
 
-def keep_responses_for_the_waiting_call(assoc: Any) -> None:
-    """Let only ``send_c_store``'s blocking wait take C-STORE responses off the DIMSE queue.
-
-    pynetdicom pauses the association's reactor thread before a ``send_c_store`` by clearing
-    an event and then trusting an ``_is_paused`` flag the reactor sets just *before* it
-    waits on that event; when the flag is read in that window, the reactor runs one more
-    turn and takes the response off the queue itself ("Received unexpected C-STORE service
-    message"), and the sender waits out the whole DIMSE timeout (20 s stalls, found by the
-    benchmark with small instances). The reactor's look is non-blocking and ours blocks, so
-    on a sending-only association non-blocking looks simply see nothing."""
-    take = assoc.dimse.get_msg
-
-    def get_msg(block: bool = False) -> tuple[Any, Any]:
-        return take(block=True) if block else (None, None)
-
-    assoc.dimse.get_msg = get_msg
-
-
 class DicomSender:
     def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
                  calling_aet: str) -> None:
+        pynetdicom_adapter.install()  # chunked sending of the spool file as it is
         self.endpoint = endpoint
         self._ae = AE(ae_title=calling_aet)
         self._ae.acse_timeout = delivery.connect_timeout
@@ -129,9 +114,7 @@ class DicomSender:
             return SendResult.unreachable(
                 "association not established (connection refused, timed out or aborted)"
             )
-        # the DUL thread reads this attribute at each turn; nothing is queued yet
-        assoc.dul.to_provider_queue = BoundedSendQueue(self._dimse_timeout)
-        keep_responses_for_the_waiting_call(assoc)
+        bound_sending(assoc, self._dimse_timeout)
         self._assoc = assoc
         self._proposed = set(pairs)
         self._accepted = {
@@ -185,13 +168,7 @@ class DicomSender:
         assoc = self._assoc
         if assoc is None:
             return
-        try:
-            sending = assoc.dul.to_provider_queue
-            if isinstance(sending, BoundedSendQueue):
-                sending.cancel()
-            assoc.abort()
-        finally:
-            assoc.dimse.msg_queue.put((None, None))
+        cancel_sending(assoc)
 
     def _forget(self) -> Any:
         """Drop the association (and what was negotiated on it); return it."""

@@ -18,10 +18,10 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dde.config import EndpointKind, EndpointSettings, HealthSettings
+from dde.dicom.pynetdicom_adapter import on_connection_open
 from dde.endpoints.breaker import Breaker
 from dde.endpoints.dicom_sender import tls_context, user_identity
 from dde.endpoints.http import http_client
-from dde.net import on_connection_open
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,8 @@ from typing import Any
 
 from dde.config import ConfigError, EndpointSettings, EndpointState, Settings
 from dde.config_store import ConfigStore
+from dde.routing.published import PublishedEndpoints
+from dde.routing.router import Router
 from dde.store.ledger import Ledger
 from dde.store.status_board import UNKNOWN
 
@@ -88,14 +90,10 @@ def remove_endpoint(store: ConfigStore, ledger: Ledger | None, name: str,
                 f"(`dde endpoints drain {name}`), or use --force to redirect them to another "
                 "member of its group")
         if waiting:
-            others = [e for e in settings.endpoints if e.name != name
-                      and e.state is EndpointState.ENABLED
-                      and set(e.groups) & set(endpoint.groups)]
-            if not others:
+            target = _redirect_target(store, settings, endpoint, ledger)
+            if target is None:
                 raise EndpointError(f"--force: no other enabled endpoint shares a group with "
                                     f"{name} to take its {waiting} deliveries")
-            queued = ledger.queue.queued_counts() if ledger is not None else {}
-            target = min(others, key=lambda e: (queued.get(e.name, 0), e.name)).name
     # the lock is released: update() takes it again
     settings = _update(store, lambda s: s.model_copy(
         update={"endpoints": [e for e in s.endpoints if e.name != name]}))
@@ -103,6 +101,24 @@ def remove_endpoint(store: ConfigStore, ledger: Ledger | None, name: str,
     if target is not None and ledger is not None:
         redirected = ledger.moves.redirect_all(name, target, "endpoint removed with --force")
     return settings, redirected, target
+
+
+def _redirect_target(store: ConfigStore, settings: Settings, endpoint: EndpointSettings,
+                     ledger: Ledger | None) -> str | None:
+    """Where a forcibly removed endpoint's deliveries go: the member its group's strategy
+    picks (as the router would for failover), with the loads and health the running router
+    published."""
+    if ledger is None:
+        return None
+    view = PublishedEndpoints(ledger.status_board, settings.health.failover_after_seconds,
+                              max_age=0)
+    router = Router(settings.routing, settings.endpoints, view, view, store.ruleset(settings))
+    queued = ledger.queue.queued_counts()
+    for group in endpoint.groups:
+        target = router.choose_target(group, queued, exclude={endpoint.name})
+        if target is not None:
+            return target
+    return None
 
 
 def _update(store: ConfigStore, change: Any) -> Settings:

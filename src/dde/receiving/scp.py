@@ -19,7 +19,7 @@ from socketserver import TCPServer
 from typing import Any
 
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     _NON_PATIENT_OBJECT_CLASSES,
     Verification,
@@ -27,21 +27,24 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dde.config import ReceiverSettings
+from dde.dicom import pynetdicom_adapter
 from dde.dicom import status as dimse
-from dde.net import on_connection_open
+from dde.dicom.pynetdicom_adapter import (
+    end_aborted_soon,
+    limit_pdu_sizes,
+    on_connection_open,
+    write_failure,
+)
 from dde.receiving.access import (
     REJECTED_PERMANENT,
     SOURCE_SERVICE_USER,
     check_association,
     server_tls_context,
 )
-from dde.receiving.incoming import write_failure
 from dde.receiving.ingest import Incoming, IngestPipeline
-from dde.receiving.pdu_limits import end_aborted_soon, limit_pdu_sizes
 
 log = logging.getLogger(__name__)
 
-_config.UNRESTRICTED_STORAGE_SERVICE = True
 ALL_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
 
 
@@ -66,7 +69,7 @@ class StorageSCP:
         """``shared_port``: listen with ``SO_REUSEPORT`` beside other receiver processes.
         ``streamed``: let pynetdicom write each dataset to a file as it arrives (in the
         spool's incoming folder) instead of holding it in memory; the caller sets that up
-        for the whole process with :func:`dde.receiving.incoming.stream_datasets_to`.
+        for the whole process with :func:`dde.dicom.pynetdicom_adapter.install` (``stream_to``).
         ``on_association``: called as each association is requested, before anything else
         (a receiver process brings its configuration and endpoint picture up to date)."""
         self._on_association = on_association
@@ -89,6 +92,7 @@ class StorageSCP:
         return self._server is not None
 
     def start(self) -> None:
+        pynetdicom_adapter.install()
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_supported_context(Verification)
         # Storage classes pynetdicom files outside the storage service (colour palettes,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from dde.config import Strategy
+
 DEFAULT_RULE = "default"
 
 
@@ -54,7 +56,7 @@ def decide_storage(
     *,
     lost: Collection[str] = (),
     choose: Callable[[Sequence[Candidate]], Candidate | None] = least_loaded,
-    strategy: str = "least-loaded",
+    strategy: Strategy = Strategy.LEAST_LOADED,
 ) -> Decision:
     """Choose the storage endpoint for one instance.
 

@@ -9,11 +9,11 @@ queue depths.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from dde.config import EndpointSettings, EndpointState, RoutingSettings
+from dde.config import EndpointSettings, EndpointState, RoutingSettings, Strategy
 from dde.dicom.header import InstanceHeader
 from dde.routing.conditions import Subject
 from dde.routing.decision import Candidate, NoRoute, decide_storage
@@ -91,6 +91,25 @@ class Router:
             for e in sorted(members, key=lambda e: e.name)
         ]
 
+    def strategy_for(self, group: str) -> Strategy:
+        """The strategy the rules use for ``group``: that of the first rule routing to it
+        (least-loaded when no rule names the group)."""
+        for rule in self.ruleset.rules:
+            if rule.group is not None and rule.group.group == group:
+                return rule.group.strategy
+        return Strategy.LEAST_LOADED
+
+    def choose_target(self, group: str, queued: dict[str, int],
+                      exclude: Collection[str] = ()) -> str | None:
+        """The member of ``group`` that takes work away from another one (failover, forced
+        removal): the group's own strategy over its available members, ``exclude`` left
+        out. None when no member can take it."""
+        candidates = [c for c in self.candidates(group, queued) if c.name not in exclude]
+        with self._lock:
+            state = self._strategy_state.setdefault(group, StrategyState())
+        chosen = choose(self.strategy_for(group), candidates, state)
+        return None if chosen is None else chosen.name
+
     def mirrors(self) -> tuple[str, ...]:
         with self._lock:
             return tuple(m for m in self._ruleset.mirror if m in self._endpoints)
@@ -126,7 +145,7 @@ class Router:
             state = self._strategy_state.setdefault(group, StrategyState())
             strategy = group_route.strategy
 
-            def pick(options: Sequence[Candidate], strategy: str = strategy,
+            def pick(options: Sequence[Candidate], strategy: Strategy = strategy,
                      state: StrategyState = state) -> Candidate | None:
                 return choose(strategy, options, state)
 

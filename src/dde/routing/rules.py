@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 from pydicom.datadict import tag_for_keyword
 
+from dde.config import Strategy
 from dde.routing.conditions import (
     ALWAYS,
     CONTEXT_FIELDS,
@@ -48,7 +49,7 @@ from dde.routing.conditions import (
 )
 from dde.routing.decision import NoRoute
 
-STRATEGIES = ("least-loaded", "round-robin", "weighted")
+STRATEGIES = tuple(s.value for s in Strategy)
 _TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
 _RULE_KEYS = {"name", "when", "route", "action", "continue"}
 
@@ -65,7 +66,7 @@ class RulesError(Exception):
 @dataclass(frozen=True)
 class GroupRoute:
     group: str
-    strategy: str = "least-loaded"
+    strategy: Strategy = Strategy.LEAST_LOADED
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
     return Verdict(tuple(matched), tuple(endpoints), tuple(groups), False, ruleset.mirror)
 
 
-def default_ruleset(group: str = "storage", strategy: str = "least-loaded",
+def default_ruleset(group: str = "storage", strategy: Strategy = Strategy.LEAST_LOADED,
                     mirror: Iterable[str] = ()) -> RuleSet:
     return RuleSet((Rule("default", ALWAYS, group=GroupRoute(group, strategy)),),
                    tuple(mirror))
@@ -289,11 +290,11 @@ def _rule(node: yaml.Node, index: int) -> Rule:
             raise RulesError(f"rule {name!r}: route is a list of endpoints or "
                              "{group: NAME, strategy: least-loaded|round-robin|weighted}",
                              _line(route_node))
-        strategy = str(route.get("strategy", "least-loaded"))
+        strategy = str(route.get("strategy", Strategy.LEAST_LOADED))
         if strategy not in STRATEGIES:
             raise RulesError(f"rule {name!r}: unknown strategy {strategy!r} "
                              f"({', '.join(STRATEGIES)})", _line(route_node))
-        return Rule(name, when, group=GroupRoute(str(route["group"]), strategy),
+        return Rule(name, when, group=GroupRoute(str(route["group"]), Strategy(strategy)),
                     continue_=continue_, line=line)
     return Rule(name, when, endpoints=_names(route_node, f"rule {name!r}: route"),
                 continue_=continue_, line=line)

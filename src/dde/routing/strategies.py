@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dde.config import Strategy
 from dde.routing.decision import Candidate, least_loaded
 
 
@@ -49,12 +50,10 @@ def weighted(candidates: Sequence[Candidate], state: StrategyState) -> Candidate
     return chosen
 
 
-def choose(strategy: str, candidates: Sequence[Candidate],
+def choose(strategy: Strategy, candidates: Sequence[Candidate],
            state: StrategyState) -> Candidate | None:
-    if strategy == "round-robin":
+    if strategy == Strategy.ROUND_ROBIN:
         return round_robin(candidates, state)
-    if strategy == "weighted":
+    if strategy == Strategy.WEIGHTED:
         return weighted(candidates, state)
-    if strategy == "least-loaded":
-        return least_loaded(candidates)
-    raise ValueError(f"unknown strategy {strategy!r}")
+    return least_loaded(candidates)

@@ -17,12 +17,12 @@ from dde.config_store import ConfigStore
 from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
 from dde.delivery.retry import RetryPolicy
+from dde.dicom import pynetdicom_adapter
 from dde.endpoints.dicom_sender import DicomSender
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import Sender
-from dde.net import quicken_reactors
 from dde.receiving.notify import NotificationListener, channel_name
 from dde.receiving.pool import ReceiverPool
 from dde.receiving.scp import StorageSCP
@@ -171,7 +171,7 @@ class RouterApp:
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        quicken_reactors()
+        pynetdicom_adapter.install(reactor_poll=pynetdicom_adapter.REACTOR_POLL_SECONDS)
         removed = self.spool.discard_partials()
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)

@@ -26,8 +26,7 @@ from pathlib import Path
 from dde import logs
 from dde.config import ConfigError, Home, Settings
 from dde.config_store import ConfigStore
-from dde.net import quicken_reactors
-from dde.receiving.incoming import stream_datasets_to
+from dde.dicom import pynetdicom_adapter
 from dde.receiving.notify import Notifier
 from dde.receiving.pool import READY
 from dde.receiving.scp import StorageSCP
@@ -60,14 +59,14 @@ class ReceiverWorker:
         self.core = RouterCore(ConfigStore(home, config_file), *_current(home, config_file),
                                on_committed=self.notifier.committed, telemetry=self.notifier,
                                shared_spool=True)
-        stream_datasets_to(self.core.spool.incoming_dir)
+        pynetdicom_adapter.install(reactor_poll=pynetdicom_adapter.REACTOR_POLL_SECONDS,
+                                   stream_to=self.core.spool.incoming_dir)
         receiver = self.core.settings.receiver.model_copy(update={"port": port})
         self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True, streamed=True,
                               on_association=self.refresh)
         self._config_lock = threading.Lock()
 
     def run(self, parent_pid: int) -> None:
-        quicken_reactors()
         self.scp.start()
         print(READY, flush=True)
         # The main process stops reading stdout now: anything printed later goes to stderr.

@@ -10,16 +10,43 @@ Only the repositories of :mod:`dde.store` use this class: it is where SQL lives.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from dde.store.errors import LedgerError, damaged, open_error
 from dde.store.schema import migrate
 
 BUSY_TIMEOUT_MS = 30_000
+
+R = TypeVar("R")
+C = TypeVar("C", bound=type)
+
+
+def _translated(method: Callable[..., R], path_of: Callable[[Any], Path]) -> Callable[..., R]:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{path_of(self)}: {exc}") from exc
+    return call
+
+
+def database_errors_as_ledger_errors(cls: C) -> C:
+    """Class decorator for a repository (an object with ``_database``): a database error
+    raised by any of its public methods (a read as well as a write) leaves it as
+    :class:`~dde.store.errors.LedgerError`, so no caller outside the store sees the
+    backend's own exceptions."""
+    for name, member in list(vars(cls).items()):
+        if inspect.isfunction(member) and not name.startswith("_"):
+            setattr(cls, name, _translated(member, lambda self: self._database.path))
+    return cls
 
 
 class Database:

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 from dde.store.records import NewInstance
 
 
@@ -64,6 +64,7 @@ def queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
     return {str(endpoint): int(count) for endpoint, count in rows}
 
 
+@database_errors_as_ledger_errors
 class IngestRecords:
     def __init__(self, database: Database) -> None:
         self._database = database

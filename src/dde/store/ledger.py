@@ -10,6 +10,7 @@ published endpoint status — one database, one repository per kind of use.
 | ``moves`` (:class:`StudyMoves`) | failover, forced removal | move a study's rest, re-pin |
 | ``event_log`` (:class:`EventLog`) | moves, the dashboard | what happened |
 | ``status_board`` (:class:`EndpointStatusBoard`) | router, receivers, explain | health and load |
+| ``diagnostics`` (:class:`Diagnostics`) | tests, benchmarks, readiness | counts, rows as records |
 
 The repositories are the seam a second database backend implements; SQL lives in them and
 in :mod:`dde.store.database`, nowhere else.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dde.store.database import Database
+from dde.store.diagnostics import Diagnostics
 from dde.store.events import EventLog
 from dde.store.intake import IngestRecords
 from dde.store.moves import StudyMoves
@@ -41,10 +43,7 @@ class Ledger:
         self.moves = StudyMoves(self.database)
         self.event_log = EventLog(self.database)
         self.status_board = EndpointStatusBoard(self.database)
+        self.diagnostics = Diagnostics(self.database)
 
     def close(self) -> None:
         self.database.close()
-
-    def execute(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        """Read-only query for diagnostics."""
-        return list(self.database.connection().execute(sql, parameters).fetchall())

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import time
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 
 
+@database_errors_as_ledger_errors
 class StudyMoves:
     def __init__(self, database: Database) -> None:
         self._database = database

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 from dde.store.intake import IngestView
 from dde.store.records import (
     DeliveryRecord,
@@ -18,6 +18,7 @@ from dde.store.records import (
 from dde.store.states import DeliveryState
 
 
+@database_errors_as_ledger_errors
 class OperatorQueries:
     def __init__(self, database: Database) -> None:
         self._database = database

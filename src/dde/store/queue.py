@@ -9,12 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 from dde.store.intake import queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
 
 
+@database_errors_as_ledger_errors
 class DeliveryQueue:
     def __init__(self, database: Database) -> None:
         self._database = database

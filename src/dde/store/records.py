@@ -116,3 +116,86 @@ class QueueEntry:
     created_at: float
     instance_id: int
     sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """One row of ``instances`` as it is stored (:meth:`Diagnostics.instances`)."""
+
+    id: int
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    patient_id: str | None
+    accession_number: str | None
+    modality: str | None
+    calling_aet: str
+    called_aet: str
+    source_ip: str | None
+    rule: str
+    size: int
+    spool_path: str | None
+    received_at: float
+    spool_removed_at: float | None
+
+
+@dataclass(frozen=True)
+class StoredDelivery:
+    """One row of ``deliveries`` with its instance's SOP Instance UID
+    (:meth:`Diagnostics.deliveries`)."""
+
+    id: int
+    instance_id: int
+    sop_instance_uid: str
+    endpoint: str
+    role: str
+    state: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float
+    created_at: float
+    updated_at: float
+    delivered_at: float | None
+
+
+@dataclass(frozen=True)
+class StudyPin:
+    """A study pinned to an endpoint for one group of endpoints."""
+
+    study_instance_uid: str
+    group: str
+    endpoint: str
+    pinned_at: float
+
+
+@dataclass(frozen=True)
+class SeedDelivery:
+    """A delivery written as it stands after its history (:meth:`Diagnostics.seed`).
+
+    Times left out: created at the instance's ``received_at``, due and updated when created.
+    """
+
+    endpoint: str
+    role: str = "route"
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_error: str | None = None
+    next_attempt_at: float | None = None
+    created_at: float | None = None
+    updated_at: float | None = None
+    delivered_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SeedInstance:
+    """An instance with its deliveries in any state (:meth:`Diagnostics.seed`).
+
+    ``spool_removed_at`` set: its spool file was released then (``spool_path`` not kept).
+    """
+
+    instance: NewInstance
+    rule: str
+    deliveries: tuple[SeedDelivery, ...] = ()
+    spool_removed_at: float | None = None

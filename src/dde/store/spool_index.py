@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 
 _ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
                   " AND (d.state != 'delivered' OR d.delivered_at > ?))")
 
 
+@database_errors_as_ledger_errors
 class SpoolIndex:
     def __init__(self, database: Database) -> None:
         self._database = database

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dde.store.database import Database
+from dde.store.database import Database, database_errors_as_ledger_errors
 
 STATUS_FRESH_SECONDS = 30.0
 
@@ -50,6 +50,7 @@ class EndpointStatus:
 UNKNOWN = EndpointStatus("unknown", None, None, None, None, 0.0)
 
 
+@database_errors_as_ledger_errors
 class EndpointStatusBoard:
     def __init__(self, database: Database) -> None:
         self._database = database

@@ -12,5 +12,7 @@ and serves it with uvicorn in a background thread of the router process. Modules
 - ``stats``       the ``/api/stats`` document;
 - ``metrics``     Prometheus metrics (counters fed by the receive and delivery paths);
 - ``health``      the readiness checks of ``/healthz``;
-- ``commands``    ``dde token``.
+- ``schemas``, ``schemas_ledger``  the response models of the JSON routes (``/docs``).
+
+(``dde token`` is :mod:`dde.cli.token_command`.)
 """

@@ -19,6 +19,14 @@ from dde.routing.router import Origin
 from dde.routing.rules import RulesError
 from dde.web.auth import require_user
 from dde.web.errors import ApiError, conflict, not_found, validation_detail
+from dde.web.schemas import (
+    Decision,
+    EndpointRemoved,
+    EndpointRow,
+    RulesApplied,
+    RulesDocument,
+    error_responses,
+)
 from dde.web.services import WebServices
 
 RULES_TYPES = ("text/plain", "application/yaml", "application/x-yaml", "text/yaml",
@@ -72,7 +80,8 @@ def _row(services: WebServices, settings: Settings, name: str) -> dict[str, Any]
 
 
 def endpoints_router(services: WebServices) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["endpoints"], dependencies=[Depends(require_user)])
+    router = APIRouter(prefix="/api", tags=["endpoints"], dependencies=[Depends(require_user)],
+                       responses=error_responses(401, 500))
 
     def existing(name: str) -> Settings:
         settings = _settings(services)
@@ -80,13 +89,15 @@ def endpoints_router(services: WebServices) -> APIRouter:
             raise not_found(f"no endpoint named {name!r}")
         return settings
 
-    @router.get("/endpoints", summary="Every endpoint with its live status "
-                "(as `dde endpoints list --json`)")
+    @router.get("/endpoints", response_model=list[EndpointRow],
+                summary="Every endpoint with its live status (as `dde endpoints list --json`)")
     def list_endpoints() -> list[dict[str, Any]]:
         return registry.describe(_settings(services), services.ledger)
 
-    @router.post("/endpoints", status_code=201, summary="Add an endpoint "
-                 "(as `dde endpoints add`)")
+    @router.post("/endpoints", status_code=201, response_model=EndpointRow,
+                 summary="Add an endpoint (as `dde endpoints add`)",
+                 responses=error_responses(403, 413, 422, described={
+                     409: "An endpoint of that name exists already"}))
     def add_endpoint(body: EndpointCreate) -> dict[str, Any]:
         try:
             endpoint = EndpointSettings(**body.model_dump())
@@ -98,7 +109,11 @@ def endpoints_router(services: WebServices) -> APIRouter:
             raise conflict(str(exc)) from None
         return _row(services, settings, endpoint.name)
 
-    @router.patch("/endpoints/{name}", summary="Drain, enable, disable or change an endpoint")
+    @router.patch("/endpoints/{name}", response_model=EndpointRow,
+                  summary="Drain, enable, disable or change an endpoint",
+                  responses=error_responses(403, 413, 422, described={
+                      404: "No endpoint of that name",
+                      409: "The change would break the rules"}))
     def change_endpoint(name: str, body: EndpointChange) -> dict[str, Any]:
         fields = body.model_dump(exclude_unset=True)
         if not fields:
@@ -112,8 +127,13 @@ def endpoints_router(services: WebServices) -> APIRouter:
             raise conflict(str(exc)) from None
         return _row(services, settings, name)
 
-    @router.delete("/endpoints/{name}", summary="Remove an endpoint (refused while deliveries "
-                   "wait for it, unless force=true redirects them)")
+    @router.delete("/endpoints/{name}", response_model=EndpointRemoved,
+                   summary="Remove an endpoint (refused while deliveries wait for it, unless "
+                   "force=true redirects them)",
+                   responses=error_responses(403, 422, described={
+                       404: "No endpoint of that name",
+                       409: "Deliveries wait for it (and force found no other member of its "
+                            "group), or the rules use it"}))
     def remove_endpoint(name: str, force: bool = False) -> dict[str, Any]:
         existing(name)
         try:
@@ -129,9 +149,11 @@ def endpoints_router(services: WebServices) -> APIRouter:
 
 
 def rules_router(services: WebServices) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["rules"], dependencies=[Depends(require_user)])
+    router = APIRouter(prefix="/api", tags=["rules"], dependencies=[Depends(require_user)],
+                       responses=error_responses(401, 500))
 
-    @router.get("/rules", summary="The active rules document and its rule names")
+    @router.get("/rules", response_model=RulesDocument,
+                summary="The active rules document and its rule names")
     def get_rules() -> dict[str, Any]:
         settings = _settings(services)
         text = services.store.rules_text(settings)
@@ -143,8 +165,13 @@ def rules_router(services: WebServices) -> APIRouter:
                 "default": text is None, "rules": [r.name for r in ruleset.rules],
                 "mirror": list(ruleset.mirror)}
 
-    @router.put("/rules", summary="Validate and apply a rules document (YAML text, or JSON "
+    @router.put("/rules", response_model=RulesApplied,
+                summary="Validate and apply a rules document (YAML text, or JSON "
                 "{\"text\": ...}); invalid: 422 and the old rules stay",
+                responses=error_responses(400, 403, 413, 415, described={
+                    409: "The configuration is invalid: the rules cannot be checked against it",
+                    422: "invalid_rules (with line and reason; the previous rules stay) "
+                         "or validation_error"}),
                 openapi_extra={"requestBody": {"required": True, "content": {
                     "application/yaml": {"schema": {"type": "string"}},
                     "text/plain": {"schema": {"type": "string"}},
@@ -163,8 +190,12 @@ def rules_router(services: WebServices) -> APIRouter:
         return {"applied": len(ruleset.rules), "rules": [r.name for r in ruleset.rules],
                 "mirror": list(ruleset.mirror)}
 
-    @router.post("/route/explain", tags=["rules"], summary="The rule and destinations a "
-                 "file would get now, without storing it (as `dde route explain --json`)")
+    @router.post("/route/explain", tags=["rules"], response_model=Decision,
+                 summary="The rule and destinations a file would get now, without storing "
+                 "it (as `dde route explain --json`)",
+                 responses=error_responses(400, 403, 413, described={
+                     422: "cannot_explain (not a Part-10 file the router takes) or "
+                          "validation_error"}))
     def explain_file(
         file: Annotated[UploadFile, File(description="A DICOM Part-10 file")],
         calling_aet: Annotated[str, Form()] = "",

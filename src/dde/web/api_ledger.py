@@ -1,6 +1,6 @@
 """Ledger routes: upload and find instances, the delivery queue, statistics.
 
-Documents have the shapes the CLI prints (:mod:`dde.delivery.reports`):
+Documents have the shapes the CLI prints (:mod:`dde.reports`):
 ``GET /api/instances/{uid}`` is ``dde where --json``, ``GET /api/queue`` is
 ``dde queue --json``.
 """
@@ -17,6 +17,16 @@ from dde.reports import queue_document, summary_document, where_document
 from dde.store.states import DeliveryState
 from dde.web.auth import require_user
 from dde.web.errors import ApiError, conflict, not_found
+from dde.web.schemas import error_responses
+from dde.web.schemas_ledger import (
+    InstanceDocument,
+    QueueDocument,
+    RetryAnswer,
+    RetryFailedAnswer,
+    SearchPage,
+    StatsDocument,
+    UploadResult,
+)
 from dde.web.services import WebServices
 from dde.web.stats import stats_document
 from dde.web.upload import take_upload
@@ -43,11 +53,19 @@ def parse_since(value: str | None) -> float | None:
 
 
 def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["instances"], dependencies=[Depends(require_user)])
+    router = APIRouter(prefix="/api", tags=["instances"], dependencies=[Depends(require_user)],
+                       responses=error_responses(401, 500))
 
     @router.post("/instances", form_limits={"max_files": MAX_UPLOAD_FILES},
+                 response_model=UploadResult,
                  summary="Upload DICOM files (or zips of them) through the durable receive "
-                 "path; per-file results")
+                 "path; per-file results",
+                 responses=error_responses(403, 422, described={
+                     400: "An empty file or zip, or no file: nothing was stored",
+                     413: "Over web.max_upload_bytes, or a zip that expands too far: "
+                          "nothing was stored",
+                     415: "not_dicom (with files), or a zip that is invalid or encrypted: "
+                          "nothing was stored"}))
     def upload(
         request: Request,
         file: Annotated[list[UploadFile], File(description="Part-10 files or zips of them; "
@@ -58,8 +76,10 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
         return take_upload(file, web.max_upload_bytes, services.pipeline,
                            settings.receiver.ae_title, client)
 
-    @router.get("/instances/{sop_instance_uid}",
-                summary="Where one instance went (as `dde where --json`)")
+    @router.get("/instances/{sop_instance_uid}", response_model=InstanceDocument,
+                summary="Where one instance went (as `dde where --json`)",
+                responses=error_responses(422, described={
+                    404: "No instance with that SOP Instance UID in the ledger"}))
     def where(sop_instance_uid: str) -> dict[str, Any]:
         records = services.ledger.operators.where(sop_instance_uid)
         if not records:
@@ -67,7 +87,9 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
                             "in the ledger")
         return where_document(records)
 
-    @router.get("/instances", summary="Search the ledger (exact matches), newest first")
+    @router.get("/instances", response_model=SearchPage,
+                summary="Search the ledger (exact matches), newest first",
+                responses=error_responses(422))
     def search(
         patient_id: Annotated[str | None, Query(max_length=64)] = None,
         accession: Annotated[str | None, Query(max_length=64)] = None,
@@ -87,18 +109,24 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
 
 
 def queue_router(services: WebServices) -> APIRouter:
-    router = APIRouter(prefix="/api", tags=["queue"], dependencies=[Depends(require_user)])
+    router = APIRouter(prefix="/api", tags=["queue"], dependencies=[Depends(require_user)],
+                       responses=error_responses(401, 500))
 
     def wake_all() -> None:
         services.dispatcher.wake([e.name for e in services.settings.endpoints])
 
-    @router.get("/queue", summary="What waits or failed, per endpoint (as `dde queue --json`)")
+    @router.get("/queue", response_model=QueueDocument,
+                summary="What waits or failed, per endpoint (as `dde queue --json`)",
+                responses=error_responses(422))
     def queue(limit: Annotated[int, Query(ge=1, le=10_000)] = 200) -> dict[str, Any]:
         ledger = services.ledger
         return queue_document(ledger.operators.state_counts(), ledger.operators.queue(limit=limit))
 
-    @router.post("/deliveries/{delivery_id}/retry",
-                 summary="Send a failed (or waiting) delivery again, now")
+    @router.post("/deliveries/{delivery_id}/retry", response_model=RetryAnswer,
+                 summary="Send a failed (or waiting) delivery again, now",
+                 responses=error_responses(403, 422, described={
+                     404: "No delivery with that id",
+                     409: "The delivery is delivered already"}))
     def retry(delivery_id: int) -> dict[str, Any]:
         previous = services.ledger.operators.retry(delivery_id)
         if previous is None:
@@ -108,14 +136,18 @@ def queue_router(services: WebServices) -> APIRouter:
         wake_all()
         return {"id": delivery_id, "previous": previous.value, "state": "pending"}
 
-    @router.post("/queue/retry-failed", summary="Send every failed delivery again, now")
+    @router.post("/queue/retry-failed", response_model=RetryFailedAnswer,
+                 summary="Send every failed delivery again, now",
+                 responses=error_responses(403))
     def retry_failed() -> dict[str, Any]:
         count = services.ledger.operators.retry_failed()
         wake_all()
         return {"requeued": count}
 
-    @router.get("/stats", tags=["stats"], summary="Per endpoint: health, load, queue, "
-                "delivered/failed, per-minute throughput; received per minute")
+    @router.get("/stats", tags=["stats"], response_model=StatsDocument,
+                summary="Per endpoint: health, load, queue, delivered/failed, per-minute "
+                "throughput; received per minute",
+                responses=error_responses(422))
     def stats(minutes: Annotated[int, Query(ge=1, le=24 * 60)] = 15) -> dict[str, Any]:
         return stats_document(services, services.settings, minutes)
 

@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dde.config import ConfigError, Home
 from dde.web.errors import ApiError, error_response
+from dde.web.schemas import LoggedOut, LoginSession, error_responses
 
 log = logging.getLogger(__name__)
 
@@ -275,10 +276,25 @@ def _safe_next(value: str | None) -> str | None:
     return value if not parts.scheme and not parts.netloc else None
 
 
+LOGIN_JSON = {"type": "object", "properties": {"token": {"type": "string"}},
+              "required": ["token"]}
+LOGIN_FORM = {"type": "object", "properties": {
+    "token": {"type": "string"},
+    "next": {"type": "string", "description": "A path of this site to go to after login"}},
+    "required": ["token"]}
+
+
 def login_router(authenticator: Authenticator) -> APIRouter:
     router = APIRouter(tags=["auth"])
 
-    @router.post("/login", summary="Exchange the API token for a session cookie")
+    @router.post("/login", response_model=LoginSession,
+                 summary="Exchange the API token for a session cookie",
+                 responses={303: {"description": "Logged in from a form with `next`: go there"},
+                            **error_responses(400, 415, described={
+                                401: "Wrong or missing token"})},
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": LOGIN_JSON},
+                     "application/x-www-form-urlencoded": {"schema": LOGIN_FORM}}}})
     async def login(request: Request) -> Response:
         """Body: JSON ``{"token": ...}`` or a form with ``token`` (and optionally ``next``,
         a path to redirect to). Answers the CSRF token to echo on changes."""
@@ -300,7 +316,8 @@ def login_router(authenticator: Authenticator) -> APIRouter:
                             samesite="strict", secure=secure, path="/")
         return response
 
-    @router.post("/logout", summary="End the session (clears the cookies)")
+    @router.post("/logout", response_model=LoggedOut,
+                 summary="End the session (clears the cookies)")
     async def logout() -> Response:
         response = JSONResponse({"status": "logged out"})
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

@@ -8,7 +8,6 @@ failing check's reason (no paths: the route is public).
 from __future__ import annotations
 
 import os
-import sqlite3
 import uuid
 from typing import Any
 
@@ -16,13 +15,14 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from dde.store.errors import LedgerError
+from dde.web.schemas import HealthReport, HealthUnavailable
 from dde.web.services import WebServices
 
 
 def check_database(services: WebServices) -> str | None:
     try:
-        services.ledger.execute("SELECT 1")
-    except (sqlite3.Error, LedgerError) as exc:
+        services.ledger.diagnostics.ping()
+    except LedgerError as exc:
         return f"the ledger does not answer: {type(exc).__name__}"
     return None
 
@@ -61,8 +61,10 @@ def readiness(services: WebServices) -> tuple[bool, dict[str, Any]]:
 def health_router(services: WebServices) -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/healthz", summary="Liveness and readiness (no token needed)",
-                responses={503: {"description": "not ready: a check failed"}})
+    @router.get("/healthz", response_model=HealthReport,
+                summary="Liveness and readiness (no token needed)",
+                responses={503: {"model": HealthUnavailable,
+                                 "description": "Not ready: a check failed"}})
     def healthz() -> JSONResponse:
         ok, checks = readiness(services)
         if ok:

@@ -9,7 +9,6 @@ and the health monitor by :class:`StateCollector`.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -122,7 +121,7 @@ class StateCollector(Collector):
         try:
             summary = self._services.ledger.operators.queue_summary()
             counts = self._services.ledger.operators.state_counts()
-        except (sqlite3.Error, LedgerError) as exc:
+        except LedgerError as exc:
             log.warning("metrics: ledger not readable: %s", exc)
             summary, counts = {}, {}
         health = self._services.health.snapshot()

@@ -10,5 +10,7 @@ PIPED_WIDTH = 200
 
 
 def console(stderr: bool = False) -> Console:
+    """A rich console on stdout (or stderr): the terminal's width, or 200 columns when the
+    output goes to a pipe or file, so that a line a script greps stays whole."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else PIPED_WIDTH)

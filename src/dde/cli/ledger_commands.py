@@ -1,0 +1,127 @@
+"""``dde where``, ``dde queue`` and ``dde queue retry``: the operator's view of the ledger.
+
+``--json`` prints the documents of :mod:`dde.reports`, the ones the web API returns.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from dde import reports
+from dde.cli.boundary import CommandGroup
+from dde.cli.context import ledger
+from dde.cli.errors import CliError
+from dde.cli.output import console
+from dde.store.states import DeliveryState
+
+
+@click.command()
+@click.argument("sop_instance_uid")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
+    """Where one instance went: when it arrived, from whom, which rule, each delivery.
+
+    SOP_INSTANCE_UID may also be the path of a DICOM file: its SOP Instance UID is used.
+    """
+    if Path(sop_instance_uid).is_file():
+        sop_instance_uid = _uid_of_file(Path(sop_instance_uid))
+    records = ledger(ctx).operators.where(sop_instance_uid)
+    if not records:
+        raise CliError(f"no instance with SOP Instance UID {sop_instance_uid} in the ledger")
+    document = reports.where_document(records)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    _print_where(document)
+
+
+def _print_where(document: dict[str, Any]) -> None:
+    out = console()
+    receptions = document["receptions"]
+    out.print(f"SOP Instance UID  {escape(document['sop_instance_uid'])}")
+    out.print(f"received          {document['received_at']} from "
+              f"{escape(document['calling_aet'])} ({document['source_ip']}), "
+              f"{document['size']} bytes"
+              + (f", received {receptions} times" if receptions > 1 else ""))
+    out.print(f"rule              {escape(document['rule'])}")
+    table = Table("id", "endpoint", "role", "state", "attempts", "last error")
+    for d in document["deliveries"]:
+        table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
+                      str(d["state"]), str(d["attempts"]), escape(str(d["last_error"] or "")))
+    out.print(table)
+
+
+def _uid_of_file(path: Path) -> str:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(dataset.SOPInstanceUID)
+    except (InvalidDicomError, OSError, AttributeError, ValueError):
+        raise CliError(f"{path}: not a DICOM file with a SOP Instance UID") from None
+
+
+@click.group(cls=CommandGroup, invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=200, show_default=True, type=int)
+@click.pass_context
+def queue(ctx: click.Context, as_json: bool, limit: int) -> None:
+    """What is waiting or failed, per endpoint; `dde queue retry` to send failed ones again."""
+    if ctx.invoked_subcommand is not None:
+        return
+    operators = ledger(ctx).operators
+    document = reports.queue_document(operators.state_counts(), operators.queue(limit=limit))
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    _print_queue(document)
+
+
+def _print_queue(document: dict[str, Any]) -> None:
+    out = console()
+    counts: dict[str, dict[str, int]] = document["counts"]
+    summary = Table("endpoint", "pending", "failed", "delivered")
+    for endpoint in sorted(counts):
+        c = counts[endpoint]
+        summary.add_row(escape(endpoint), str(c.get("pending", 0)), str(c.get("failed", 0)),
+                        str(c.get("delivered", 0)))
+    out.print(summary)
+    entries: list[dict[str, Any]] = document["deliveries"]
+    if not entries:
+        out.print("nothing is waiting or failed")
+        return
+    table = Table("id", "endpoint", "state", "attempts", "next attempt", "last error")
+    for e in entries:
+        table.add_row(str(e["delivery_id"]), escape(e["endpoint"]), e["state"],
+                      str(e["attempts"]),
+                      (e["next_attempt_at"] or "") if e["state"] == "pending" else "",
+                      escape(e["last_error"] or ""))
+    out.print(table)
+
+
+@queue.command("retry")
+@click.argument("delivery_id", required=False, type=int)
+@click.option("--failed", "all_failed", is_flag=True, help="Retry every failed delivery.")
+@click.pass_context
+def queue_retry(ctx: click.Context, delivery_id: int | None, all_failed: bool) -> None:
+    """Send a failed delivery (or with --failed, every failed one) again, now."""
+    if (delivery_id is None) == (not all_failed):
+        raise CliError("give either a DELIVERY_ID or --failed")
+    operators = ledger(ctx).operators
+    if delivery_id is None:
+        click.echo(f"{operators.retry_failed()} failed deliveries queued again")
+        return
+    previous = operators.retry(delivery_id)
+    if previous is None:
+        raise CliError(f"no delivery with id {delivery_id}")
+    if previous is DeliveryState.DELIVERED:
+        raise CliError(f"delivery {delivery_id} is already delivered")
+    click.echo(f"delivery {delivery_id} queued again (was {previous.value})")

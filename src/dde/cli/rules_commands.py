@@ -1,0 +1,80 @@
+"""``dde rules show|apply`` and ``dde route explain``: the routing rules, live, and the
+decision they give a file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from dde.cli.boundary import CommandGroup
+from dde.cli.context import config_store, ledger_if_any
+from dde.cli.errors import CliError
+from dde.config_store import default_rules_text
+from dde.routing.explain import explain
+from dde.routing.router import Origin
+from dde.routing.rules import RulesError
+
+
+@click.group(cls=CommandGroup)
+def rules() -> None:
+    """Show and apply the routing rules, live."""
+
+
+@rules.command("show")
+@click.pass_context
+def rules_show(ctx: click.Context) -> None:
+    """Print the active rules document (or the default rule)."""
+    store = config_store(ctx)
+    settings = store.settings()
+    text = store.rules_text(settings)
+    if text is None:
+        text = default_rules_text(settings)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+@rules.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def rules_apply(ctx: click.Context, file: Path) -> None:
+    """Validate FILE and make it the active rules (an invalid file changes nothing)."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise CliError(f"{file}: not a text file (UTF-8); the previous rules stay") from None
+    try:
+        ruleset = config_store(ctx).apply_rules(text)
+    except RulesError as exc:  # the boundary prints it, with this note, and exits 1
+        exc.add_note(f"{file}: the previous rules stay")
+        raise
+    click.echo(f"applied {len(ruleset.rules)} rules from {file}")
+
+
+@click.group(cls=CommandGroup)
+def route() -> None:
+    """Explain routing decisions."""
+
+
+@route.command("explain")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--calling-aet", default="", help="Pretend the file came from this AE title.")
+@click.option("--called-aet", default=None)
+@click.option("--source-ip", default="")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: str | None,
+                  source_ip: str, as_json: bool) -> None:
+    """The rule and destinations FILE would get now, without sending it."""
+    store = config_store(ctx)
+    settings = store.settings()
+    ruleset = store.ruleset(settings)
+    origin = Origin(calling_aet, called_aet or settings.receiver.ae_title, source_ip)
+    result = explain(file, settings, ruleset, ledger_if_any(ctx), origin)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"rule:         {result['rule']}")
+    click.echo(f"destinations: {', '.join(result['destinations']) or '(none)'}")  # type: ignore[arg-type]
+    click.echo(f"reason:       {result['reason']}")
