@@ -12,7 +12,7 @@ MAX_LINES = 500
 
 LAYERS: dict[str, int] = {
     # the vocabulary everything may use
-    "config": 0, "dicom": 0, "telemetry": 0, "logs": 0, "net": 0, "synthetic": 0,
+    "config": 0, "dicom": 0, "telemetry": 0, "logs": 0, "synthetic": 0,
     # the only place with SQL and files
     "store": 1, "reports": 2,
     # pure decisions; the configuration files (validated with the rules); destinations
@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     # the web face (given the running router's parts), the one assembly, the stack
     "web": 7, "runtime": 8, "stack": 8,
     # the command line
-    "cli": 10, "__main__": 11,
+    "cli": 9, "__main__": 10,
 }
 """Each package (or top-level module) of ``src/dde`` imports only from lower layers."""
 

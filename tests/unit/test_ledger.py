@@ -13,6 +13,7 @@ import pytest
 from tests.support.unitkit import delivery_rows, ingest_to, new_instance
 
 from dde.routing.route import Route
+from dde.store import schema
 from dde.store.errors import LedgerError
 from dde.store.intake import IngestView
 from dde.store.ledger import Ledger
@@ -79,6 +80,31 @@ def test_a_file_that_is_not_a_ledger_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(LedgerError, match="cannot open the ledger"):
         Ledger(path)
+
+
+def test_an_older_ledger_is_migrated_once_and_keeps_its_rows(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "dde.sqlite3"
+    old = Ledger(path)
+    ingest_to(old, ["A"], sop_instance_uid="1.2.3")
+    old.close()
+    steps: list[int] = []
+
+    def add_note_column(connection: sqlite3.Connection) -> None:
+        steps.append(2)
+        connection.execute("ALTER TABLE instances ADD COLUMN note TEXT")
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema, "MIGRATIONS", {2: add_note_column})
+
+    for _ in range(2):  # the second open finds it up to date
+        ledger = Ledger(path)
+        assert [r.sop_instance_uid for r in ledger.operators.where("1.2.3")] == ["1.2.3"]
+        ledger.close()
+    assert steps == [2]
+    with sqlite3.connect(path) as plain:
+        assert plain.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("2",)
+        assert "note" in [c[1] for c in plain.execute("PRAGMA table_info(instances)")]
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
