@@ -19,6 +19,11 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 the router: ack time, e2e, the router's baseline and peak RSS (all processes)
 * ``backlog``   the ``router`` case with ``--backlog`` pending deliveries to an endpoint that
                 is down already in the ledger (runs ``router`` too, its baseline)
+* ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
+                CT) to the router, once with ``delivery.associations: 1`` and once with the
+                default: the probe's pending deliveries and the spool sampled every
+                ``--sample-seconds``, the trend printed, PASS when the backlog at the end is
+                bounded (not growing), then the time to drain it
 
 Prints a table, the headline ratios against the targets, and the same as JSON on stdout;
 progress goes to stderr.
@@ -72,7 +77,7 @@ POLL_SECONDS = 0.05
 RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
-CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog")
+CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -467,6 +472,151 @@ def case_backlog(folder: Path, data: Data, args: argparse.Namespace) -> dict[str
     return {"backlog_ack": ack, "backlog_e2e": e2e, "backlog_pending_after": still}
 
 
+# -- sustained ----------------------------------------------------------------------------
+
+QUEUED = re.compile(r'^dde_queued_deliveries\{endpoint="(?P<name>[^"]+)"\} (?P<value>\S+)$')
+DELIVERED = re.compile(r'^dde_delivered_total\{endpoint="(?P<name>[^"]+)"\} (?P<value>\S+)$')
+SUSTAINED_BOUND = 500
+"""PASS: the probe's backlog at the end is at most this, or not growing (see below)."""
+SUSTAINED_GROWTH_PER_S = 2.0
+DRAIN_TIMEOUT = 300.0
+
+
+def metric_by_endpoint(pattern: re.Pattern[str], metrics: str) -> dict[str, float]:
+    return {m.group("name"): float(m.group("value"))
+            for m in map(pattern.match, metrics.splitlines()) if m}
+
+
+def folder_megabytes(folder: Path) -> float:
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_size
+    return total / MB
+
+
+def sending_loop(files: list[Path], port: int, until: float, acked: list[int]) -> None:
+    """storescu over ``files`` again and again until ``until``; adds what it sent."""
+    while time.monotonic() < until:
+        argv = [STORESCU, "-aet", "BENCH_SCU", "-aec", ROUTER_AET, "127.0.0.1", str(port),
+                *map(str, files)]
+        result = subprocess.run(argv, env=SENDER_ENV, capture_output=True, text=True,
+                                timeout=3600)
+        if result.returncode != 0:
+            raise RuntimeError(f"storescu exited with {result.returncode}: "
+                               f"{result.stderr[-2000:]}")
+        acked[0] += len(files)
+
+
+def growth_per_second(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of pending over time (deliveries per second)."""
+    if len(samples) < 2:
+        return 0.0
+    ts = [t for t, _ in samples]
+    ys = [float(y) for _, y in samples]
+    mean_t, mean_y = statistics.fmean(ts), statistics.fmean(ys)
+    spread = sum((t - mean_t) ** 2 for t in ts)
+    if not spread:
+        return 0.0
+    return sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True)) / spread
+
+
+def sustained_run(folder: Path, files: list[Path], seconds: float, sample: float,
+                  associations: int | None) -> dict[str, Any]:
+    """Send continuously for ``seconds``; sample the probe's backlog; wait for the drain."""
+    label = "default" if associations is None else str(associations)
+    delivery = {} if associations is None else {"associations": associations}
+
+    def prepare(home: Path, storages: list[RunningOrthanc],
+                probe: RunningOrthanc) -> dict[str, Any]:
+        return {"delivery": delivery}
+
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder, prepare)
+        probe = deployment.probe.name
+        scrape_metrics(deployment.web_port)
+        acked = [0, 0]
+        until = time.monotonic() + seconds
+        halves = [files[0::2], files[1::2]]
+        errors: list[BaseException] = []
+
+        def loop(index: int) -> None:
+            counter = [0]
+            try:
+                sending_loop(halves[index], deployment.port, until, counter)
+            except BaseException as exc:  # reported after the run
+                errors.append(exc)
+            acked[index] = counter[0]
+
+        threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(2)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        samples: list[tuple[float, int]] = []
+        trend: list[dict[str, float]] = []
+        while any(thread.is_alive() for thread in threads):
+            time.sleep(sample)
+            metrics = scrape_metrics(deployment.web_port)
+            pending = int(metric_by_endpoint(QUEUED, metrics).get(probe, 0))
+            elapsed = time.monotonic() - started
+            spool = folder_megabytes(deployment.home / "spool")
+            samples.append((elapsed, pending))
+            trend.append({"t": round(elapsed, 1), "probe_pending": pending,
+                          "spool_mb": round(spool, 1)})
+            progress(f"sustained[associations {label}]: {elapsed:5.1f} s  probe pending "
+                     f"{pending:6d}  spool {spool:7.1f} MB")
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise RuntimeError(f"a sender failed: {errors[0]}")
+        sent_seconds = time.monotonic() - started
+        total = sum(acked)
+        metrics = scrape_metrics(deployment.web_port)
+        delivered = metric_by_endpoint(DELIVERED, metrics).get(probe, 0.0)
+        drain_started = time.monotonic()
+
+        def drained() -> bool:
+            return int(metric_by_endpoint(QUEUED, scrape_metrics(
+                deployment.web_port)).get(probe, 0)) == 0
+
+        drain: float | None = None
+        with contextlib.suppress(RuntimeError):
+            wait_for(drained, DRAIN_TIMEOUT, "the probe's backlog drained")
+            drain = time.monotonic() - drain_started
+    second_half = [s for s in samples if s[0] >= seconds / 2]
+    growth = growth_per_second(second_half)
+    end = samples[-1][1] if samples else 0
+    bounded = end <= SUSTAINED_BOUND or growth <= SUSTAINED_GROWTH_PER_S
+    return {"associations": label, "seconds": sent_seconds, "acknowledged": total,
+            "acknowledged_per_s": total / sent_seconds,
+            "probe_delivered_per_s_while_sending": delivered / sent_seconds,
+            "probe_pending_end": end, "probe_pending_max": max(p for _, p in samples),
+            "growth_per_s_second_half": growth, "spool_mb_end": trend[-1]["spool_mb"],
+            "drain_s": drain, "verdict": "PASS" if bounded else "FAIL", "trend": trend}
+
+
+def case_sustained(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+    progress(f"generating {args.sustained_files} CT instances of 128×128")
+    files = write_series(folder / "data", args.sustained_files, rows=128, columns=128)
+    runs = [sustained_run(folder / f"associations-{n or 'default'}", files,
+                          args.sustained_seconds, args.sample_seconds, n)
+            for n in args.sustained_associations]
+    print("\nsustained sending: the probe's backlog (pending deliveries) over time", flush=True)
+    for run in runs:
+        print(f"  associations {run['associations']:>7}: acknowledged "
+              f"{run['acknowledged_per_s']:.0f}/s, probe delivered "
+              f"{run['probe_delivered_per_s_while_sending']:.0f}/s while sending; pending "
+              f"at the end {run['probe_pending_end']} (max {run['probe_pending_max']}, "
+              f"second half {run['growth_per_s_second_half']:+.1f}/s), spool "
+              f"{run['spool_mb_end']:.0f} MB, drained in "
+              f"{fmt(run['drain_s'], 1)} s: {run['verdict']}", flush=True)
+        print("    trend: " + ", ".join(f"{p['t']:.0f}s:{p['probe_pending']}"
+                                        for p in run["trend"]), flush=True)
+    return {"sustained": {run["associations"]: run for run in runs},
+            "sustained_verdict": runs[-1]["verdict"]}
+
+
 # -- latency ----------------------------------------------------------------------------------
 
 STORESCU_LOG_CONFIG = """\
@@ -645,6 +795,7 @@ Case = Callable[[Path, Data, argparse.Namespace], dict[str, Any]]
 CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
+    "sustained": case_sustained,
 }
 
 
@@ -953,6 +1104,13 @@ def parse_cases(text: str) -> list[str]:
     return [c for c in CASES if c in wanted]
 
 
+def parse_associations(text: str) -> list[int | None]:
+    values: list[int | None] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        values.append(None if part == "default" else int(part))
+    return values
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -962,6 +1120,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gigabyte-mb", type=int, default=1024,
                         help="size of the big multi-frame instance, MiB")
     parser.add_argument("--backlog", type=int, default=100_000, help="pending deliveries")
+    parser.add_argument("--sustained-seconds", type=float, default=75.0,
+                        help="continuous sending per run (sustained)")
+    parser.add_argument("--sustained-files", type=int, default=600,
+                        help="128×128 instances the two loops send again and again")
+    parser.add_argument("--sustained-associations", type=parse_associations,
+                        default=[1, None], help="delivery.associations of each sustained run, "
+                        "comma-separated; 'default': the router's default (1,default)")
+    parser.add_argument("--sample-seconds", type=float, default=5.0,
+                        help="how often the probe's backlog is sampled (sustained)")
     parser.add_argument("--only", type=parse_cases, default=list(CASES),
                         help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--json", type=Path, help="also write the JSON here")

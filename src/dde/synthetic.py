@@ -6,6 +6,7 @@ Used by `dde generate` (something to send on a fresh install), the tests and the
 from __future__ import annotations
 
 import os
+import secrets
 import struct
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def make_header(*, study_uid: str, series_uid: str, number: int, rows: int, colu
 
 def write_series(folder: Path, count: int, *, study_uid: str | None = None, rows: int = 64,
                  columns: int = 64, modality: str = "CT", prefix: str = "img",
-                 patient_id: str = "DDE-TEST-1") -> list[Path]:
+                 patient_id: str = "DDE-TEST-1", patient_name: str = "Test^Patient",
+                 accession: str = "ACC1") -> list[Path]:
     """Write ``count`` instances of one series (of one study) as Part-10 files."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
@@ -74,21 +76,34 @@ def write_series(folder: Path, count: int, *, study_uid: str | None = None, rows
     for number in range(1, count + 1):
         ds = make_instance(study_uid=study_uid, series_uid=series_uid, number=number,
                            rows=rows, columns=columns, modality=modality,
-                           patient_id=patient_id)
+                           patient_id=patient_id, patient_name=patient_name,
+                           accession=accession)
         path = folder / f"{prefix}{number:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
 
 
+def study_identity(run: str, index: int) -> dict[str, str]:
+    """The patient and accession of study ``index`` of a run: distinct per study, and per
+    run (``run`` is a few random letters), so that studies generated twice never merge."""
+    number = f"{run}{index + 1:02d}"
+    return {"patient_id": f"DDE-TEST-{number}", "patient_name": f"Test^Patient{number}",
+            "accession": f"ACC{number}"}
+
+
 def write_studies(folder: Path, studies: int, per_study: int,
                   **kwargs: object) -> dict[str, list[Path]]:
-    """Write several studies; return {StudyInstanceUID: files}."""
+    """Write several studies, each of its own patient (PatientID, PatientName) and
+    AccessionNumber; return {StudyInstanceUID: files}. A ``patient_id`` given in
+    ``kwargs`` is used for every study."""
     result: dict[str, list[Path]] = {}
+    run = secrets.token_hex(3).upper()
     for index in range(studies):
         uid = generate_uid()
+        fields: dict[str, object] = {**study_identity(run, index), **kwargs}
         result[uid] = write_series(folder, per_study, study_uid=uid, prefix=f"s{index:02d}_",
-                                   **kwargs)  # type: ignore[arg-type]
+                                   **fields)  # type: ignore[arg-type]
     return result
 
 

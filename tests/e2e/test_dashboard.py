@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from tests.support.browser import Console, Watched, ready
@@ -402,4 +402,51 @@ def test_the_browser_reads_the_header_the_rules_see(
     refused = page.evaluate("""() => { try { DicomHeader.parse(new ArrayBuffer(200)); }
                                        catch (e) { return e.message; } }""")
     assert "not a DICOM Part-10 file" in refused
+    watched.assert_clean()
+
+
+def test_the_api_docs_render_offline(console: Console, watched: Watched) -> None:
+    """/docs shows the Swagger UI with every request answered by the router: nothing from a
+    CDN (an offline hospital network), and nothing the CSP refuses (a console error)."""
+    page = watched.page
+    elsewhere: list[str] = []
+
+    def only_the_router(route: Route) -> None:
+        url = route.request.url
+        if url.startswith(console.url + "/") or url.startswith("data:"):
+            route.continue_()
+        else:  # as in a network without internet access
+            elsewhere.append(url)
+            route.abort()
+
+    page.route("**/*", only_the_router)
+    page.goto(console.url + "/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text(
+        "Dynamic DICOM Endpoints")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    assert page.locator(".swagger-ui .opblock").count() >= 15
+    expect(page.locator(".swagger-ui .opblock-summary-path",
+                        has_text="/api/endpoints").first).to_be_visible()
+    assert elsewhere == [], f"/docs asked another site for {elsewhere}"
+    watched.assert_clean()
+
+
+def test_the_endpoints_page_fits_a_1400_px_window(console: Console, watched: Watched) -> None:
+    page = watched.page
+    page.set_viewport_size({"width": 1400, "height": 900})
+    console.log_in(page, "/endpoints")
+    expect(page.locator("#endpoints tbody tr")).to_have_count(len(ENDPOINTS))
+    headers = [h.strip().lower() for h in page.locator("#endpoints thead th").all_inner_texts()]
+    assert "load" in headers and "url" in headers, headers
+    first = page.locator(f'#endpoints tr[data-endpoint="{STORAGES[0]}"]')
+    expect(first.locator('[data-field="url"]')).to_contain_text("http://127.0.0.1:")
+    sizes = page.evaluate("""() => {
+        const table = document.getElementById("endpoints");
+        return {page: document.documentElement.scrollWidth, window: window.innerWidth,
+                right: table.getBoundingClientRect().right,
+                table: table.scrollWidth, room: table.parentElement.clientWidth};
+    }""")
+    assert sizes["page"] <= sizes["window"], sizes
+    assert sizes["right"] <= sizes["window"], sizes
+    assert sizes["table"] <= sizes["room"], sizes  # no scrolling inside its box either
     watched.assert_clean()

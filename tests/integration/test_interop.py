@@ -291,20 +291,32 @@ def assert_only_sentinel_recorded(stack: ReferenceStack, sentinel: str) -> None:
 def test_truncated_files_sent_with_storescu_fail_and_leave_no_trace(
     reference_stack: ReferenceStack, tmp_path: Path
 ) -> None:
-    _, mid, before = cut_files(tmp_path / "cut")
+    _, mid, _ = cut_files(tmp_path / "cut")
     port = reference_stack.router.port
-    outcomes = {}
-    for path in (bundled("MR_truncated.dcm"), mid, before):
+    for path in (bundled("MR_truncated.dcm"), mid):
         result = run_storescu([path], port, ROUTER_AET)
         responses = store_responses(result)
-        outcomes[path.name] = (result.returncode, responses)
+        # storescu itself cannot read a file cut inside an element, so it never sends it
         assert result.returncode != 0, (path.name, result.stdout + result.stderr)
         assert "Success" not in responses, (path.name, responses)
-    # storescu itself cannot read a file cut inside an element, so it never sends it; a
-    # file cut at an element boundary reaches the router, which must refuse it.
-    assert outcomes["cut_before_pixels.dcm"][1] == ["Error: CannotUnderstand"], outcomes
     sentinel = wait_for_sentinel(reference_stack, tmp_path)
     assert_only_sentinel_recorded(reference_stack, sentinel)
+
+
+def test_a_file_cut_before_its_pixel_data_is_stored_as_the_pacs_stores_it(
+    reference_stack: ReferenceStack, tmp_path: Path
+) -> None:
+    """Cut at an element boundary, the dataset is structurally complete without Pixel Data:
+    Orthanc stores it, so the router is not stricter (it refused it once)."""
+    _, _, before = cut_files(tmp_path / "cut")
+    probe = reference_stack.probe
+    direct = run_storescu([before], probe.dicom_port, probe.aet)
+    assert store_responses(direct) == ["Success"], direct.stdout + direct.stderr
+
+    assert_sent_successfully(run_storescu([before], reference_stack.router.port, ROUTER_AET))
+
+    assert instance_count(reference_stack.router) == 1
+    reference_stack.router.wait_idle()
 
 
 def test_truncated_dataset_bytes_reaching_the_router_are_refused(

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from tests.support.datagen import write_series
+from tests.support.faults import BlackHole, deliveries
 from tests.support.fixtures import OrthancFactory
 from tests.support.orthanc import RunningOrthanc, storescu, wait_until
 from tests.support.router import InProcessRouter, router_settings, start_router
@@ -216,3 +217,35 @@ def test_reconcile_finds_and_repairs_an_instance_deleted_from_the_probe(
     wait_until(lambda: victim in probe.sop_instance_uids(), 20, "copy delivered to the probe")
     again = dde(router.home.root, "reconcile", "--json")
     assert again.returncode == 0 and '"consistent": true' in again.stdout
+
+
+def test_an_added_unreachable_endpoint_gets_no_new_study(live, tmp_path: Path) -> None:
+    """Issue item 5: `endpoints add` of a PACS that takes connections and never answers,
+    and a new study a second later. It used to be picked (health unknown, load 0) and the
+    study waited for failover; now it goes to the member known up, at once."""
+    storage1, _, probe, router = live
+    first = send_study(router, tmp_path / "a")
+    router.wait_idle()
+    assert holder(first, storage1) == {"ORTHANC1"}  # ORTHANC1 is the more loaded member
+
+    with BlackHole() as hole:
+        registry.add_endpoint(router.app.store, EndpointSettings(
+            name="UNREACHABLE", aet="UNREACHABLE", host="127.0.0.1", port=hole.port,
+            groups=["storage"]))
+        wait_applied(router, lambda s: s.endpoint("UNREACHABLE") is not None,
+                     "UNREACHABLE live")
+        time.sleep(1.0)  # the scenario: the study comes a second after the add
+        sent = time.monotonic()
+        second = send_study(router, tmp_path / "b")
+        storage1.wait_for_sop_instance_uids(second, timeout=30)
+        took = time.monotonic() - sent
+        print(f"new study after adding an unreachable endpoint: stored in {took:.2f} s")
+
+        events = router.ledger.event_log.events(limit=1_000_000)
+        moved = [e for e in events if tuple(e[2:4]) == ("study-moved", "UNREACHABLE")]
+        assert moved == [], "the study went to the unreachable endpoint, then failed over"
+        assert deliveries(router.ledger, "UNREACHABLE") == []
+        assert router.app.health.health("UNREACHABLE") in ("unknown", "down")
+        assert took < 10.0
+    router.wait_idle()
+    assert probe.sop_instance_uids() >= first | second

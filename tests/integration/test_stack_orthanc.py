@@ -22,6 +22,7 @@ from tests.support.orthanc import free_port, storescu, wait_until
 from dde.config import Home, Settings, load_settings
 from dde.stack import supervisor
 from dde.stack.errors import StackError
+from dde.stack.layout import stack_orthancs
 from dde.stack.process import proc_cmdline
 
 pytestmark = pytest.mark.integration
@@ -75,19 +76,25 @@ def test_storescu_to_a_real_orthanc_keeps_the_bytes(
 
 @pytest.fixture
 def stack_home(tmp_path: Path) -> Iterator[tuple[Home, Settings]]:
-    """A state folder whose stack Orthancs (and router port) are on free ports."""
+    """A state folder whose stack Orthancs (and router port) are on free ports: each one
+    described once, as an endpoint, that its stack.orthancs entry names."""
     home = Home(tmp_path / "home")
     home.ensure()
+    endpoints = [
+        {"name": name, "aet": name, "port": free_port(), "url": f"http://127.0.0.1:{free_port()}",
+         "groups": ["probe" if name == "ORTHANC-PROBE" else "storage"]}
+        for name in ORTHANCS
+    ]
     orthancs = [
-        {"name": name, "aet": name, "dicom_port": free_port(), "http_port": free_port(),
-         "config_file": file}
+        {"endpoint": name, "config_file": file}
         for name, file in zip(
             ORTHANCS, ["orthanc_storage_1.json", "orthanc_storage_2.json", "orthanc_probe.json"],
             strict=True,
         )
     ]
     home.config_file.write_text(yaml.safe_dump(
-        {"receiver": {"port": free_port()}, "stack": {"orthancs": orthancs}}
+        {"receiver": {"port": free_port()}, "endpoints": endpoints,
+         "stack": {"orthancs": orthancs}}
     ))
     settings = load_settings(home)
     yield home, settings
@@ -103,7 +110,11 @@ def test_stack_up_status_down(stack_home: tuple[Home, Settings]) -> None:
     parts = supervisor.status(home, settings)
     assert [name for name, info in parts.items() if info["running"]] == ORTHANCS
     assert parts["router"] == {**parts["router"], "running": False, "pid": None}
-    for name, entry in zip(ORTHANCS, settings.stack.orthancs, strict=True):
+    for name, entry in zip(ORTHANCS, stack_orthancs(settings, home.config_file), strict=True):
+        endpoint = settings.endpoint(name)
+        assert endpoint is not None and endpoint.url is not None
+        assert [entry.dicom_port, entry.http_port] == [endpoint.port,
+                                                       int(endpoint.url.rsplit(":", 1)[1])]
         assert parts[name]["ports"] == [entry.dicom_port, entry.http_port]
         assert proc_cmdline(parts[name]["pid"]) == ["/usr/sbin/Orthanc", parts[name]["config"]]
         assert (home.orthanc_dir / name / "index").exists()
@@ -127,7 +138,7 @@ def test_stack_up_status_down(stack_home: tuple[Home, Settings]) -> None:
 
 def test_stack_refuses_a_port_held_by_someone_else(stack_home: tuple[Home, Settings]) -> None:
     home, settings = stack_home
-    taken = settings.stack.orthancs[1].http_port
+    taken = stack_orthancs(settings, home.config_file)[1].http_port
 
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", taken))
@@ -146,7 +157,7 @@ def test_a_part_that_cannot_start_is_reported_with_its_log(
     stack_home: tuple[Home, Settings],
 ) -> None:
     home, settings = stack_home
-    entry = settings.stack.orthancs[2]
+    entry = stack_orthancs(settings, home.config_file)[2]
     not_a_folder = home.root / "a-file"
     not_a_folder.write_text("")
     # Orthanc cannot create its storage under a plain file: it exits while starting.

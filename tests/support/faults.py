@@ -210,3 +210,73 @@ class HangingStorageSCP:
     def close(self) -> None:
         self._answer.set()
         self._server.shutdown()
+
+
+class SelectiveHangingSCP:
+    """A DICOM storage SCP that never answers the C-STOREs of the SOP Instance UIDs in
+    ``hang`` (each is held until :meth:`close`, or ``hold`` seconds) and answers every other
+    one with success at once; it counts the C-STOREs in flight at the same moment.
+
+    To the router it is a PACS that chokes on one instance (Orthanc and an odd-length
+    fragment) and takes the others."""
+
+    def __init__(self, hang: Iterable[str], ae_title: str = "CHOKES", hold: float = 120.0,
+                 delay: float = 0.0) -> None:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        self.ae_title = ae_title
+        self.hang = set(hang)
+        self._hold = hold
+        self._delay = delay
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self.requests: dict[str, int] = {}
+        self.answered: dict[str, float] = {}
+        """SOP Instance UID → when it was answered (time.time())."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.associations = 0
+        ae = AE(ae_title=ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.network_timeout = hold + 10
+        ae.dimse_timeout = hold + 10
+        ae.maximum_associations = 32
+        server = ae.start_server(("127.0.0.1", 0), block=False,
+                                 evt_handlers=[(evt.EVT_C_STORE, self._on_store),
+                                               (evt.EVT_ACCEPTED, self._on_accepted)])
+        assert server is not None
+        self._server = server
+        self.port = int(self._server.server_address[1])
+
+    def _on_accepted(self, event: Any) -> None:
+        with self._lock:
+            self.associations += 1
+
+    def _on_store(self, event: Any) -> int:
+        import time
+
+        uid = str(event.request.AffectedSOPInstanceUID)
+        with self._lock:
+            self.requests[uid] = self.requests.get(uid, 0) + 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if uid in self.hang:
+                self._closed.wait(self._hold)
+                return 0xA700
+            if self._delay:
+                time.sleep(self._delay)
+            with self._lock:
+                self.answered.setdefault(uid, time.time())
+            return 0x0000
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def endpoint(self, name: str | None = None, **extra: Any) -> dict[str, Any]:
+        return {"name": name or self.ae_title, "aet": self.ae_title, "host": "127.0.0.1",
+                "port": self.port, "groups": [], **extra}
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.shutdown()

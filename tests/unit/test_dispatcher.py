@@ -55,9 +55,10 @@ class WatchedQueue(DeliveryQueue):
         super().__init__(database)
         self.found_empty = threading.Event()
 
-    def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
-        due = super().due(endpoint, now, limit)
-        if not due:
+    def claim(self, endpoint: str, owner: str, now: float, limit: int, lease: float, *,
+              suspects: bool = False) -> list[QueuedDelivery]:
+        due = super().claim(endpoint, owner, now, limit, lease, suspects=suspects)
+        if not due and not suspects:
             self.found_empty.set()
         return due
 
@@ -407,7 +408,8 @@ def test_new_delivery_settings_restart_every_worker_with_them(
     for name in ("A", "B"):
         assert after[name] is not before[name] and not before[name].alive
         assert after[name].alive
-        assert after[name]._policy is slower and after[name]._batch_size == 2
+        worker = after[name].workers[0]
+        assert worker._policy is slower and worker._batch_size == 2
     instance_id, _, _ = spooled(ledger, spool, ["A"])
     dispatcher.wake(["A"])
     wait_until(lambda: delivered(ledger, instance_id, "A"), TIMEOUT, "delivered after restart")
@@ -433,9 +435,9 @@ def test_reconfiguring_a_hanging_endpoint_does_not_block_wake(
     stopping = threading.Event()
     original_stop = stuck.stop
 
-    def stop(timeout: float = 30.0) -> None:
+    def stop(timeout: float = 30.0, grace: float = 2.0) -> None:
         stopping.set()
-        original_stop(timeout)
+        original_stop(timeout, grace)
 
     stuck.stop = stop  # type: ignore[method-assign]
     reconfigure = threading.Thread(

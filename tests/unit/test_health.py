@@ -242,3 +242,91 @@ def test_configure_applies_a_new_failure_threshold_to_existing_endpoints(
     assert not health.is_down("A")
     health.report("A", False, "x")
     assert health.is_down("A")
+
+
+# -- issue item 5: a new endpoint is unknown until it answers, and probed first ----------
+
+def test_an_endpoint_whose_first_probes_fail_stays_unknown_until_its_breaker_opens() -> None:
+    health, probe, _, _ = monitor(names=("A",), threshold=3)
+    probe.problems["A"] = "refused"
+
+    health.probe_once()
+    assert health.health("A") == "unknown"  # it was "up" after one failed probe
+    health.probe_once()
+    assert health.health("A") == "unknown"
+    health.probe_once()
+    assert health.health("A") == "down"
+
+
+def test_an_endpoint_that_answered_once_stays_up_below_the_threshold() -> None:
+    health, probe, _, _ = monitor(names=("A",), threshold=3)
+    health.probe_once()
+    probe.problems["A"] = "refused"
+
+    health.probe_once()
+
+    assert health.health("A") == "up"
+
+
+def test_an_added_endpoint_is_probed_before_the_others() -> None:
+    health, probe, _, _ = monitor(names=("A", "B"))
+    health.probe_once()
+    probe.calls.clear()
+
+    health.configure(settings(), [ep("A"), ep("B"), ep("C")])
+    health.probe_once()
+
+    assert probe.calls == ["C", "A", "B"]
+
+
+def test_status_listeners_hear_unknown_to_up_and_each_change_once() -> None:
+    health, probe, _, _ = monitor(names=("A",), threshold=1)
+    heard: list[tuple[str, str]] = []
+    health.status_listeners.append(lambda name, state: heard.append((name, state)))
+
+    health.probe_once()
+    health.probe_once()
+    probe.problems["A"] = "refused"
+    health.probe_once()
+    health.probe_once()
+
+    assert heard == [("A", "up"), ("A", "down")]
+
+
+def test_wait_first_round_returns_once_the_thread_probed_every_endpoint() -> None:
+    health, probe, _, _ = monitor(names=("A", "B"))
+    assert not health.wait_first_round(0)
+    health.start()
+    try:
+        assert health.wait_first_round(5.0)
+        assert health.health("A") == "up" and health.health("B") == "up"
+    finally:
+        health.stop()
+
+
+def test_a_router_sends_no_new_study_to_an_endpoint_added_but_not_probed_yet() -> None:
+    """The reported incident: `endpoints add` of an unreachable PACS, a study a second later
+    went to it (least-loaded, load 0) and waited for failover."""
+    from pydicom.uid import generate_uid
+    from tests.support.unitkit import FakeLoads, FakeView, generated
+
+    from dde.config import RoutingSettings
+    from dde.dicom.header import parse_header
+    from dde.routing.router import Router
+
+    health, probe, _, _ = monitor(names=("A",))
+    health.probe_once()
+    endpoints = [ep("A"), ep("NEW")]
+    health.configure(settings(), endpoints)
+    probe.problems["NEW"] = "refused"
+    router = Router(RoutingSettings(mirror=[]), endpoints, FakeLoads({"A": 900, "NEW": 0}),
+                    health)
+    instance = generated(generate_uid())
+
+    def destination() -> tuple[str, ...]:
+        header = parse_header(instance.dataset, instance.transfer_syntax_uid)
+        return router.route(header, FakeView()).destinations
+
+    assert destination() == ("A",)  # before its first probe
+    health.probe_once()
+    assert destination() == ("A",)  # after a failed one (not down yet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 import threading
 import time
@@ -556,3 +557,25 @@ def test_releasable_since_finds_what_changed_and_not_the_old_backlog(ledger: Led
     assert ledger.spool_index.releasable_spool_files(400.0, since=350.0) == [(half, "d/half.dcm")]
     assert ledger.spool_index.releasable_spool_files(370.0, since=350.0) == []  # not old enough yet
     assert not {i for i, _ in ledger.spool_index.releasable_spool_files(400.0)} & set(backlog)
+
+
+def test_opening_an_existing_ledger_opens_no_descriptor_of_its_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Closing any descriptor of a database file drops every POSIX lock the process holds on
+    # it (the other connections' too): SQLite's documented way to corrupt a database.
+    path = tmp_path / "dde.sqlite3"
+    first = Ledger(path)
+    opened: list[str] = []
+    real_open = os.open
+
+    def watching_open(file: Any, flags: int, *args: Any) -> int:
+        opened.append(str(file))
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(os, "open", watching_open)
+    second = Ledger(path)
+    try:
+        assert str(path) not in opened
+    finally:
+        second.close()
+        first.close()

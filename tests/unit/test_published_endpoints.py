@@ -155,3 +155,35 @@ def test_the_router_follows_a_new_publication(ledger: Ledger) -> None:
                            up("ORTHANC3", 40)])
 
     assert destination(router) == "ORTHANC3"
+
+
+# -- issue item 5: an endpoint whose health is not known gets no new study ----------------
+
+def test_an_endpoint_not_published_is_unknown(ledger: Ledger) -> None:
+    ledger.status_board.publish([up("ORTHANC1", 9)])
+
+    view = PublishedEndpoints(ledger.status_board, failover_after=60)
+
+    assert view.health("ORTHANC1") == "up"
+    assert view.health("NEW-PACS") == "unknown"
+
+
+def test_the_router_avoids_an_endpoint_missing_from_the_board(ledger: Ledger) -> None:
+    """Just added: the receiver's configuration has it, the board not yet. Least-loaded
+    used to pick it (load 0) before the main process had probed it."""
+    ledger.status_board.publish([up("ORTHANC1", 30), up("ORTHANC2", 20)])
+
+    assert destination(router_with(published_view(ledger))) == "ORTHANC2"
+
+
+def test_the_router_avoids_an_endpoint_published_as_unknown(ledger: Ledger) -> None:
+    ledger.status_board.publish([up("ORTHANC1", 30), up("ORTHANC2", 20),
+                                 PublishedStatus("ORTHANC3", "unknown", "closed", None, None, 0)])
+
+    assert destination(router_with(published_view(ledger))) == "ORTHANC2"
+
+
+def test_with_nothing_published_the_router_still_routes(ledger: Ledger) -> None:
+    """No member known up (the router just started, or it is not running): the unknown
+    members take new studies rather than refusing them."""
+    assert destination(router_with(published_view(ledger))) == "ORTHANC1"

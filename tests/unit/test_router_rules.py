@@ -32,12 +32,18 @@ Loads = FakeLoads
 class Health:
     down: set[str] = field(default_factory=set)
     lost: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)
 
     def is_down(self, name: str) -> bool:
         return name in self.down or name in self.lost
 
     def failed_over(self) -> set[str]:
         return set(self.lost)
+
+    def health(self, name: str) -> str:
+        if name in self.unknown:
+            return "unknown"
+        return "down" if self.is_down(name) else "up"
 
 
 @dataclass
@@ -347,3 +353,41 @@ def test_configure_swaps_rules_and_endpoints_live() -> None:
     route = router.route(header(modality="MR"), View())
     assert route.rule == "mr3" and route.destinations == ("ORTHANC3",)
     assert router.ruleset is ruleset
+
+
+# -- issue item 5: unknown health ---------------------------------------------------------
+
+def unknown_world(unknown: set[str], loads: dict[str, int]) -> Router:
+    configured = [ep("ORTHANC1"), ep("ORTHANC2"), ep(PROBE, "probe")]
+    return Router(RoutingSettings(mirror=[PROBE]), configured, Loads(dict(loads)),
+                  Health(unknown=unknown))
+
+
+def test_a_member_of_unknown_health_gets_no_new_study_while_another_is_up() -> None:
+    router = unknown_world({"ORTHANC2"}, {"ORTHANC1": 500, "ORTHANC2": 0})
+
+    route = router.route(header(generate_uid()), View())
+
+    assert route.destinations == ("ORTHANC1",)
+    assert "ORTHANC2=0 health unknown" in route.reason
+
+
+def test_when_no_member_is_known_up_the_unknown_ones_take_new_studies() -> None:
+    router = unknown_world({"ORTHANC1", "ORTHANC2"}, {"ORTHANC1": 500, "ORTHANC2": 0})
+
+    assert router.route(header(generate_uid()), View()).destinations == ("ORTHANC2",)
+
+
+def test_a_down_member_does_not_count_as_known_up() -> None:
+    configured = [ep("ORTHANC1"), ep("ORTHANC2"), ep(PROBE, "probe")]
+    router = Router(RoutingSettings(mirror=[PROBE]), configured,
+                    Loads({"ORTHANC1": 500, "ORTHANC2": 0}),
+                    Health(down={"ORTHANC1"}, unknown={"ORTHANC2"}))
+
+    assert router.route(header(generate_uid()), View()).destinations == ("ORTHANC2",)
+
+
+def test_failover_target_is_never_an_unknown_member_while_one_is_up() -> None:
+    router = unknown_world({"ORTHANC2"}, {"ORTHANC1": 500, "ORTHANC2": 0})
+
+    assert router.choose_target("storage", {}) == "ORTHANC1"

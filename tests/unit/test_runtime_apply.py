@@ -30,6 +30,8 @@ def app(tmp_path: Path) -> Iterator[RouterApp]:
     home.config_file.write_text(settings_to_yaml(first))
     router = RouterApp(home, first)
     yield router
+    # apply() starts delivery workers (sync): stop them before their connections close
+    router.dispatcher.stop()
     router.core.close()
 
 

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from dde.cli.stack_commands import stack
 from dde.config import Home, load_settings
 from dde.stack import supervisor
 from dde.stack.errors import StackError
+from dde.stack.layout import stack_orthancs
 from dde.stack.orthanc import read_orthanc_config, render_orthanc_config, write_orthanc_config
 from dde.stack.process import (
     PidRecord,
@@ -249,7 +251,7 @@ def test_stack_up_prints_where_the_web_ui_is_and_the_token(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = Home(tmp_path)
     home.config_file.write_text("web:\n  port: 18080\n")
-    (tmp_path / "api-token").write_text("the-token\n")
+    (tmp_path / "api-token").write_text("the-token-of-this-test-0123456789\n")
 
     def fake_up(home: Home, settings: object, *, detach: bool, parts: object,
                 on_ready: object) -> dict[str, list[str]]:
@@ -263,6 +265,127 @@ def test_stack_up_prints_where_the_web_ui_is_and_the_token(
 
     assert result.exit_code == 0, result.output
     assert "web UI and API: http://localhost:18080" in result.output
-    assert "API token: the-token" in result.output
+    assert "API token: the-token-of-this-test-0123456789" in result.output
     assert str(tmp_path / "api-token") in result.output
     assert "started router" in result.output
+
+
+# -- the stack's Orthancs are described once, as endpoints ------------------------------------
+
+ENDPOINTS_MOVED = """\
+endpoints:
+- {name: ORTHANC1, aet: PACS_ONE, port: 5001, url: "http://127.0.0.1:9001", groups: [storage]}
+- {name: ORTHANC2, aet: ORTHANC2, port: 5002, url: "http://127.0.0.1:9002", groups: [storage]}
+- {name: ORTHANC-PROBE, aet: ORTHANC-PROBE, port: 5003, url: "http://127.0.0.1:9003",
+   groups: [probe]}
+"""
+
+
+def test_the_default_stack_names_endpoints_and_writes_no_port_twice(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    load_settings(home)  # writes the defaults
+
+    written = yaml.safe_load(home.config_file.read_text())
+    assert [set(entry) for entry in written["stack"]["orthancs"]] == \
+        [{"endpoint", "config_file"}] * 3
+    assert [e["endpoint"] for e in written["stack"]["orthancs"]] == PARTS[:3]
+
+
+def test_the_stack_takes_aet_and_ports_from_the_endpoints(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text(ENDPOINTS_MOVED)
+
+    parts = supervisor.status(home, load_settings(home))
+    assert [parts[name]["ports"] for name in PARTS[:3]] == [[5001, 9001], [5002, 9002],
+                                                            [5003, 9003]]
+    specs = stack_orthancs(load_settings(home), home.config_file)
+    assert (specs[0].aet, specs[0].config_file) == ("PACS_ONE", "orthanc_storage_1.json")
+
+
+def test_an_old_form_stack_that_agrees_still_loads(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text(ENDPOINTS_MOVED + """\
+stack:
+  orthancs:
+  - {name: ORTHANC1, aet: PACS_ONE, dicom_port: 5001, http_port: 9001,
+     config_file: orthanc_storage_1.json}
+""")
+    settings = load_settings(home)
+    assert supervisor.status(home, settings)["ORTHANC1"]["ports"] == [5001, 9001]
+    assert list(supervisor.status(home, settings)) == ["ORTHANC1", "router"]
+
+
+def test_an_old_form_entry_alone_still_describes_its_orthanc(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text("""\
+stack:
+  orthancs:
+  - {name: LEGACY, aet: LEGACY, dicom_port: 6001, http_port: 6002, config_file: l.json}
+""")
+    assert supervisor.status(home, load_settings(home))["LEGACY"]["ports"] == [6001, 6002]
+
+
+def test_an_old_form_stack_that_disagrees_says_how_to_migrate(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text(ENDPOINTS_MOVED + """\
+stack:
+  orthancs:
+  - {name: ORTHANC1, aet: ORTHANC1, dicom_port: 4242, http_port: 8042,
+     config_file: orthanc_storage_1.json}
+""")
+    with pytest.raises(StackError) as raised:
+        supervisor.status(home, load_settings(home))
+    message = str(raised.value)
+    assert str(home.config_file) in message
+    assert "dicom_port 4242 (the endpoint says 5001)" in message
+    assert "http_port 8042 (the endpoint says 9001)" in message
+    assert "remove aet, dicom_port and http_port from the entry" in message
+
+    result = CliRunner().invoke(_cli, ["--home", str(tmp_path), "stack", "status"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("dde: error: ") and result.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(("config", "fragment"), [
+    ("stack:\n  orthancs:\n  - {endpoint: NOPE, config_file: x.json}\n",
+     "stack.orthancs entry NOPE names no endpoint"),
+    ("endpoints:\n- {name: ORTHANC1, aet: ORTHANC1, port: 4242}\n"
+     "stack:\n  orthancs:\n  - {endpoint: ORTHANC1, config_file: x.json}\n",
+     "the endpoint has no url"),
+    ("endpoints:\n- {name: ORTHANC1, aet: ORTHANC1, port: 4242, url: 'http://localhost'}\n"
+     "stack:\n  orthancs:\n  - {endpoint: ORTHANC1, config_file: x.json}\n",
+     "names no port"),
+])
+def test_a_stack_entry_that_cannot_be_resolved_is_explained(tmp_path: Path, config: str,
+                                                            fragment: str) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text(config)
+    with pytest.raises(StackError, match=fragment):
+        supervisor.status(home, load_settings(home))
+
+
+def test_a_port_taken_names_the_endpoint_setting(tmp_path: Path) -> None:
+    home = Home(tmp_path)
+    home.config_file.write_text(ENDPOINTS_MOVED)
+    part = supervisor.stack_parts(home, load_settings(home))[0]
+    assert part.port_setting(5001) == "endpoints (ORTHANC1) port"
+    assert part.port_setting(9001) == "endpoints (ORTHANC1) url"
+
+
+def test_stack_up_says_which_configuration_file_it_uses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = Home(tmp_path / "fresh")
+
+    def fake_up(home: Home, settings: object, *, detach: bool, parts: object,
+                on_ready: object) -> dict[str, list[str]]:
+        return {"started": [], "already_running": ["router"]}
+
+    monkeypatch.setattr(supervisor, "up", fake_up)
+    first = CliRunner().invoke(stack, ["up", "--detach"], obj=types.SimpleNamespace(home=home))
+    assert first.exit_code == 0, first.output
+    assert f"configuration: {home.config_file} (written now with the defaults" in first.stdout
+    assert home.config_file.exists()
+
+    again = CliRunner().invoke(stack, ["up", "--detach"], obj=types.SimpleNamespace(home=home))
+    assert again.exit_code == 0, again.output
+    assert f"configuration: {home.config_file}\n" in again.stdout

@@ -99,10 +99,10 @@ def test_an_empty_token_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_a_token_file_readable_by_others_is_made_private(tmp_path: Path) -> None:
     home = Home(tmp_path)
     path = token_file(home)
-    path.write_text("shared-token\n")
+    path.write_text("shared-token-0123456789\n")
     os.chmod(path, 0o644)
 
-    assert load_token(home) == "shared-token"
+    assert load_token(home) == "shared-token-0123456789"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
@@ -230,9 +230,9 @@ def test_a_bearer_change_needs_no_csrf(kit: WebKit) -> None:
 
 
 def test_logout_ends_the_session(kit: WebKit) -> None:
-    login(kit)
+    csrf = login(kit)
     assert kit.client.get("/api/stats").status_code == 200
-    response = kit.client.post("/logout")
+    response = kit.client.post("/logout", headers={"X-CSRF-Token": csrf})
     assert response.status_code == 200
     assert kit.client.get("/api/stats").status_code == 401
 

@@ -78,12 +78,13 @@ ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", "/api/route/explain"): {400, 401, 403, 413, 422, 500},
     ("post", "/api/instances"): {400, 401, 403, 413, 415, 422, 500},
     ("get", "/api/instances/{sop_instance_uid}"): {401, 404, 422, 500},
-    ("get", "/api/instances"): {401, 422, 500},
+    ("get", "/api/instances"): {400, 401, 422, 500},
     ("get", "/api/queue"): {401, 422, 500},
     ("post", "/api/deliveries/{delivery_id}/retry"): {401, 403, 404, 409, 422, 500},
     ("post", "/api/queue/retry-failed"): {401, 403, 500},
     ("get", "/api/stats"): {401, 422, 500},
-    ("post", "/login"): {400, 401, 415},
+    ("post", "/login"): {400, 401, 415, 429},
+    ("post", "/logout"): {403},
 }
 """The error statuses each route can answer (every one as ErrorBody)."""
 
@@ -431,8 +432,10 @@ def test_healthz_answers_are_their_models(kit: WebKit) -> None:
 
 
 def test_login_and_logout_answers_are_their_models(kit: WebKit) -> None:
-    assert_answer(kit, "POST", "/login", kit.client.post("/login", json={"token": TOKEN}))
-    assert_answer(kit, "POST", "/logout", kit.client.post("/logout"))
+    session = assert_answer(kit, "POST", "/login",
+                            kit.client.post("/login", json={"token": TOKEN}))
+    assert_answer(kit, "POST", "/logout", kit.client.post(
+        "/logout", headers={"X-CSRF-Token": session["csrf_token"]}))
 
 
 @pytest.mark.parametrize(("method", "path", "kwargs"), [

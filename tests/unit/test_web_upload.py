@@ -137,17 +137,22 @@ def test_non_dicom_is_415_and_nothing_is_stored(kit: WebKit, junk: bytes) -> Non
     assert "nothing was stored" in body["detail"]
 
 
-def test_a_zip_with_a_non_dicom_entry_stores_nothing(kit: WebKit) -> None:
+def test_a_zip_with_a_non_dicom_entry_skips_it(kit: WebKit) -> None:
     good, _ = dicom_bytes()
     archive = zip_of({"good.dcm": good, "notes.txt": b"not an image"})
-    body = assert_refused(post(kit, [("a.zip", archive)]), 415, "not_dicom", kit)
-    assert body["files"][0]["name"] == "a.zip/notes.txt"
+    response = post(kit, [("a.zip", archive)])
+    assert response.status_code == 200, response.text
+    assert [(f["name"], f["status"]) for f in response.json()["files"]] == [
+        ("a.zip/good.dcm", "stored"), ("a.zip/notes.txt", "skipped")]
+    assert kit.instance_count() == 1
 
 
 def test_a_zip_inside_a_zip_is_not_opened(kit: WebKit) -> None:
     inner = zip_of({"one.dcm": dicom_bytes()[0]})
-    assert_refused(post(kit, [("outer.zip", zip_of({"inner.zip": inner}))]), 415,
-                   "not_dicom", kit)
+    response = post(kit, [("outer.zip", zip_of({"inner.zip": inner}))])
+    assert response.status_code == 200, response.text
+    assert [f["status"] for f in response.json()["files"]] == ["skipped"]
+    assert kit.instance_count() == 0 and kit.spool_files() == []
 
 
 def test_empty_uploads_are_400(kit: WebKit) -> None:

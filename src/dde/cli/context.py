@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import click
 
 from dde.cli.errors import CliError
-from dde.config import Home
+from dde.config import Home, Settings, load_settings, parse_settings
 from dde.config_store import ConfigStore
 from dde.store.ledger import Ledger
 
@@ -36,6 +36,15 @@ def verbose(ctx: click.Context) -> bool:
 def config_store(ctx: click.Context) -> ConfigStore:
     """The configuration files (``dde.yaml``, ``rules.yaml``) of the state folder."""
     return ConfigStore(home_of(ctx))
+
+
+def settings_if_any(ctx: click.Context) -> Settings:
+    """The router's settings (``dde.yaml`` of the state folder and the ``DDE_*``
+    overrides), without writing the file when there is none yet (the defaults then)."""
+    home = home_of(ctx)
+    if home.config_file.exists():
+        return load_settings(home)
+    return parse_settings({}, str(home.config_file))
 
 
 def ledger(ctx: click.Context) -> Ledger:

@@ -99,6 +99,15 @@ def _explanation(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def usage_error(exc: click.UsageError) -> CliError:
+    """Wrong usage (an unknown option, a missing argument, ``FILE`` that does not exist) as
+    one line ``dde: error: … (see 'dde COMMAND -h')``; exit 2 as click's own."""
+    message = exc.format_message()
+    if exc.ctx is not None:
+        message = f"{message} (see '{exc.ctx.command_path} -h')"
+    return CliError(message, ExitCode.USAGE)
+
+
 def translate(exc: BaseException) -> CliError | None:
     """The :class:`CliError` for an exception of the table; None for anything else (a bug:
     it keeps its traceback), for click's own exceptions, and for a broken pipe (click

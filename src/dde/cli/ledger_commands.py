@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ from dde import reports
 from dde.cli.boundary import CommandGroup
 from dde.cli.context import ledger
 from dde.cli.errors import CliError
-from dde.cli.output import console
+from dde.cli.output import console, quiet_pydicom
 from dde.store.states import DeliveryState
+
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @click.command()
@@ -30,8 +33,13 @@ def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
 
     SOP_INSTANCE_UID may also be the path of a DICOM file: its SOP Instance UID is used.
     """
-    if Path(sop_instance_uid).is_file():
-        sop_instance_uid = _uid_of_file(Path(sop_instance_uid))
+    given = Path(sop_instance_uid)
+    if given.is_file():
+        sop_instance_uid = _uid_of_file(given)
+    elif not UID_PATTERN.fullmatch(sop_instance_uid):
+        problem = "is not a file" if given.exists() else "does not exist"
+        raise CliError(f"{sop_instance_uid} {problem}, and is not a SOP Instance UID "
+                       "(digits and dots)")
     records = ledger(ctx).operators.where(sop_instance_uid)
     if not records:
         raise CliError(f"no instance with SOP Instance UID {sop_instance_uid} in the ledger")
@@ -51,6 +59,9 @@ def _print_where(document: dict[str, Any]) -> None:
               f"{document['size']} bytes"
               + (f", received {receptions} times" if receptions > 1 else ""))
     out.print(f"rule              {escape(document['rule'])}")
+    if not document["deliveries"]:  # a discard rule: acknowledged, sent nowhere
+        out.print(f"deliveries        none: discarded by rule {escape(document['rule'])}")
+        return
     table = Table("id", "endpoint", "role", "state", "attempts", "last error")
     for d in document["deliveries"]:
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
@@ -63,8 +74,10 @@ def _uid_of_file(path: Path) -> str:
     from pydicom.errors import InvalidDicomError
 
     try:
-        dataset = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        return str(dataset.SOPInstanceUID)
+        with quiet_pydicom():
+            dataset = dcmread(path, stop_before_pixels=True,
+                              specific_tags=["SOPInstanceUID"])
+            return str(dataset.SOPInstanceUID)
     except (InvalidDicomError, OSError, AttributeError, ValueError):
         raise CliError(f"{path}: not a DICOM file with a SOP Instance UID") from None
 

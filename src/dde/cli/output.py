@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 
@@ -14,3 +18,22 @@ def console(stderr: bool = False) -> Console:
     output goes to a pipe or file, so that a line a script greps stays whole."""
     stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, width=None if stream.isatty() else PIPED_WIDTH)
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Within the block, pydicom says nothing on stderr: no value-validation warnings
+    (``Invalid value for VR UI``), no other warning, no log line of its logger. For a
+    command's own reading of a file (``route explain``, ``where FILE``); the router's
+    settings are untouched, and everything is as before once the block ends."""
+    from pydicom import config
+
+    logger = logging.getLogger("pydicom")
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings(), config.disable_value_validation():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.disabled = disabled

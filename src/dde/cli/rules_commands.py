@@ -11,6 +11,7 @@ import click
 from dde.cli.boundary import CommandGroup
 from dde.cli.context import config_store, ledger_if_any
 from dde.cli.errors import CliError
+from dde.cli.output import quiet_pydicom
 from dde.config_store import default_rules_text
 from dde.routing.explain import explain
 from dde.routing.router import Origin
@@ -71,7 +72,8 @@ def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: 
     settings = store.settings()
     ruleset = store.ruleset(settings)
     origin = Origin(calling_aet, called_aet or settings.receiver.ae_title, source_ip)
-    result = explain(file, settings, ruleset, ledger_if_any(ctx), origin)
+    with quiet_pydicom():  # a header pydicom finds odd is explained, not warned about
+        result = explain(file, settings, ruleset, ledger_if_any(ctx), origin)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

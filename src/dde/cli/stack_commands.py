@@ -3,11 +3,15 @@
 
 A StackError or ConfigError leaves through the boundary: ``dde: error: …`` (a multi-line
 message, such as a log tail, goes on the following lines) and exit 1.
+
+``stack up`` first says which configuration file it uses (and that it wrote it, with the
+defaults, when the state folder had none).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from typing import Any
 
 import click
@@ -41,7 +45,12 @@ def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
     Without --detach, stay in the foreground printing their logs; Ctrl-C stops what this
     command started.
     """
-    home, settings = _context(ctx)
+    home = home_of(ctx)
+    created = not home.config_file.exists()
+    settings = load_settings(home)
+    click.echo(f"configuration: {home.config_file}"
+               + (" (written now with the defaults; edit it, then `dde stack up` again)"
+                  if created else ""))
 
     def ready(result: dict[str, list[str]]) -> None:
         if supervisor.ROUTER in result["started"] + result["already_running"]:
@@ -99,9 +108,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 def _print_table(parts: dict[str, dict[str, Any]]) -> None:
+    """The parts as a table; as wide as it needs (a log path is never cut or wrapped)."""
     table = Table(box=None, pad_edge=False)
     for column in ("part", "state", "pid", "ports", "log"):
-        table.add_column(column, no_wrap=column != "log")
+        table.add_column(column, no_wrap=True, overflow="ignore")
     for name, info in parts.items():
         table.add_row(
             escape(name),
@@ -110,7 +120,9 @@ def _print_table(parts: dict[str, dict[str, Any]]) -> None:
             ", ".join(str(port) for port in info["ports"]),
             escape(info["log"]),
         )
-    Console(soft_wrap=False).print(table)
+    columns = shutil.get_terminal_size().columns
+    needed = Console(width=10_000).measure(table).maximum
+    Console(soft_wrap=False, width=max(columns, needed)).print(table)
 
 
 @stack.command()

@@ -3,7 +3,10 @@
 The router never decodes pixel data. It walks every top-level element of the encoded
 dataset once (pydicom's element generator, no value conversion) to prove the dataset is
 structurally whole — a truncated or unparsable dataset is refused — and keeps the elements
-before Pixel Data as the header the routing rules see.
+before Pixel Data as the header the routing rules see. Pixel Data itself is checked from its
+element and item headers (:mod:`dde.dicom.pixels`): odd-length encapsulated fragments and
+native pixel data shorter than the image geometry are refused; a dataset without Pixel Data
+is accepted, as the PACS accepts it.
 
 A Deflated Explicit VR Little Endian dataset is inflated in 1 MiB steps and refused once it
 grows beyond :func:`inflate_limit` (64 times its compressed size, at least 64 MiB, at most
@@ -23,10 +26,10 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from dde.dicom.pixels import NATIVE_SYNTAXES, fragments_problem, native_length_problem
+
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
-BITS_ALLOCATED = Tag(0x0028, 0x0100)
-PIXEL_DATA_TAGS = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), PIXEL_DATA)
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
 
 
@@ -148,6 +151,7 @@ def _walk(stream: BinaryIO, start: int, end: int, syntax: UID,
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     end_of_last_element = start
     previous: int = -1
+    pixel_data: tuple[int, int, int] | None = None  # value start, length, element end
     try:
         for element in data_element_generator(
             stream, implicit_vr, little_endian, defer_size=defer_size
@@ -176,6 +180,8 @@ def _walk(stream: BinaryIO, start: int, end: int, syntax: UID,
                                     f"({end_of_last_element - end} bytes missing)")
             if tag < PIXEL_DATA and not deferred:
                 elements[element.tag] = element
+            elif tag == PIXEL_DATA and isinstance(element, RawDataElement):
+                pixel_data = (element.value_tell, element.length, end_of_last_element)
     except BrokenDataset:
         raise
     except Exception as exc:  # pydicom raises many types on garbage; all mean "broken"
@@ -186,13 +192,11 @@ def _walk(stream: BinaryIO, start: int, end: int, syntax: UID,
         )
     if not elements:
         raise BrokenDataset("the dataset holds no header elements")
-    if BITS_ALLOCATED in elements and previous < PIXEL_DATA_TAGS[0]:
-        # The Image Pixel module is present but the dataset stops before any pixel data:
-        # the classic shape of a transfer cut at an element boundary.
-        raise BrokenDataset("the dataset has an image pixel module but no pixel data")
 
     dataset = Dataset(elements)
     dataset.set_original_encoding(implicit_vr, little_endian, None)
+    if pixel_data is not None:
+        _check_pixel_data(stream, pixel_data, dataset, syntax, little_endian)
     sop_class = _text(dataset, "SOPClassUID") or ""
     sop_instance = _text(dataset, "SOPInstanceUID") or ""
     return InstanceHeader(
@@ -206,3 +210,18 @@ def _walk(stream: BinaryIO, start: int, end: int, syntax: UID,
         modality=_text(dataset, "Modality"),
         dataset=dataset,
     )
+
+
+def _check_pixel_data(stream: BinaryIO, pixel_data: tuple[int, int, int], dataset: Dataset,
+                      syntax: UID, little_endian: bool) -> None:
+    """Refuse Pixel Data no DCMTK-based PACS can read: odd-length fragments (encapsulated),
+    fewer bytes than the geometry declares (native). Reads item headers only."""
+    start, length, end = pixel_data
+    if length == UNDEFINED_LENGTH:
+        problem = fragments_problem(stream, start, end, little_endian)
+    elif str(syntax) in NATIVE_SYNTAXES:
+        problem = native_length_problem(dataset, length)
+    else:
+        problem = None  # defined length in an encapsulated syntax: in doubt, accepted
+    if problem is not None:
+        raise BrokenDataset(problem)

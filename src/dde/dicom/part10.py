@@ -14,7 +14,8 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 
 
 class NotPart10(Exception):
-    """The bytes are not a DICOM Part-10 file the router can take; the message says why."""
+    """The bytes are not a DICOM Part-10 file the router can take; the message says why
+    (what is missing, not "not a Part-10 file" again: the caller's message says that)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def split_part10(raw: bytes) -> Part10:
         read_preamble(stream, False)
         meta = _read_file_meta_info(stream)
     except Exception:
-        raise NotPart10("not a DICOM Part-10 file (no DICM preamble or file meta)") from None
+        raise NotPart10("no DICM preamble or file meta") from None
     values = {}
     for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
                     "TransferSyntaxUID"):
@@ -59,5 +60,5 @@ def dataset_offset(stream: BinaryIO) -> int:
         read_preamble(stream, False)
         _read_file_meta_info(stream)
     except Exception:
-        raise NotPart10("not a DICOM Part-10 file (no DICM preamble or file meta)") from None
+        raise NotPart10("no DICM preamble or file meta") from None
     return stream.tell()

@@ -17,6 +17,9 @@ Process-wide (:func:`install`, called once by each process that speaks DICOM):
 - :func:`stream_datasets_to` (``stream_to``): received datasets are written to files as they
   arrive (``STORE_RECV_CHUNKED_DATASET``), through :class:`IncomingFile`, which keeps a
   write error (disk full) instead of aborting the association.
+- :func:`negotiate_storage_contexts`: a proposed context left with no transfer syntax is
+  rejected; :func:`complete_store_commands`: a C-STORE-RQ without its instance UID reaches
+  the handler.
 
 Per association (event handlers and calls on one association):
 
@@ -44,9 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import pynetdicom
+import pynetdicom.acse
 import pynetdicom.association
+import pynetdicom.dsutils
+from pydicom.dataset import Dataset
 from pynetdicom import _config, dimse_messages
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.presentation import PresentationContext, negotiate_unrestricted
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,8 @@ def install(*, reactor_poll: float | None = None, stream_to: Path | None = None)
         quicken_reactors(reactor_poll)
     if stream_to is not None:
         stream_datasets_to(stream_to)
+    setattr(pynetdicom.acse, "negotiate_unrestricted", negotiate_storage_contexts)  # noqa: B010
+    setattr(dimse_messages, "decode", complete_store_commands)  # noqa: B010
 
 
 # -- connections: TCP_NODELAY and shorter polling ---------------------------------------------
@@ -207,6 +216,50 @@ def write_failure(path: Path | str) -> OSError | None:
     """The error that cut the dataset streamed to ``path`` short, if any (asked once)."""
     with _lock:
         return _failures.pop(str(path), None)
+
+
+# -- receiving: transfer syntax negotiation, C-STORE commands without UIDs ------------------
+#
+# pynetdicom's unrestricted negotiation accepts each storage context in the first syntax
+# proposed. The receiver's ``EVT_REQUESTED`` handler (run before negotiation) reorders each
+# proposal by preference and drops unknown syntaxes (:mod:`dde.dicom.transfer_syntaxes`);
+# :func:`negotiate_storage_contexts` rejects (0x04) a context left with none, where pynetdicom
+# would fail. When datasets are streamed to files, pynetdicom reads the command's Affected
+# SOP Instance UID for the file meta and raises in the DUL thread when there is none (the
+# sender gets no status), and in memory it drops the request as invalid (no status either):
+# :func:`complete_store_commands`, the ``decode`` of its command sets, gives such a C-STORE-RQ
+# the placeholder :data:`MISSING_UID`, so the request reaches the handler, which refuses it.
+
+TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+C_STORE_RQ = 0x0001
+MISSING_UID = "2.25.0"
+"""Stands in for a C-STORE-RQ's missing (or empty) Affected SOP Instance UID."""
+_decode_command = pynetdicom.dsutils.decode
+
+
+def negotiate_storage_contexts(rq_contexts: list[PresentationContext],
+                               ac_contexts: list[PresentationContext],
+                               roles: Any = None) -> tuple[list[PresentationContext], list[Any]]:
+    result, reply_roles = negotiate_unrestricted(
+        [cx for cx in rq_contexts if cx.transfer_syntax], ac_contexts, roles)
+    for proposed in (cx for cx in rq_contexts if not cx.transfer_syntax):
+        rejected = PresentationContext()
+        rejected.context_id = proposed.context_id
+        rejected.abstract_syntax = proposed.abstract_syntax
+        rejected.result = TRANSFER_SYNTAXES_NOT_SUPPORTED
+        rejected.transfer_syntax = [IMPLICIT_VR_LITTLE_ENDIAN]  # not significant (PS3.8 9.3.3.2)
+        result.append(rejected)
+    result.sort(key=lambda cx: int(cx.context_id or 0))
+    return result, reply_roles
+
+
+def complete_store_commands(encoded: Any, is_implicit_vr: bool, is_little_endian: bool,
+                            deflated: bool = False) -> Dataset:
+    decoded: Dataset = _decode_command(encoded, is_implicit_vr, is_little_endian, deflated)
+    if decoded.get("CommandField") == C_STORE_RQ and not decoded.get("AffectedSOPInstanceUID"):
+        decoded.AffectedSOPInstanceUID = MISSING_UID
+    return decoded
 
 
 # -- receiving: bounds on a peer's PDUs -------------------------------------------------------

@@ -54,6 +54,21 @@ def is_permanent_failure(status: int) -> bool:
     ) or (status & 0xFF00) == DATASET_DOES_NOT_MATCH_SOP_CLASS or (status & 0xF000) == 0xC000
 
 
+ERROR_COMMENT_MAX = 64
+"""Error Comment (0000,0902) is an LO: at most 64 characters."""
+
+
+def error_comment(reason: str) -> str:
+    """``reason`` made fit for Error Comment: one line of printable characters without a
+    backslash, at most 64 characters (cut with an ellipsis). The caller keeps patient data
+    out of it."""
+    kept = "".join(c if c.isascii() and c.isprintable() and c != "\\" else " " for c in reason)
+    text = " ".join(kept.split())
+    if len(text) > ERROR_COMMENT_MAX:
+        text = text[:ERROR_COMMENT_MAX - 3].rstrip() + "..."
+    return text
+
+
 def describe(status: int) -> str:
     names = {
         SUCCESS: "success",

@@ -68,7 +68,11 @@ class DicomSender:
         self._ae.acse_timeout = delivery.connect_timeout
         self._ae.connection_timeout = delivery.connect_timeout
         self._dimse_timeout = delivery.dimse_timeout
-        self._ae.dimse_timeout = delivery.dimse_timeout
+        # The wait for one C-STORE response: shorter than the association's idle limit, so
+        # an instance the destination never answers is found suspect soon.
+        self._response_timeout = min(delivery.response_timeout_seconds, delivery.dimse_timeout)
+        self._ae.dimse_timeout = self._response_timeout
+        self._aborting = False
         self._ae.network_timeout = delivery.dimse_timeout
         self._ae.maximum_pdu_size = 0  # no limit on what we accept back
         self._assoc: Any = None
@@ -143,15 +147,26 @@ class DicomSender:
             return SendResult.refused("spool file is missing", permanent=True)
         except SendStalled as exc:  # half a message went out: only an abort ends it
             self._forget().abort()
-            return SendResult.refused(f"C-STORE could not be sent: {exc}")
+            if self._aborting:
+                return SendResult.refused(f"C-STORE could not be sent: {exc}")
+            return SendResult.no_response(f"C-STORE could not be sent: {exc}")
         except (ValueError, AttributeError, RuntimeError, OSError) as exc:
             self.release()
             return SendResult.refused(f"C-STORE could not be sent: {exc}")
         status = getattr(response, "Status", None)
         if status is None:
-            self.release()
-            return SendResult.refused(
-                "no C-STORE response (association aborted or timed out)"
+            if self._aborting:
+                self.release()
+                return SendResult.refused("no C-STORE response (association aborted)")
+            # pynetdicom aborted it already; a release would wait on a silent peer.
+            assoc = self._forget()
+            try:
+                assoc.abort()
+            except Exception:  # an association already aborted must never raise here
+                log.debug("abort of association to %s failed", self.endpoint.name)
+            return SendResult.no_response(
+                f"no C-STORE response within {self._response_timeout:g} s "
+                "(association aborted or timed out)"
             )
         code = int(status)
         if dimse.is_success_or_warning(code):
@@ -165,6 +180,7 @@ class DicomSender:
     def abort(self) -> None:
         """From another thread: abort the association so that a C-STORE waiting for its
         response returns now (pynetdicom's abort does not wake that wait, hence the put)."""
+        self._aborting = True
         assoc = self._assoc
         if assoc is None:
             return

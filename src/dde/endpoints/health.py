@@ -2,7 +2,10 @@
 
 A DICOM endpoint is probed with C-ECHO, an ``orthanc-rest`` one with ``GET {url}/system``.
 The breaker of each endpoint decides whether it is up (gets new studies) or down, and for how
-long it has been down (failover).
+long it has been down (failover). An endpoint is ``unknown`` until it first answers (or its
+breaker opens): a new one is probed at once, before the others, and a group gives new
+studies to an unknown member only while none of its members is known up
+(:meth:`dde.routing.router.Router.candidates`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from dde.endpoints.dicom_sender import tls_context, user_identity
 from dde.endpoints.http import http_client
 
 log = logging.getLogger(__name__)
+
+DOWN_REMINDER_SECONDS = 300.0
+"""A down endpoint is logged when it goes down, then at most once per this many seconds."""
 
 Probe = Callable[[EndpointSettings], str | None]
 """Returns None when the endpoint answered, else the reason it did not."""
@@ -77,11 +83,19 @@ class HealthMonitor:
         self._endpoints: dict[str, EndpointSettings] = {}
         self._breakers: dict[str, Breaker] = {}
         self._probed: set[str] = set()
+        """Endpoints with at least one result (a probe or a delivery)."""
+        self._seen_up: set[str] = set()
+        """Endpoints that answered at least once: the others are unknown until down."""
+        self._reminded: dict[str, float] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._first_round = threading.Event()
         self._thread: threading.Thread | None = None
         self.listeners: list[Callable[[str, bool], None]] = []
         """Called with (endpoint name, is up) when an endpoint goes down or comes back."""
+        self.status_listeners: list[Callable[[str, str], None]] = []
+        """Called with (endpoint name, health) whenever :meth:`health` changes — also from
+        unknown to up, which the ``listeners`` do not hear."""
 
     def _default_probe(self, endpoint: EndpointSettings) -> str | None:
         timeout = self.settings.probe_timeout_seconds
@@ -103,7 +117,9 @@ class HealthMonitor:
                 if name not in self._endpoints:
                     del self._breakers[name]
                     self._probed.discard(name)
-        self._wake.set()
+                    self._seen_up.discard(name)
+                    self._reminded.pop(name, None)
+        self._wake.set()  # a new endpoint is probed now, not at the next interval
 
     def _new_breaker(self) -> Breaker:
         return Breaker(threshold=self.settings.failure_threshold,
@@ -112,11 +128,23 @@ class HealthMonitor:
 
     # -- what the others ask -------------------------------------------------------------
     def health(self, name: str) -> str:
+        """``up``, ``down`` (breaker open or half-open) or ``unknown``: not configured, or
+        never answered yet and not (yet) down — a new endpoint before its first probe, or one
+        whose first probes failed fewer than ``failure_threshold`` times."""
         with self._lock:
-            breaker = self._breakers.get(name)
-            if breaker is None or (name not in self._probed and not breaker.down):
-                return "unknown"
-            return "down" if breaker.down else "up"
+            return self._health_locked(name)
+
+    def _health_locked(self, name: str) -> str:
+        breaker = self._breakers.get(name)
+        if breaker is None:
+            return "unknown"
+        if breaker.down:
+            return "down"
+        return "up" if name in self._seen_up else "unknown"
+
+    def wait_first_round(self, timeout: float) -> bool:
+        """Wait until the first round of probes is over (at most ``timeout`` seconds)."""
+        return self._first_round.wait(timeout)
 
     def is_down(self, name: str) -> bool:
         with self._lock:
@@ -156,17 +184,29 @@ class HealthMonitor:
     # -- what feeds it -------------------------------------------------------------------
     def report(self, name: str, ok: bool, error: str | None = None) -> None:
         changed = False
+        remind = False
         with self._lock:
             breaker = self._breakers.get(name)
             if breaker is None:
                 return
             was_down = breaker.down
+            was = self._health_locked(name)
             self._probed.add(name)
+            now = self._clock()
             if ok:
                 breaker.record_success()
+                self._seen_up.add(name)
+                self._reminded.pop(name, None)
             else:
-                breaker.record_failure(self._clock(), error or "failed")
+                breaker.record_failure(now, error or "failed")
             changed = was_down != breaker.down
+            health = self._health_locked(name)
+            if changed and not ok:
+                self._reminded[name] = now
+            elif breaker.down and now - self._reminded.get(name, now) >= DOWN_REMINDER_SECONDS:
+                self._reminded[name] = now
+                remind = True
+            down_for = breaker.down_for(now)
         if changed:
             if ok:
                 log.info("%s is up again", name)
@@ -174,10 +214,17 @@ class HealthMonitor:
                 log.warning("%s is down (breaker open): %s", name, error)
             for listener in self.listeners:
                 listener(name, ok)
+        elif remind:
+            log.warning("%s is still down after %.0f s: %s", name, down_for, error)
+        if health != was:
+            for status_listener in self.status_listeners:
+                status_listener(name, health)
 
     def probe_once(self) -> None:
+        """Probe every endpoint once; those never probed first (an endpoint just added does
+        not wait behind the probe timeouts of the others)."""
         with self._lock:
-            endpoints = list(self._endpoints.values())
+            endpoints = sorted(self._endpoints.values(), key=lambda e: e.name in self._probed)
         for endpoint in endpoints:
             if self._stop.is_set():
                 return
@@ -200,5 +247,6 @@ class HealthMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.probe_once()
+            self._first_round.set()
             self._wake.wait(self.settings.interval_seconds)
             self._wake.clear()

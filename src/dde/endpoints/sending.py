@@ -22,6 +22,9 @@ class SendResult:
     detail: str = ""
     permanent: bool = False
     """A refusal that retrying the same bytes will not change."""
+    suspect: bool = False
+    """The destination took the instance (or part of it) and never answered: something in
+    this instance may hang it, so it is retried alone; the connection was dropped."""
 
     @classmethod
     def delivered(cls, detail: str = "") -> SendResult:
@@ -30,6 +33,11 @@ class SendResult:
     @classmethod
     def refused(cls, detail: str, *, permanent: bool = False) -> SendResult:
         return cls(SendStatus.REFUSED, detail, permanent)
+
+    @classmethod
+    def no_response(cls, detail: str) -> SendResult:
+        """A refusal by silence: no answer within the response timeout (suspect)."""
+        return cls(SendStatus.REFUSED, detail, suspect=True)
 
     @classmethod
     def unreachable(cls, detail: str) -> SendResult:

@@ -1,10 +1,13 @@
 """The DICOM face of the router: a pynetdicom AE answering C-ECHO and C-STORE.
 
 Every storage SOP class is accepted, also ones pynetdicom does not know
-(``UNRESTRICTED_STORAGE_SERVICE``), in the first transfer syntax the sender proposes for
-each context, compressed ones included. The C-STORE handler hands the encoded dataset
-to the ingest pipeline and answers the status it returns; an exception anywhere becomes
-``OUT_OF_RESOURCES`` at this boundary, never success.
+(``UNRESTRICTED_STORAGE_SERVICE``), compressed transfer syntaxes included. When a context
+proposes several transfer syntaxes, the receiver's preference picks one
+(``receiver.transfer_syntax_preference``: explicit VR little endian, then implicit, then
+the sender's order); a context proposing only unknown syntaxes is rejected. The C-STORE
+handler hands the encoded dataset to the ingest pipeline and answers the status it returns,
+with the reason in Error Comment (0000,0902) when it is not success; an exception anywhere
+becomes ``OUT_OF_RESOURCES`` at this boundary, never success.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from socketserver import TCPServer
 from typing import Any
 
+from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -30,11 +34,13 @@ from dde.config import ReceiverSettings
 from dde.dicom import pynetdicom_adapter
 from dde.dicom import status as dimse
 from dde.dicom.pynetdicom_adapter import (
+    MISSING_UID,
     end_aborted_soon,
     limit_pdu_sizes,
     on_connection_open,
     write_failure,
 )
+from dde.dicom.transfer_syntaxes import order_proposed_contexts
 from dde.receiving.access import (
     REJECTED_PERMANENT,
     SOURCE_SERVICE_USER,
@@ -46,6 +52,24 @@ from dde.receiving.ingest import Incoming, IngestPipeline
 log = logging.getLogger(__name__)
 
 ALL_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+
+
+def acceptor_order(preferred: list[str]) -> list[str]:
+    """The syntaxes offered for the storage classes pynetdicom negotiates itself (it takes
+    the first of this list the sender proposed): the preferred ones first."""
+    return list(dict.fromkeys([*preferred, *ALL_TRANSFER_SYNTAXES]))
+
+
+def store_response(status: int, detail: str) -> int | Dataset:
+    """The C-STORE-RSP status, with ``detail`` as Error Comment unless it is success."""
+    if status == dimse.SUCCESS:
+        return status
+    response = Dataset()
+    response.Status = status
+    comment = dimse.error_comment(detail)
+    if comment:
+        response.ErrorComment = comment
+    return response
 
 
 class SharedPortServer(ThreadedAssociationServer):
@@ -97,8 +121,10 @@ class StorageSCP:
         ae.add_supported_context(Verification)
         # Storage classes pynetdicom files outside the storage service (colour palettes,
         # hanging protocols, implant templates, …) are not covered by the unrestricted mode.
+        preferred, sender_rest = self.settings.transfer_syntax_order()
+        offered = acceptor_order(preferred) if sender_rest else preferred
         for uid in _NON_PATIENT_OBJECT_CLASSES.values():
-            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(uid, offered)
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.acse_timeout = self.settings.acse_timeout
@@ -149,6 +175,8 @@ class StorageSCP:
         source_ip = str(assoc.requestor.address)
         refusal = check_association(self.settings, calling, called, source_ip)
         if refusal is None:
+            order_proposed_contexts(request.presentation_context_definition_list,
+                                    *self.settings.transfer_syntax_order())
             return
         log.warning("association refused by %s: calling AE %r, called AE %r, from %s (%s)",
                     refusal.rule, calling, called, source_ip,
@@ -161,11 +189,19 @@ class StorageSCP:
     def _on_c_echo(event: Any) -> int:
         return dimse.SUCCESS
 
-    def _on_c_store(self, event: Any) -> int:
+    def _on_c_store(self, event: Any) -> int | Dataset:
         started = time.monotonic()
         try:
             request = event.request
             assoc = event.assoc
+            if str(request.AffectedSOPInstanceUID or "") in ("", MISSING_UID):
+                log.warning("refused a C-STORE request from %s: no Affected SOP Instance UID",
+                            str(assoc.requestor.ae_title).strip())
+                response = store_response(dimse.CANNOT_UNDERSTAND,
+                                          "C-STORE request has no Affected SOP Instance UID")
+                assert isinstance(response, Dataset)
+                response.AffectedSOPInstanceUID = ""  # not the placeholder: none
+                return response
             streamed = Path(event.dataset_path) if self._streamed else None
             incoming = Incoming(
                 dataset=b"" if streamed else event.encoded_dataset(include_meta=False),
@@ -181,6 +217,6 @@ class StorageSCP:
             )
         except Exception:
             log.exception("could not read a C-STORE request")
-            return dimse.OUT_OF_RESOURCES
+            return store_response(dimse.OUT_OF_RESOURCES, "the C-STORE request could not be read")
         result = self._pipeline.ingest(incoming)
-        return result.status
+        return store_response(result.status, result.detail)

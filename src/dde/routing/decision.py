@@ -29,6 +29,8 @@ class Candidate:
     available: bool = True
     """False when it must not get new studies (down, draining, disabled)."""
     weight: float = 1.0
+    unknown: bool = False
+    """Its health is not known yet (never probed, or not published)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,12 @@ class Decision:
     destination: str
     new_pin: bool
     reason: str
+
+
+def _note(candidate: Candidate) -> str:
+    if candidate.unknown:
+        return " health unknown" + ("" if not candidate.available else " (none known up)")
+    return "" if candidate.available else " unavailable"
 
 
 def least_loaded(candidates: Sequence[Candidate]) -> Candidate | None:
@@ -74,7 +82,7 @@ def decide_storage(
         if not candidates:
             raise NoRoute(f"group {group!r} has no endpoints")
         raise NoRoute(f"no endpoint of group {group!r} is available")
-    loads = ", ".join(f"{c.name}={c.load}" + ("" if c.available else " unavailable")
+    loads = ", ".join(f"{c.name}={c.load}" + _note(c)
                       for c in sorted(candidates, key=lambda c: c.name))
     if study_instance_uid is None:
         return Decision(rule, chosen.name, new_pin=False,

@@ -5,8 +5,9 @@ The main process probes every endpoint and polls the loads; it publishes the pic
 the ledger's status board (:mod:`dde.store.status_board`). Receiver processes route with
 it, and ``dde route explain`` explains with it: both read it here, through the board's one
 reader, so they cannot disagree. The board is read at most once per ``max_age`` seconds.
-An endpoint the board does not show (not published yet, or stale) counts as up, with no
-load — the same as the main process before its first probe.
+An endpoint the board does not show (not published yet, or stale) or shows as ``unknown``
+is unknown, with no load — the same as in the main process before its first probe: it gets
+new studies only while no member of its group is known up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class PublishedEndpoints:
     def is_down(self, name: str) -> bool:
         status = self._current().get(name)
         return status is not None and status.down
+
+    def health(self, name: str) -> str:
+        status = self._current().get(name)
+        return "unknown" if status is None else status.health
 
     def failed_over(self) -> set[str]:
         now = self._clock()

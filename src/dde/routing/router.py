@@ -25,6 +25,10 @@ from dde.routing.strategies import StrategyState, choose
 class HealthView(Protocol):
     def is_down(self, name: str) -> bool: ...
 
+    def health(self, name: str) -> str:
+        """``up``, ``down`` or ``unknown`` (not probed yet, or not published)."""
+        ...
+
     def failed_over(self) -> set[str]: ...
 
 
@@ -81,14 +85,26 @@ class Router:
                         if e.state is EndpointState.DISABLED}
         return disabled | (self._health.failed_over() if self._health is not None else set())
 
+    def _unknown(self, name: str) -> bool:
+        return self._health is not None and self._health.health(name) == "unknown"
+
     def candidates(self, group: str, queued: dict[str, int]) -> list[Candidate]:
+        """The members of ``group``. One is available for new studies when it is enabled
+        and up. A member whose health is unknown (added a moment ago and not probed yet, or
+        not on the published board) is available only while no member is known up: at start,
+        before the first probes, the group still takes studies."""
         with self._lock:
-            members = [e for e in self._endpoints.values() if group in e.groups]
+            members = sorted((e for e in self._endpoints.values() if group in e.groups),
+                             key=lambda e: e.name)
+        usable = {e.name for e in members
+                  if e.state is EndpointState.ENABLED and not self._down(e.name)}
+        unknown = {name for name in usable if self._unknown(name)}
+        if usable - unknown:
+            usable -= unknown
         return [
             Candidate(e.name, self._loads.stored(e.name) + queued.get(e.name, 0),
-                      available=e.state is EndpointState.ENABLED and not self._down(e.name),
-                      weight=e.weight)
-            for e in sorted(members, key=lambda e: e.name)
+                      available=e.name in usable, weight=e.weight, unknown=e.name in unknown)
+            for e in members
         ]
 
     def strategy_for(self, group: str) -> Strategy:

@@ -37,6 +37,7 @@ from dde.web.server import WebServer, build_app
 log = logging.getLogger(__name__)
 
 CONFIG_POLL_SECONDS = 0.5
+FIRST_PROBES_WAIT_SECONDS = 2.0
 
 
 def _retry_policy(delivery: DeliverySettings) -> RetryPolicy:
@@ -48,7 +49,7 @@ def _dispatch_options(settings: Settings) -> dict[str, Any]:
     delivery = settings.delivery
     return {"batch_size": delivery.batch_size, "idle_release": delivery.idle_release_seconds,
             "poll": delivery.poll_seconds, "retention": settings.spool.retention_seconds,
-            "nice": delivery.nice}
+            "nice": delivery.nice, "associations": delivery.associations}
 
 
 class RouterApp:
@@ -84,7 +85,7 @@ class RouterApp:
         )
         self.core.listeners.append(self._apply_here)
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)
-        self.health.listeners.append(self._publish_on_change)
+        self.health.status_listeners.append(self._publish_on_change)
         self.receiver: StorageSCP | ReceiverPool
         self._notes: NotificationListener | None = None
         if settings.receiver.processes:
@@ -126,7 +127,8 @@ class RouterApp:
                 or settings.spool.retention_seconds != previous.spool.retention_seconds):
             self.dispatcher.reconfigure(_retry_policy(settings.delivery),
                                         **_dispatch_options(settings))
-        self.dispatcher.sync(settings.endpoints)
+        if self.dispatcher.started:  # before start(), start() takes the endpoints in force
+            self.dispatcher.sync(settings.endpoints)
         before = {e.name for e in previous.endpoints}
         current = {e.name for e in settings.endpoints}
         log.info("configuration applied: %d endpoints (added: %s; removed: %s), %d rules",
@@ -146,8 +148,9 @@ class RouterApp:
                 entry.get("last_error"), int(stored) if isinstance(stored, int) else None))
         self.ledger.status_board.publish(rows)
 
-    def _publish_on_change(self, name: str, up: bool) -> None:
-        """Receiver processes route with the published picture: a change goes out now."""
+    def _publish_on_change(self, name: str, health: str) -> None:
+        """Receiver processes route with the published picture: a change (down, up again,
+        unknown → up after the first probe) goes out now."""
         try:
             self.publish_status()
         except Exception:
@@ -177,6 +180,9 @@ class RouterApp:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
         self.loads.start()
         self.health.start()
+        # New studies go to members known up; before the first probes every one is unknown
+        # (then a group falls back to its unknown members). A short wait avoids that.
+        self.health.wait_first_round(FIRST_PROBES_WAIT_SECONDS)
         self.dispatcher.start(self.settings.endpoints)
         pending = sum(self.ledger.queue.queued_counts().values())
         if pending:

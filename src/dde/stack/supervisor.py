@@ -1,7 +1,8 @@
 """The reference deployment as detached processes: up, down, status, logs.
 
-Parts: one Orthanc per ``settings.stack.orthancs`` entry (named by its ``name``) and the
-``router`` (``python -m dde --home HOME serve``). Each part has, in the state folder:
+Parts: one Orthanc per ``settings.stack.orthancs`` entry (named by the endpoint it
+describes, :mod:`dde.stack.layout`) and the ``router`` (``python -m dde --home HOME
+serve``). Each part has, in the state folder:
 
 - ``logs/PART.log``  its stdout and stderr, appended;
 - ``run/PART.pid``   ``{"pid", "argv", "started_at"}`` while it runs (see ``process``);
@@ -30,8 +31,9 @@ from typing import Any, TextIO
 
 import httpx
 
-from dde.config import Home, Settings, StackOrthanc
+from dde.config import Home, Settings
 from dde.stack.errors import StackError
+from dde.stack.layout import OrthancSpec, stack_orthancs
 from dde.stack.logfollow import LogFollower
 from dde.stack.orthanc import (
     OrthancProcess,
@@ -69,7 +71,7 @@ class Part:
     log: Path
     pid_file: Path
     config: Path | None
-    orthanc: StackOrthanc | None = None
+    orthanc: OrthancSpec | None = None
     storage_dir: Path | None = None
 
     @property
@@ -80,8 +82,7 @@ class Part:
         """Where in dde.yaml ``port`` is configured, for error messages."""
         if self.orthanc is None:
             return "receiver.port" if port == self.ports[0] else "web.port"
-        key = "dicom_port" if port == self.orthanc.dicom_port else "http_port"
-        return f"stack.orthancs ({self.name}) {key}"
+        return self.orthanc.port_setting(port)
 
 
 def stack_parts(home: Home, settings: Settings) -> list[Part]:
@@ -96,7 +97,7 @@ def stack_parts(home: Home, settings: Settings) -> list[Part]:
             orthanc=entry,
             storage_dir=home.orthanc_dir / entry.name,
         )
-        for entry in settings.stack.orthancs
+        for entry in stack_orthancs(settings, home.config_file)
     ]
     parts.append(
         Part(
@@ -138,7 +139,8 @@ def _check_settings(home: Home, settings: Settings, to_start: Sequence[Part]) ->
     names = [e.name for e in settings.stack.orthancs]
     if ROUTER in names or len(set(names)) != len(names):
         raise StackError(
-            f"{home.config_file}: stack.orthancs names must be unique and not {ROUTER!r}"
+            f"{home.config_file}: stack.orthancs must name each endpoint once, "
+            f"and not {ROUTER!r}"
         )
     for part in to_start:
         for port in part.ports:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -55,8 +56,12 @@ class Database:
         raises :class:`~dde.store.errors.LedgerLocked`; a damaged file
         :class:`~dde.store.errors.LedgerCorrupt`."""
         self.path = path
+        _make_private(path)
         self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
+        """Each thread's connection. A thread that ended no longer needs its own: it is
+        closed when the next thread opens one (the receiver runs a thread per association;
+        kept, their connections and page caches grew the process with every association)."""
         self._lock = threading.Lock()
         connection = self.connection(open_timeout)
         try:
@@ -90,8 +95,18 @@ class Database:
             raise open_error(self.path, exc) from None
         self._local.connection = connection
         with self._lock:
-            self._connections.append(connection)
+            ended = [t for t in self._connections if not t.is_alive()]
+            orphans = [self._connections.pop(t) for t in ended]
+            self._connections[threading.current_thread()] = connection
+        for orphan in orphans:
+            _close_quietly(orphan)
         return connection
+
+    def open_connections(self) -> int:
+        """How many connections are open now (one per live thread that used the ledger,
+        plus those of threads that ended since the last connection was opened)."""
+        with self._lock:
+            return len(self._connections)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -125,10 +140,44 @@ class Database:
 
     def close(self) -> None:
         with self._lock:
-            for connection in self._connections:
-                try:
-                    connection.close()
-                except sqlite3.Error:
-                    pass
+            connections = list(self._connections.values())
             self._connections.clear()
+        for connection in connections:
+            _close_quietly(connection)
         self._local = threading.local()
+
+
+def _close_quietly(connection: sqlite3.Connection) -> None:
+    try:
+        connection.close()
+    except sqlite3.Error:
+        pass
+
+
+PRIVATE_FILE_MODE = 0o600
+"""The ledger holds patient IDs and accession numbers: its owner only reads it."""
+
+
+def _make_private(path: Path) -> None:
+    """Create the database file with mode 0600 (SQLite gives its -wal and -shm files the
+    database's mode), and make an existing one that is open to others private. Best
+    effort: a folder that is missing or not writable is SQLite's to report.
+
+    An existing file is never opened here: closing any descriptor of a database file drops
+    every POSIX lock this process holds on it, the locks of other connections included —
+    SQLite's documented way to corrupt a database. ``chmod`` needs no descriptor."""
+    if not path.exists():
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        except FileExistsError:
+            pass  # created meanwhile by another opener: not ours to touch
+        except OSError:
+            return
+        else:
+            os.close(fd)  # a new, empty file: no connection of this process has it open
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.stat().st_mode & 0o077:
+                os.chmod(file, PRIVATE_FILE_MODE)
+        except OSError:
+            pass

@@ -95,12 +95,17 @@ class OperatorQueries:
         return {str(endpoint): QueueSummary(int(count), None if oldest is None else float(oldest))
                 for endpoint, count, oldest in rows}
 
-    def received_per_minute(self, since: float) -> dict[int, int]:
-        """Instances received per minute since ``since``: {minute (epoch // 60): count}."""
+    def received_per_minute(self, since: float,
+                            exclude_called: Sequence[str] = ()) -> dict[int, int]:
+        """Instances received per minute since ``since``: {minute (epoch // 60): count};
+        ``exclude_called``: not those received with these called AE titles (the copies
+        ``reconcile --repair`` ingests)."""
+        marks = ", ".join("?" for _ in exclude_called)
+        excluded = f" AND called_aet NOT IN ({marks})" if exclude_called else ""
         rows = self._database.connection().execute(
             "SELECT CAST(received_at / 60 AS INTEGER) AS minute, COUNT(*) FROM instances"
-            " WHERE received_at >= ? GROUP BY minute",
-            (since,),
+            f" WHERE received_at >= ?{excluded} GROUP BY minute",
+            (since, *exclude_called),
         ).fetchall()
         return {int(minute): int(count) for minute, count in rows}
 

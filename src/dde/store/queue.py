@@ -2,12 +2,22 @@
 
 Outcomes follow the legal transitions of :mod:`dde.store.states`; a late outcome for a
 delivered delivery changes nothing (delivered is final).
+
+Several workers deliver to one endpoint: each *claims* the deliveries it is about to send
+(a lease with an owner and an expiry, in ``delivery_claims``), so two workers never hold
+the same delivery. A claim ends with the outcome, with :meth:`DeliveryQueue.release`, when
+it expires, or at once for all on :meth:`DeliveryQueue.release_all_claims` (the dispatcher's
+start: after a crash no claim blocks anything). (A PostgreSQL backend would claim with
+``SELECT … FOR UPDATE SKIP LOCKED`` and the same lease columns.) A delivery the destination
+never answered is *suspect* (``delivery_suspects``): it is claimed only by the endpoint's
+suspect lane, one at a time, until it is delivered.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from dde.store.database import Database, database_errors_as_ledger_errors
 from dde.store.intake import queued_counts
@@ -31,6 +41,102 @@ class DeliveryQueue:
         ).fetchall()
         return [QueuedDelivery(*row) for row in rows]
 
+    def claim(self, endpoint: str, owner: str, now: float, limit: int, lease: float, *,
+              suspects: bool = False) -> list[QueuedDelivery]:
+        """Claim up to ``limit`` due deliveries of ``endpoint`` no one else holds, for
+        ``lease`` seconds: the plain ones in queue order, or (``suspects``) the suspect ones."""
+        if suspects:
+            source = ("FROM delivery_suspects s JOIN deliveries d ON d.id = s.delivery_id"
+                      " JOIN instances i ON i.id = d.instance_id WHERE")
+        else:
+            source = ("FROM deliveries d JOIN instances i ON i.id = d.instance_id WHERE"
+                      " NOT EXISTS (SELECT 1 FROM delivery_suspects s"
+                      " WHERE s.delivery_id = d.id) AND")
+        query = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
+                 " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at "
+                 + source +
+                 " d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
+                 " AND NOT EXISTS (SELECT 1 FROM delivery_claims c"
+                 " WHERE c.delivery_id = d.id AND c.expires_at > ?)"
+                 " ORDER BY d.next_attempt_at, d.id LIMIT ?")
+        parameters = (endpoint, now, now, limit)
+        # A plain read first: an idle worker's look never takes the write lock.
+        if not self._database.connection().execute(query, parameters).fetchone():
+            return []
+        with self._unsynced(), self._database.transaction() as connection:
+            rows = connection.execute(query, parameters).fetchall()
+            connection.executemany(
+                "INSERT OR REPLACE INTO delivery_claims(delivery_id, owner, expires_at)"
+                " VALUES (?, ?, ?)",
+                [(row[0], owner, now + lease) for row in rows],
+            )
+        return [QueuedDelivery(*row) for row in rows]
+
+    @contextlib.contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """A claim need not survive a power cut (a restart clears them all): its commit
+        skips the WAL fsync; the next outcome's commit makes it durable anyway."""
+        connection = self._database.connection()
+        connection.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            connection.execute("PRAGMA synchronous=FULL")
+
+    def renew(self, owner: str, delivery_ids: Iterable[int], until: float) -> None:
+        """Extend ``owner``'s claims on ``delivery_ids`` until ``until``."""
+        with self._unsynced(), self._database.transaction() as connection:
+            connection.executemany(
+                "UPDATE delivery_claims SET expires_at = ? WHERE delivery_id = ? AND owner = ?",
+                [(until, i, owner) for i in delivery_ids],
+            )
+
+    def release(self, owner: str, delivery_ids: Iterable[int] | None = None) -> None:
+        """End ``owner``'s claims (on ``delivery_ids``, or all of them): others may take
+        those deliveries at once."""
+        with self._unsynced(), self._database.transaction() as connection:
+            if delivery_ids is None:
+                connection.execute("DELETE FROM delivery_claims WHERE owner = ?", (owner,))
+            else:
+                connection.executemany(
+                    "DELETE FROM delivery_claims WHERE delivery_id = ? AND owner = ?",
+                    [(i, owner) for i in delivery_ids],
+                )
+
+    def release_all_claims(self) -> int:
+        """Forget every claim (no worker runs yet: a crash left them); how many."""
+        with self._database.transaction() as connection:
+            return int(connection.execute("DELETE FROM delivery_claims").rowcount)
+
+    def claims(self, endpoint: str | None = None) -> dict[int, str]:
+        """{delivery id: owner} of the claims held now (of ``endpoint``'s deliveries)."""
+        rows = self._database.connection().execute(
+            "SELECT c.delivery_id, c.owner FROM delivery_claims c"
+            " JOIN deliveries d ON d.id = c.delivery_id"
+            " WHERE (? IS NULL OR d.endpoint = ?) AND c.expires_at > ?",
+            (endpoint, endpoint, time.time()),
+        ).fetchall()
+        return {int(delivery_id): str(owner) for delivery_id, owner in rows}
+
+    def suspects(self, endpoint: str | None = None) -> dict[int, str | None]:
+        """{delivery id: reason} of the suspect deliveries not yet delivered."""
+        rows = self._database.connection().execute(
+            "SELECT s.delivery_id, s.reason FROM delivery_suspects s"
+            " JOIN deliveries d ON d.id = s.delivery_id"
+            " WHERE (? IS NULL OR d.endpoint = ?) AND d.state != 'delivered'",
+            (endpoint, endpoint),
+        ).fetchall()
+        return {int(delivery_id): reason for delivery_id, reason in rows}
+
+    def next_suspect_due_at(self, endpoint: str) -> float | None:
+        row = self._database.connection().execute(
+            "SELECT MIN(d.next_attempt_at) FROM delivery_suspects s"
+            " JOIN deliveries d ON d.id = s.delivery_id"
+            " WHERE d.endpoint = ? AND d.state = 'pending'",
+            (endpoint,),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     def next_due_at(self, endpoint: str) -> float | None:
         row = self._database.connection().execute(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint = ? AND state = 'pending'",
@@ -50,6 +156,8 @@ class DeliveryQueue:
                 ).fetchone()
                 if row is None:
                     continue
+                connection.execute("DELETE FROM delivery_claims WHERE delivery_id = ?",
+                                   (outcome.delivery_id,))
                 previous = DeliveryState(row[0])
                 if previous is DeliveryState.DELIVERED:
                     continue  # delivered is final; a late duplicate outcome changes nothing
@@ -65,6 +173,16 @@ class DeliveryQueue:
                         outcome.state.value, now, outcome.delivery_id,
                     ),
                 )
+                if outcome.suspect:
+                    connection.execute(
+                        "INSERT OR REPLACE INTO delivery_suspects(delivery_id, since, reason)"
+                        " VALUES (?, COALESCE((SELECT since FROM delivery_suspects"
+                        " WHERE delivery_id = ?), ?), ?)",
+                        (outcome.delivery_id, outcome.delivery_id, now, outcome.error),
+                    )
+                elif outcome.state is DeliveryState.DELIVERED:
+                    connection.execute("DELETE FROM delivery_suspects WHERE delivery_id = ?",
+                                       (outcome.delivery_id,))
 
     def note_error(self, delivery_ids: Iterable[int], error: str) -> None:
         """Record an endpoint-level error on waiting deliveries without spending attempts."""

@@ -45,6 +45,8 @@ class DeliveryOutcome:
     error: str | None = None
     counts_as_attempt: bool = True
     next_attempt_at: float = 0.0
+    suspect: bool = False
+    """The destination never answered this instance: from now on it is retried alone."""
 
 
 @dataclass

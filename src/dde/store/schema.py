@@ -2,7 +2,9 @@
 
 Version 1 is the first schema. A migration is a function from the version before to its
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
-and refuses a ledger written by a newer version of dde.
+and refuses a ledger written by a newer version of dde. Tables added later without touching
+an existing one (``delivery_claims``, ``delivery_suspects``) are created by :data:`SCHEMA`
+itself at every open, so they need no version step (an older dde simply ignores them).
 """
 
 from __future__ import annotations
@@ -60,6 +62,17 @@ CREATE INDEX IF NOT EXISTS deliveries_instance ON deliveries(instance_id);
 CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries(state, endpoint);
 CREATE INDEX IF NOT EXISTS deliveries_delivered ON deliveries(delivered_at)
     WHERE delivered_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS delivery_claims (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delivery_claims_owner ON delivery_claims(owner);
+CREATE TABLE IF NOT EXISTS delivery_suspects (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+    since REAL NOT NULL,
+    reason TEXT
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     at REAL NOT NULL,

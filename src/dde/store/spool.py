@@ -99,7 +99,9 @@ class Spool:
         self._in_flight = 0
         self._counted_at = time.monotonic()
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # patient data: owner only
+        if self.root.stat().st_mode & 0o077:
+            os.chmod(self.root, 0o700)
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self._statvfs = statvfs
@@ -226,6 +228,7 @@ class Spool:
             self._ensure_folder(folder)
             fd = os.open(received, os.O_RDONLY)
             try:
+                os.fchmod(fd, 0o600)  # written by pynetdicom with the umask's mode
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -245,7 +248,7 @@ class Spool:
 
     def _ensure_folder(self, folder: str) -> None:
         if folder not in self._known_dirs:
-            (self.root / folder).mkdir(exist_ok=True)
+            (self.root / folder).mkdir(mode=0o700, exist_ok=True)
             _fsync_dir(self.root)
             self._known_dirs.add(folder)
 
@@ -253,7 +256,8 @@ class Spool:
     def _copy_durably(source: Path, target: Path) -> None:
         part = target.with_suffix(".part")
         try:
-            with source.open("rb") as reader, part.open("xb") as writer:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with source.open("rb") as reader, os.fdopen(fd, "wb") as writer:
                 shutil.copyfileobj(reader, writer, 1 << 20)
                 writer.flush()
                 os.fsync(writer.fileno())

@@ -7,11 +7,19 @@ files; the running router applies it within a second, as for the CLI.
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dde.config import ConfigError, EndpointKind, EndpointSettings, EndpointState, Settings
+from dde.config import (
+    ConfigError,
+    EndpointKind,
+    EndpointSettings,
+    EndpointState,
+    Settings,
+    forbidden_host,
+)
 from dde.config_store import default_rules_text
 from dde.endpoints import registry
 from dde.routing.explain import ExplainError, explain_bytes
@@ -67,6 +75,19 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, "validation_error", detail, problems=problems)
 
 
+def _check_address(services: WebServices, endpoint: EndpointSettings) -> None:
+    """422 for a link-local or cloud metadata host or url (unless the configuration allows
+    them); the configuration refuses them too, this only gives the API's answer its shape."""
+    if _settings(services).security.allow_link_local_endpoints:
+        return
+    hosts = (endpoint.host, urlsplit(endpoint.url or "").hostname)
+    problems = [p for h in hosts if h and (p := forbidden_host(h)) is not None]
+    if problems:
+        raise ApiError(422, "validation_error", "; ".join(problems) + " (refused; "
+                       "security.allow_link_local_endpoints: true allows it)",
+                       problems=[{"loc": ["body"], "msg": p} for p in problems])
+
+
 def _settings(services: WebServices) -> Settings:
     try:
         return services.store.settings()
@@ -103,6 +124,7 @@ def endpoints_router(services: WebServices) -> APIRouter:
             endpoint = EndpointSettings(**body.model_dump())
         except ValidationError as exc:
             raise _invalid(exc) from None
+        _check_address(services, endpoint)
         try:
             settings = registry.add_endpoint(services.store, endpoint)
         except registry.EndpointError as exc:
@@ -118,8 +140,11 @@ def endpoints_router(services: WebServices) -> APIRouter:
         fields = body.model_dump(exclude_unset=True)
         if not fields:
             raise ApiError(422, "validation_error", "nothing to change: give at least one field")
-        existing(name)
+        current = existing(name).endpoint(name)
+        assert current is not None
         try:
+            _check_address(services, EndpointSettings.model_validate(
+                {**current.model_dump(mode="python"), **fields}))
             settings = registry.update_endpoint(services.store, name, **fields)
         except ValidationError as exc:
             raise _invalid(exc) from None

@@ -7,6 +7,7 @@ Documents have the shapes the CLI prints (:mod:`dde.reports`):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -52,6 +53,21 @@ def parse_since(value: str | None) -> float | None:
                        "e.g. 2026-01-31T08:00") from None
 
 
+SEARCH_PARAMETERS = ("patient_id", "accession", "study_uid", "since", "limit", "offset")
+
+
+def only_parameters(*known: str) -> Callable[[Request], None]:
+    """A route dependency: 400 for a query parameter the route does not know (a typo such
+    as ``patientid`` would otherwise silently search everything)."""
+    def check(request: Request) -> None:
+        unknown = sorted({k for k in request.query_params if k not in known})
+        if unknown:
+            raise ApiError(400, "bad_request",
+                           f"unknown query parameter: {', '.join(unknown)}; "
+                           f"known: {', '.join(known)}")
+    return check
+
+
 def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
     router = APIRouter(prefix="/api", tags=["instances"], dependencies=[Depends(require_user)],
                        responses=error_responses(401, 500))
@@ -64,7 +80,8 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
                      400: "An empty file or zip, or no file: nothing was stored",
                      413: "Over web.max_upload_bytes, or a zip that expands too far: "
                           "nothing was stored",
-                     415: "not_dicom (with files), or a zip that is invalid or encrypted: "
+                     415: "not_dicom (with files: an uploaded file, not a zip entry, that "
+                          "is not DICOM), or a zip that is invalid or encrypted: "
                           "nothing was stored"}))
     def upload(
         request: Request,
@@ -89,7 +106,9 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
 
     @router.get("/instances", response_model=SearchPage,
                 summary="Search the ledger (exact matches), newest first",
-                responses=error_responses(422))
+                dependencies=[Depends(only_parameters(*SEARCH_PARAMETERS))],
+                responses=error_responses(422, described={
+                    400: "An unknown query parameter"}))
     def search(
         patient_id: Annotated[str | None, Query(max_length=64)] = None,
         accession: Annotated[str | None, Query(max_length=64)] = None,

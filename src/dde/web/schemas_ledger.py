@@ -90,13 +90,13 @@ class IngestedFile(BaseModel):
 
 
 class SkippedFile(BaseModel):
-    """An uploaded file that is not an instance (a DICOMDIR)."""
+    """A zip entry that is not an instance: a DICOMDIR, or not DICOM at all (a README)."""
 
     name: str
     status: Literal["skipped"]
     dicom_status: None
     detail: str
-    sop_instance_uid: str
+    sop_instance_uid: str | None = Field(description="null for a file that is not DICOM")
 
 
 class UploadResult(BaseModel):

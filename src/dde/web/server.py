@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dde.config import WebSettings
-from dde.web import errors, pages
+from dde.web import docs, errors, pages
 from dde.web.api import MAX_EXPLAIN_BYTES, endpoints_router, rules_router
 from dde.web.api_ledger import instances_router, queue_router
 from dde.web.auth import Authenticator, AuthMiddleware, login_router
@@ -31,9 +31,8 @@ from dde.web.services import WebServices
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/healthz", "/metrics", "/login", "/logout", "/docs",
-                "/docs/oauth2-redirect", "/openapi.json")
-PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = ("/healthz", "/metrics", "/login", "/logout", docs.DOCS_PATH, "/openapi.json")
+PUBLIC_PREFIXES = ("/static/", docs.ASSETS_PATH + "/")
 DEFAULT_BODY_LIMIT = 1024 * 1024
 """Largest request body except uploads (``web.max_upload_bytes``)."""
 START_TIMEOUT = 10.0
@@ -44,7 +43,7 @@ def build_app(services: WebServices, metrics: WebMetrics, authenticator: Authent
               web: WebSettings) -> FastAPI:
     app = FastAPI(title="Dynamic DICOM Endpoints", version="0.1.0",
                   summary="Live endpoints, rules, upload and the ledger of a DICOM router",
-                  redoc_url=None)
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.services = services
     app.state.authenticator = authenticator
     errors.install(app)
@@ -69,6 +68,7 @@ def build_app(services: WebServices, metrics: WebMetrics, authenticator: Authent
     app.include_router(instances_router(services, web))
     app.include_router(queue_router(services))
     pages.install(app)
+    docs.install(app)
     return app
 
 

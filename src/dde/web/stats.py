@@ -2,7 +2,8 @@
 
 Per-minute series cover the last ``minutes`` whole minutes up to the current one (oldest
 first), counted from the ledger (``received_at`` of instances, ``delivered_at`` of
-deliveries), so they survive restarts and agree with ``dde where``.
+deliveries), so they survive restarts and agree with ``dde where``. Received counts what
+senders sent: the copies ``dde reconcile --repair`` queued again are not counted.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from dde.config import Settings
 from dde.endpoints import registry
+from dde.reconcile import RECONCILE_AET
 from dde.reports import iso
 from dde.web.services import WebServices
 
@@ -26,7 +28,7 @@ def stats_document(services: WebServices, settings: Settings, minutes: int = 15,
     rows = registry.describe(settings, ledger)
     queues = ledger.operators.queue_summary()
     delivered = ledger.operators.delivered_per_minute(since)
-    received = ledger.operators.received_per_minute(since)
+    received = ledger.operators.received_per_minute(since, exclude_called=(RECONCILE_AET,))
     endpoints = []
     for row in rows:
         queue = queues.get(row["name"])

@@ -1,12 +1,13 @@
 """``POST /api/instances``: uploaded Part-10 files (or zips of them) into the same durable
 receive path as C-STORE.
 
-Every part is checked before anything is stored: an empty part, a file that is not DICOM
-Part-10, a zip that is not valid, encrypted, or that would expand past the limits (too many
-entries, too large in all, or compressed suspiciously well: a zip bomb) refuses the whole
-request with a 4xx and stores nothing. Only then does each instance go through
-:meth:`IngestPipeline.ingest`, whose answer (stored, or refused with the DIMSE status the
-sender of a C-STORE would get) is reported per file.
+Every part is checked before anything is stored: an empty part, an uploaded file that is not
+DICOM Part-10, a zip that is not valid, encrypted, or that would expand past the limits (too
+many entries, too large in all, or compressed suspiciously well: a zip bomb) refuses the
+whole request with a 4xx and stores nothing. In a zip, an entry that is not DICOM (the
+README.TXT of a CD export) is skipped and listed as such, like a DICOMDIR. Only then does
+each instance go through :meth:`IngestPipeline.ingest`, whose answer (stored, or refused
+with the DIMSE status the sender of a C-STORE would get) is reported per file.
 
 Uploaded names are labels in the answer and nothing else: the parts are spooled by the
 multipart parser to anonymous temporary files, zips are read in memory entry by entry, and
@@ -47,6 +48,8 @@ class Part:
 
     name: str
     read: Callable[[], bytes]
+    in_zip: bool = False
+    """A zip entry: skipped (not refused) when it is not DICOM."""
 
 
 def label(name: str | None, fallback: str) -> str:
@@ -112,7 +115,8 @@ def _zip_parts(name: str, stream: IO[bytes], budget: _Budget,
             raise _too_large(f"{name}: {entry} expands {info.file_size} bytes from "
                              f"{info.compress_size}: refused as a possible zip bomb")
         budget.spend(info.file_size, f"{name}: {entry}")
-        parts.append(Part(f"{name}/{entry}", _entry_reader(archive, info, name, entry)))
+        parts.append(Part(f"{name}/{entry}", _entry_reader(archive, info, name, entry),
+                          in_zip=True))
     return parts
 
 
@@ -164,26 +168,38 @@ def collect_parts(files: Sequence[UploadFile], limit: int, stack: ExitStack) -> 
     return parts
 
 
-def check_parts(parts: Sequence[Part]) -> None:
-    """Refuse the request (415, nothing stored) unless every part is a Part-10 file."""
+def check_parts(parts: Sequence[Part]) -> dict[int, str]:
+    """Refuse the request (415, nothing stored) unless every uploaded file is a Part-10
+    file; zip entries that are not are to be skipped: {index in parts: why}."""
     problems: list[dict[str, str]] = []
-    for part in parts:
+    skipped: dict[int, str] = {}
+    for index, part in enumerate(parts):
         try:
             split_part10(part.read())
         except NotPart10 as exc:
-            problems.append({"name": part.name, "detail": str(exc)})
+            if part.in_zip:
+                skipped[index] = f"not DICOM Part-10 ({exc}): not an instance"
+            else:
+                problems.append({"name": part.name, "detail": str(exc)})
     if problems:
         names = ", ".join(p["name"] for p in problems[:3])
         more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
         raise ApiError(415, "not_dicom",
                        f"not DICOM Part-10: {names}{more}; nothing was stored",
                        files=problems[:MAX_REPORTED_PROBLEMS])
+    return skipped
 
 
 def ingest_parts(parts: Sequence[Part], pipeline: IngestPipeline, called_aet: str,
-                 source_ip: str | None) -> Iterator[dict[str, Any]]:
-    """Each part through the durable receive path; one result per part."""
-    for part in parts:
+                 source_ip: str | None,
+                 skipped: dict[int, str] | None = None) -> Iterator[dict[str, Any]]:
+    """Each part through the durable receive path (but those ``skipped``: {index: why});
+    one result per part."""
+    for index, part in enumerate(parts):
+        if skipped and index in skipped:
+            yield {"name": part.name, "status": "skipped", "dicom_status": None,
+                   "detail": skipped[index], "sop_instance_uid": None}
+            continue
         started = time.monotonic()
         file = split_part10(part.read())
         if file.sop_class_uid == "1.2.840.10008.1.3.10":  # Media Storage Directory
@@ -208,8 +224,8 @@ def take_upload(files: Sequence[UploadFile], limit: int, pipeline: IngestPipelin
                 called_aet: str, source_ip: str | None) -> dict[str, Any]:
     with ExitStack() as stack:
         parts = collect_parts(files, limit, stack)
-        check_parts(parts)
-        results = list(ingest_parts(parts, pipeline, called_aet, source_ip))
+        skipped = check_parts(parts)
+        results = list(ingest_parts(parts, pipeline, called_aet, source_ip, skipped))
     counts = {status: sum(r["status"] == status for r in results)
               for status in ("stored", "refused", "skipped")}
     return {**counts, "files": results}

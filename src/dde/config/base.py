@@ -1,0 +1,42 @@
+"""The vocabulary of the settings: the error, the strict model base, the closed sets."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+)
+
+CONFIG_FILE_NAME = "dde.yaml"
+DEFAULT_HOME = "var"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be read or is invalid; the message says where and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EndpointKind(StrEnum):
+    DICOM = "dicom"
+    ORTHANC_REST = "orthanc-rest"
+
+
+class Strategy(StrEnum):
+    """How a group picks the endpoint for a new study (:mod:`dde.routing.strategies`)."""
+
+    LEAST_LOADED = "least-loaded"
+    ROUND_ROBIN = "round-robin"
+    WEIGHTED = "weighted"
+
+
+class EndpointState(StrEnum):
+    ENABLED = "enabled"
+    DRAINING = "draining"
+    """Gets no new studies; finishes what is queued and what is pinned to it."""
+    DISABLED = "disabled"
+    """Gets nothing new and sends nothing; its queue waits (or is redirected on removal)."""

@@ -1,0 +1,89 @@
+"""An endpoint (a destination PACS) and the checks on its address."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from dde.config.base import EndpointKind, EndpointState, _Strict
+
+
+class TlsSettings(_Strict):
+    """DICOM TLS (or HTTPS verification) towards one destination."""
+
+    enabled: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify: bool = True
+
+
+def forbidden_host(host: str) -> str | None:
+    """Why ``host`` is no PACS: link-local or cloud metadata (in any spelling; no DNS)."""
+    metadata = {"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
+                "instance-data.ec2.internal", "169.254.169.254", "fd00:ec2::254", "100.100.100.200"}
+    name, ip = host.strip("[]").split("%")[0].rstrip(".").lower(), None
+    for parse in (ipaddress.ip_address, lambda n: ipaddress.IPv4Address(socket.inet_aton(n))):
+        with contextlib.suppress(OSError, ValueError):  # inet_aton: 2852039166, 0xa9fea9fe
+            ip = ip or parse(name)
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    if name in metadata or (ip is not None and (ip.is_link_local or str(ip) in metadata)):
+        return f"{host} is link-local or a cloud metadata service"
+    return None
+
+
+class EndpointSettings(_Strict):
+    """One destination PACS (link-local and metadata addresses: see :class:`Settings`)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    kind: EndpointKind = EndpointKind.DICOM
+    aet: str = Field(min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(default=104, ge=1, le=65535)
+    url: str | None = None
+    """Orthanc's HTTP root: load statistics, and the target of ``orthanc-rest`` deliveries."""
+    groups: list[Annotated[str, Field(pattern=r"^\S+$")]] = Field(default_factory=list)
+    weight: float = Field(default=1.0, gt=0)
+    state: EndpointState = EndpointState.ENABLED
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    associations: int | None = Field(default=None, ge=1, le=16)
+    """Associations (or HTTP connections) delivering to it at once; None:
+    ``delivery.associations``."""
+
+    @model_validator(mode="after")
+    def _rest_needs_url(self) -> EndpointSettings:
+        if self.kind is EndpointKind.ORTHANC_REST and not self.url:
+            raise ValueError("an orthanc-rest endpoint needs a url (Orthanc's HTTP root)")
+        return self
+
+    @field_validator("host", "url")
+    @classmethod
+    def _an_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        url = urlsplit(value if info.field_name == "url" and value else "http://h")
+        refused = " /@?#" if info.field_name == "host" else " "
+        if value is not None and (not value or not value.isprintable() or "@" in url.netloc
+                                  or any(c in refused for c in value)):
+            raise ValueError("no spaces or control characters; credentials: username, password")
+        if url.scheme.lower() not in ("http", "https") or not url.hostname:
+            raise ValueError("a url is http://HOST… or https://HOST…")
+        return value
+
+    @field_validator("aet")
+    @classmethod
+    def _aet_is_ascii(cls, value: str) -> str:
+        if not (value.isascii() and value.isprintable()) or "\\" in value or value.strip() != value:
+            raise ValueError("an AE title is at most 16 ASCII characters, no backslash")
+        return value

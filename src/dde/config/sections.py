@@ -1,0 +1,206 @@
+"""The sections of ``dde.yaml`` other than the endpoints."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from pydantic import (
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from dde.config.base import Strategy, _Strict
+
+
+class ReceiverTlsSettings(_Strict):
+    """DICOM TLS on the receiving port (every association then needs TLS)."""
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+    ca_file: str | None = None
+    """Certificate authorities trusted for client certificates."""
+    require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _enabled_needs_certificate(self) -> ReceiverTlsSettings:
+        if self.enabled and not self.cert_file:
+            raise ValueError("TLS on the receiver needs cert_file (and key_file)")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("require_client_cert needs ca_file to verify clients with")
+        return self
+
+
+TRANSFER_SYNTAX_NAMES = {"explicit-le": "1.2.840.10008.1.2.1", "implicit-le": "1.2.840.10008.1.2",
+                         "deflated": "1.2.840.10008.1.2.1.99", "big-endian": "1.2.840.10008.1.2.2"}
+"""Names ``receiver.transfer_syntax_preference`` takes beside UIDs."""
+
+
+class ReceiverSettings(_Strict):
+    ae_title: str = Field(default="DYNAMIC_DICOM_MW", min_length=1, max_length=16)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    """Calling AE titles accepted (``*`` and ``?`` wildcards); empty: any."""
+    allowed_source_ips: list[str] = Field(default_factory=list)
+    """Source addresses accepted (IP addresses or CIDR networks); empty: any."""
+    require_called_aet: bool = False
+    """Refuse associations whose called AE title is not ``ae_title``."""
+    tls: ReceiverTlsSettings = Field(default_factory=ReceiverTlsSettings)
+    host: str = "0.0.0.0"
+    port: int = Field(default=11113, ge=0, le=65535)
+    max_associations: int = Field(default=32, ge=1)
+    """Per receiver process."""
+    processes: int = Field(default=1, ge=0, le=16)
+    """Receiver processes beside the main one, sharing the port (``SO_REUSEPORT``); they
+    stream datasets to the spool. 0: receive inside the main process (datasets are then
+    held in memory while they arrive)."""
+    max_pdu_size: int = Field(default=262144, ge=0)
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 60.0
+    transfer_syntax_preference: list[str] = Field(
+        default_factory=lambda: ["explicit-le", "implicit-le", "sender"])
+    """Of the transfer syntaxes a context proposes, the first listed here is accepted (names
+    or UIDs); ``sender`` (last): else any other known one, in the sender's order. Without
+    ``sender`` only the listed ones are accepted."""
+
+    @field_validator("allowed_source_ips")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return value
+
+    @field_validator("transfer_syntax_preference")
+    @classmethod
+    def _preference_parses(cls, value: list[str]) -> list[str]:
+        uids = [TRANSFER_SYNTAX_NAMES.get(entry, entry) for entry in value if entry != "sender"]
+        if not value or "sender" in value[:-1] or len(set(uids)) != len(uids):
+            raise ValueError("transfer syntax names or UIDs, each once, 'sender' only last")
+        for uid in uids:
+            if len(uid) > 64 or not all(p.isdigit() and p.isascii() for p in uid.split(".")):
+                raise ValueError(f"not a transfer syntax UID nor one of "
+                                 f"{', '.join(TRANSFER_SYNTAX_NAMES)}, sender: {uid!r}")
+        return value
+
+    def transfer_syntax_order(self) -> tuple[list[str], bool]:
+        """(the preferred transfer syntax UIDs, whether any other known one follows, in the
+        sender's order)."""
+        names = self.transfer_syntax_preference
+        return [TRANSFER_SYNTAX_NAMES.get(n, n) for n in names if n != "sender"], "sender" in names
+
+
+class DeliverySettings(_Strict):
+    max_attempts: int = Field(default=8, ge=1)
+    backoff_base_seconds: float = Field(default=1.0, gt=0)
+    backoff_cap_seconds: float = Field(default=300.0, gt=0)
+    connect_timeout: float = 10.0
+    dimse_timeout: float = 60.0
+    batch_size: int = Field(default=64, ge=1)
+    idle_release_seconds: float = Field(default=2.0, ge=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    nice: int = Field(default=5, ge=0, le=19)
+    """How many steps lower the delivery threads' CPU priority is than receiving (Linux
+    nice): the sender's acknowledgements come first, deliveries catch up in the pauses."""
+    associations: int = Field(default=2, ge=1, le=16)
+    """Associations per destination (an endpoint's ``associations`` overrides it): one slow
+    C-STORE never holds the rest of that destination's queue."""
+    response_timeout_seconds: float = Field(default=20.0, gt=0)
+    """A C-STORE with no response this long makes its delivery suspect: retried alone, on
+    its own association and schedule, while the queue goes on over a fresh association."""
+
+
+class HealthSettings(_Strict):
+    interval_seconds: float = Field(default=5.0, gt=0)
+    """How often each endpoint is probed (C-ECHO; Orthanc ``/statistics`` for the load)."""
+    failure_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open the circuit breaker (the endpoint is then down)."""
+    failover_after_seconds: float = Field(default=300.0, ge=0)
+    """An endpoint down this long loses the undelivered rest of its pinned studies."""
+    probe_timeout_seconds: float = Field(default=3.0, gt=0)
+
+
+class ReconcileSettings(_Strict):
+    interval_seconds: float = Field(default=0.0, ge=0)
+    """Compare the storage PACS with the probe this often (0: only on `dde reconcile`)."""
+    repair: bool = False
+    """Queue the copies the probe misses when the periodic check finds some."""
+
+
+class WebSettings(_Strict):
+    """The HTTP side of the router: REST API, pages, ``/metrics`` and ``/healthz``."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    """0 picks a free port (tests); the bound one is then logged."""
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    """Largest upload (one request, or the files of a zip once extracted)."""
+
+
+class SecuritySettings(_Strict):
+    allow_link_local_endpoints: bool = False  # endpoints at link-local, metadata addresses
+
+
+class SpoolSettings(_Strict):
+    retention_seconds: float = Field(default=0.0, ge=0)
+    """How long a spool file is kept once every delivery of it is delivered."""
+    max_bytes: int = Field(default=0, ge=0)
+    """Most bytes the spool may hold (0: no cap); beyond it C-STOREs get 0xA700."""
+    min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Free space that must remain on the spool's file system (0: no check); below it
+    C-STOREs get 0xA700. Either limit lifts by itself as delivered files are removed."""
+
+
+class RoutingSettings(_Strict):
+    group: str = "storage"
+    strategy: Strategy = Strategy.LEAST_LOADED
+    mirror: list[str] = Field(default_factory=lambda: ["ORTHANC-PROBE"])
+    load_refresh_seconds: float = Field(default=5.0, gt=0)
+
+
+class StackOrthanc(_Strict):
+    """One Orthanc of the reference deployment, started by ``dde stack up``.
+
+    It is described once, as an endpoint: ``endpoint`` names the entry of ``endpoints``
+    whose ``aet`` and ``port`` it listens with, and whose ``url`` gives its HTTP port
+    (:mod:`dde.stack.layout` resolves it). The form written before (``name``, ``aet``,
+    ``dicom_port``, ``http_port``) still loads: ``name`` is read as ``endpoint``, and the
+    other three must agree with that endpoint (or stand alone when there is none).
+    """
+
+    endpoint: str = Field(min_length=1, max_length=64)
+    config_file: str
+    aet: str | None = None
+    """Old form only (see the class)."""
+    dicom_port: int | None = None
+    """Old form only (see the class)."""
+    http_port: int | None = None
+    """Old form only (see the class)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_form_name(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "name" in data and "endpoint" not in data:
+            data = {("endpoint" if key == "name" else key): value
+                    for key, value in data.items()}
+        return data
+
+    @property
+    def name(self) -> str:
+        """The part's name (``dde stack status``, logs, PID file): the endpoint's name."""
+        return self.endpoint
+
+
+class StackSettings(_Strict):
+    orthancs: list[StackOrthanc] = Field(
+        default_factory=lambda: [
+            StackOrthanc(endpoint="ORTHANC1", config_file="orthanc_storage_1.json"),
+            StackOrthanc(endpoint="ORTHANC2", config_file="orthanc_storage_2.json"),
+            StackOrthanc(endpoint="ORTHANC-PROBE", config_file="orthanc_probe.json"),
+        ]
+    )

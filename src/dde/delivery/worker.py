@@ -1,0 +1,316 @@
+"""One delivery worker: a thread that claims due deliveries of its endpoint from the ledger,
+sends them over its own association (or HTTP connection) and records the outcomes.
+
+A batch is claimed (a lease in the ledger: the endpoint's other workers take other
+deliveries), sent in order over one reused association, and its outcomes are written in one
+transaction. A destination that cannot be reached parks this worker (backoff on the
+endpoint, no attempt spent). A C-STORE that gets no answer makes its delivery *suspect*:
+the stuck association is dropped, the rest of the batch goes on at once over a fresh one,
+and the suspect delivery is from then on sent only by the endpoint's suspect lane (a worker
+with ``suspects=True``: one delivery at a time, each on an association of its own, on the
+delivery's own backoff). Sending before recording is at-least-once by design.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from dde.config import EndpointSettings
+from dde.delivery.retry import RetryPolicy
+from dde.endpoints.health import HealthMonitor
+from dde.endpoints.load import LoadBook
+from dde.endpoints.sending import Sender, SendStatus, Shipment
+from dde.store.ledger import Ledger
+from dde.store.records import DeliveryOutcome, QueuedDelivery
+from dde.store.spool import Spool
+from dde.store.states import DeliveryState
+from dde.telemetry import NULL_TELEMETRY, Telemetry
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 600.0
+"""How long a claim holds a delivery for its worker (renewed while the batch lasts); a
+crashed worker's claims are also cleared when the dispatcher starts."""
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Lower the calling thread's CPU priority by ``increment`` nice steps (Linux schedules
+    threads one by one): deliveries yield the CPU to acknowledging, and catch up when the
+    senders pause. Never raises; 0 leaves the priority as it is."""
+    if increment <= 0:
+        return
+    try:
+        thread = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))
+    except OSError as exc:
+        log.debug("delivery priority unchanged: %s", exc)
+
+
+class EndpointWorker:
+    def __init__(self, endpoint: EndpointSettings, ledger: Ledger, spool: Spool, sender: Sender,
+                 policy: RetryPolicy, loads: LoadBook, *, batch_size: int,
+                 idle_release: float, poll: float,
+                 on_delivered: Callable[[], None] | None = None,
+                 health: HealthMonitor | None = None,
+                 telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0,
+                 suspects: bool = False, index: int = 0,
+                 lease: float = LEASE_SECONDS) -> None:
+        """``suspects``: this worker is the endpoint's suspect lane. ``index`` tells the
+        workers of one endpoint apart (thread names, logs)."""
+        self.endpoint = endpoint
+        self._nice = nice
+        self._health = health
+        self._telemetry = telemetry
+        self.name = endpoint.name
+        self._ledger = ledger
+        self._spool = spool
+        self._sender = sender
+        self._policy = policy
+        self._loads = loads
+        self._batch_size = batch_size
+        self._idle_release = idle_release
+        self._poll = poll
+        self._on_delivered = on_delivered
+        self._suspects = suspects
+        self._lease = lease
+        self.owner = f"{self.name}/{'suspects' if suspects else index + 1}/{uuid.uuid4().hex}"
+        self._wake = threading.Event()
+        self._recovered = threading.Event()
+        self._stop = threading.Event()
+        lane = "suspects" if suspects else str(index + 1)
+        self._thread = threading.Thread(target=self._run, name=f"deliver-{self.name}-{lane}",
+                                        daemon=True)
+        self._state_lock = threading.Lock()
+        self._rest: list[int] = []
+        """Claimed deliveries of the batch in hand not yet sent (what a hand-back gives)."""
+        self._sending_since: float | None = None
+        self._handed_back = False
+        self.consecutive_unreachable = 0
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def recovered(self) -> None:
+        """The endpoint answers again: end the backoff now."""
+        self._recovered.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._recovered.set()
+
+    def stop(self, timeout: float = 30.0, grace: float = 2.0) -> None:
+        """Stop after the instance in hand; a peer holding it longer than ``grace`` seconds
+        is aborted (that delivery stays pending and is sent again after the restart)."""
+        self.request_stop()
+        self.join(grace)
+        self.abort_if_busy()
+        self.join(timeout)
+
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def abort_if_busy(self) -> None:
+        """Still running (held by the peer): abort the C-STORE in hand."""
+        if self._thread.is_alive():
+            log.warning("aborting the delivery in progress to %s to stop", self.name)
+            abort = getattr(self._sender, "abort", None)
+            if abort is not None:
+                abort()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def hand_back_if_stuck(self, after: float) -> list[int]:
+        """From another thread: when the C-STORE in hand has taken ``after`` seconds or
+        more, give up the claims on the rest of the batch (the endpoint's other workers
+        take them now) and tell the worker to end the batch after this one. Returns the
+        delivery ids handed back."""
+        with self._state_lock:
+            since = self._sending_since
+            if since is None or not self._rest or time.monotonic() - since < after:
+                return []
+            rest, self._rest = self._rest, []
+            self._handed_back = True
+        self._ledger.queue.release(self.owner, rest)
+        log.info("a C-STORE to %s takes %.1f s; %d deliveries of its batch handed to the "
+                 "other associations", self.name, time.monotonic() - since, len(rest))
+        return rest
+
+    def _run(self) -> None:
+        lower_thread_priority(self._nice)
+        idle_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                worked = self._one_batch()
+            except Exception:  # a bug must not kill delivery for good: log, back off, retry
+                log.exception("delivery worker for %s failed; retrying", self.name)
+                self._sender.release()
+                self._stop.wait(self._policy.backoff(1))
+                continue
+            if worked:
+                idle_since = None
+                continue
+            now = time.time()
+            if idle_since is None:
+                idle_since = now
+            elif now - idle_since >= self._idle_release:
+                self._sender.release()
+            queue = self._ledger.queue
+            next_due = (queue.next_suspect_due_at(self.name) if self._suspects
+                        else queue.next_due_at(self.name))
+            # Due but not claimable (held by another worker, or suspect): the poll, or a wake.
+            timeout = (self._poll if next_due is None or next_due <= now
+                       else min(self._poll, next_due - now))
+            if idle_since is not None and now - idle_since < self._idle_release:
+                timeout = min(timeout, self._idle_release)
+            self._wake.wait(timeout)
+            self._wake.clear()
+        self._sender.release()
+        try:
+            self._ledger.queue.release(self.owner)
+        except Exception:  # the claims expire anyway, and a restart clears them
+            log.debug("claims of %s not released", self.owner, exc_info=True)
+
+    def _one_batch(self) -> bool:
+        now = time.time()
+        limit = 1 if self._suspects else self._batch_size
+        batch = self._ledger.queue.claim(self.name, self.owner, now, limit, self._lease,
+                                         suspects=self._suspects)
+        if not batch:
+            return False
+        recorded: set[int] = set()
+        try:
+            return self._deliver(batch, now + self._lease, recorded)
+        finally:
+            with self._state_lock:
+                self._rest, self._sending_since, self._handed_back = [], None, False
+            unsent = [item.id for item in batch if item.id not in recorded]
+            if unsent:
+                self._ledger.queue.release(self.owner, unsent)
+
+    def _deliver(self, batch: list[QueuedDelivery], lease_until: float,
+                 recorded: set[int]) -> bool:
+        shipments = {item.id: self._shipment(item) for item in batch}
+        self._sender.prepare([s for s in shipments.values() if s is not None])
+        outcomes: list[DeliveryOutcome] = []
+        unreachable: str | None = None
+        delivered = 0
+        received_at = {item.id: item.received_at for item in batch}
+        with self._state_lock:
+            self._rest = [item.id for item in batch]
+            self._handed_back = False
+        for item in batch:
+            with self._state_lock:
+                if self._stop.is_set() or self._handed_back:
+                    break
+                self._rest = self._rest[1:]
+                rest = list(self._rest)
+            shipment = shipments[item.id]
+            if shipment is None:
+                outcomes.append(DeliveryOutcome(item.id, DeliveryState.FAILED,
+                                                "spool file is missing"))
+                continue
+            if time.time() > lease_until - self._lease / 2:
+                lease_until = time.time() + self._lease
+                self._ledger.queue.renew(self.owner, [item.id, *rest], lease_until)
+            with self._state_lock:
+                self._sending_since = time.monotonic()
+            try:
+                result = self._sender.send(shipment)
+            finally:
+                with self._state_lock:
+                    self._sending_since = None
+            if self._suspects:
+                self._sender.release()  # a suspect is sent alone: its association ends here
+            if self._health is not None:
+                self._health.report(self.name, result.status is not SendStatus.UNREACHABLE,
+                                    result.detail)
+            if result.status is SendStatus.DELIVERED:
+                outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
+                delivered += 1
+                log.info("delivered instance #%d to %s (attempt %d)", item.instance_id,
+                         self.name, item.attempts + 1)
+            elif result.status is SendStatus.UNREACHABLE:
+                unreachable = result.detail
+                self._ledger.queue.note_endpoint_error(self.name, result.detail)
+                break
+            else:
+                outcomes.append(self._refused(item, result.detail, result.permanent,
+                                              result.suspect))
+        self._ledger.queue.record_outcomes(outcomes)
+        recorded.update(outcome.delivery_id for outcome in outcomes)
+        self._report(outcomes, received_at)
+        if delivered:
+            self._loads.note_delivered(self.name, delivered)
+            if self._on_delivered is not None:
+                self._on_delivered()
+        if unreachable is not None:
+            self.consecutive_unreachable += 1
+            self.last_error = unreachable
+            delay = self._policy.backoff(self.consecutive_unreachable)
+            log.warning("%s unreachable (%s); next try in %.1f s", self.name, unreachable, delay)
+            self._sender.release()
+            self._ledger.queue.release(self.owner, [i.id for i in batch
+                                                    if i.id not in recorded])
+            self._recovered.wait(delay)
+            self._recovered.clear()
+            return True
+        if self.consecutive_unreachable:
+            log.info("%s reachable again", self.name)
+        self.consecutive_unreachable = 0
+        self.last_error = None
+        return bool(outcomes)
+
+    def _report(self, outcomes: list[DeliveryOutcome],
+                received_at: dict[int, float | None]) -> None:
+        now = time.time()
+        try:
+            for outcome in outcomes:
+                if outcome.state is DeliveryState.DELIVERED:
+                    since = received_at.get(outcome.delivery_id)
+                    self._telemetry.delivery_succeeded(
+                        self.name, max(0.0, now - since) if since is not None else None)
+                elif outcome.state is DeliveryState.FAILED:
+                    self._telemetry.delivery_failed(self.name)
+        except Exception:  # metrics must never stop delivery
+            log.exception("telemetry failed")
+
+    def _refused(self, item: QueuedDelivery, detail: str, permanent: bool,
+                 suspect: bool = False) -> DeliveryOutcome:
+        attempts = item.attempts + 1
+        decision = self._policy.after_failure(attempts, permanent=permanent)
+        if decision.give_up:
+            log.warning("delivery of instance #%d to %s failed after %d attempt(s): %s",
+                        item.instance_id, self.name, attempts, detail)
+            return DeliveryOutcome(item.id, DeliveryState.FAILED, detail, suspect=suspect)
+        if suspect:
+            log.warning("instance #%d got no answer from %s (attempt %d): %s; it is retried "
+                        "alone in %.1f s, the queue goes on over a fresh association",
+                        item.instance_id, self.name, attempts, detail, decision.delay)
+        else:
+            log.info("delivery of instance #%d to %s refused (attempt %d), retry in %.1f s: "
+                     "%s", item.instance_id, self.name, attempts, decision.delay, detail)
+        return DeliveryOutcome(item.id, DeliveryState.PENDING, detail,
+                               next_attempt_at=time.time() + decision.delay, suspect=suspect)
+
+    def _shipment(self, item: QueuedDelivery) -> Shipment | None:
+        if item.spool_path is None:
+            return None
+        path = self._spool.path_of(item.spool_path)
+        if not path.exists():
+            return None
+        return Shipment(path, item.sop_class_uid, item.sop_instance_uid,
+                        item.transfer_syntax_uid)
