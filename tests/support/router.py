@@ -125,6 +125,13 @@ class RouterProcess:
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
 
+    def kill_all(self) -> None:
+        """``kill -9`` of the router's whole process group: the main process and its
+        receiver processes die at the same instant (a crash of the machine's router)."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
     def terminate(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         self.process.terminate()
