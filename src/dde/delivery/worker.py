@@ -191,18 +191,20 @@ class EndpointWorker:
                                          suspects=self._suspects)
         if not batch:
             return False
-        recorded: set[int] = set()
+        settled: set[int] = set()
         try:
-            return self._deliver(batch, now + self._lease, recorded)
+            return self._deliver(batch, now + self._lease, settled)
         finally:
             with self._state_lock:
                 self._rest, self._sending_since, self._handed_back = [], None, False
-            unsent = [item.id for item in batch if item.id not in recorded]
+            unsent = [item.id for item in batch if item.id not in settled]
             if unsent:
                 self._ledger.queue.release(self.owner, unsent)
 
     def _deliver(self, batch: list[QueuedDelivery], lease_until: float,
-                 recorded: set[int]) -> bool:
+                 settled: set[int]) -> bool:
+        """Send ``batch``; add to ``settled`` each delivery whose outcome is recorded or whose
+        claim is already given back (what :meth:`_one_batch` need not release)."""
         shipments = {item.id: self._shipment(item) for item in batch}
         self._sender.prepare([s for s in shipments.values() if s is not None])
         outcomes: list[DeliveryOutcome] = []
@@ -251,7 +253,7 @@ class EndpointWorker:
                 outcomes.append(self._refused(item, result.detail, result.permanent,
                                               result.suspect))
         self._ledger.queue.record_outcomes(outcomes)
-        recorded.update(outcome.delivery_id for outcome in outcomes)
+        settled.update(outcome.delivery_id for outcome in outcomes)
         self._report(outcomes, received_at)
         if delivered:
             self._loads.note_delivered(self.name, delivered)
@@ -263,8 +265,10 @@ class EndpointWorker:
             delay = self._policy.backoff(self.consecutive_unreachable)
             log.warning("%s unreachable (%s); next try in %.1f s", self.name, unreachable, delay)
             self._sender.release()
-            self._ledger.queue.release(self.owner, [i.id for i in batch
-                                                    if i.id not in recorded])
+            # the other workers may take the unsent ones during the backoff
+            released = [i.id for i in batch if i.id not in settled]
+            self._ledger.queue.release(self.owner, released)
+            settled.update(released)  # released already: _one_batch has nothing left to do
             self._recovered.wait(delay)
             self._recovered.clear()
             return True

@@ -24,6 +24,11 @@ from dde.store.intake import queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
 
+_QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
+           " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at ")
+"""The columns of a :class:`QueuedDelivery`, in its field order (``d``: deliveries,
+``i``: instances)."""
+
 
 @database_errors_as_ledger_errors
 class DeliveryQueue:
@@ -32,9 +37,7 @@ class DeliveryQueue:
 
     def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
         rows = self._database.connection().execute(
-            "SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
-            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at"
-            " FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+            _QUEUED + "FROM deliveries d JOIN instances i ON i.id = d.instance_id"
             " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (endpoint, now, limit),
@@ -52,9 +55,7 @@ class DeliveryQueue:
             source = ("FROM deliveries d JOIN instances i ON i.id = d.instance_id WHERE"
                       " NOT EXISTS (SELECT 1 FROM delivery_suspects s"
                       " WHERE s.delivery_id = d.id) AND")
-        query = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
-                 " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at "
-                 + source +
+        query = (_QUEUED + source +
                  " d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
                  " AND NOT EXISTS (SELECT 1 FROM delivery_claims c"
                  " WHERE c.delivery_id = d.id AND c.expires_at > ?)"
