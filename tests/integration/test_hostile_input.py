@@ -32,7 +32,10 @@ from tests.support.router import (
     write_router_home,
 )
 
-from dde.dicom.pynetdicom_adapter import A_ABORT_INVALID_PARAMETER
+from dde.dicom.engine import pdus
+
+A_ABORT_INVALID_PARAMETER = pdus.a_abort(pdus.ABORT_SOURCE_PROVIDER,
+                                         pdus.ABORT_REASON_INVALID_PDU_PARAMETER)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -31,10 +31,14 @@ from tests.support.datagen import make_instance
 from tests.support.orthanc import RunningOrthanc, start_orthanc
 from tests.support.pixelkit import JPEG_BASELINE, odd_fragment_file, short_pixel_data_file
 from tests.support.router import ROUTER_AET, InProcessRouter, router_settings, start_router
-from tests.support.senders import run_storescu, store_responses, write_storescu_profile
+from tests.support.senders import (
+    keep_responses_for_the_waiting_call,
+    run_storescu,
+    store_responses,
+    write_storescu_profile,
+)
 
 from dde.dicom import status as dimse
-from dde.dicom.pynetdicom_adapter import keep_responses_for_the_waiting_call
 
 pytestmark = pytest.mark.integration
 

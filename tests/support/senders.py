@@ -21,6 +21,7 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -128,3 +129,16 @@ def raw_c_store(path: Path, port: int, called_ae: str, sop_class: str, sop_insta
     if status is None:
         return RawOutcome(True, None, "no response (association aborted)")
     return RawOutcome(True, int(status), f"0x{int(status):04X}")
+
+
+def keep_responses_for_the_waiting_call(assoc: Any) -> None:
+    """On a pynetdicom association used as a test client: let only ``send_c_store``'s
+    blocking wait take C-STORE responses off its DIMSE queue. pynetdicom 3.0's reactor can
+    otherwise take the response itself ("Received unexpected C-STORE service message") and
+    the call waits out its whole DIMSE timeout."""
+    take = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False) -> tuple[Any, Any]:
+        return take(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg

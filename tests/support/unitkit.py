@@ -230,3 +230,25 @@ class FakeLoads:
 
     def stored(self, name: str) -> int:
         return self.counts.get(name, 0)
+
+
+def run_coroutine(coroutine: Any) -> Any:
+    """``asyncio.run(coroutine)`` in a thread of its own: the browser tests leave an event
+    loop running in pytest's main thread, where ``asyncio.run`` refuses to start."""
+    import asyncio
+
+    outcome: list[Any] = []
+
+    def run() -> None:
+        try:
+            outcome.append(asyncio.run(coroutine))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert outcome, "the coroutine did not finish within 120 s"
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import zlib
+from pathlib import Path
 
 import pytest
 from pydicom.filereader import data_element_generator
@@ -235,3 +236,30 @@ def test_a_dataset_of_the_wrong_byte_order_is_refused() -> None:
     _, encoded = bundled("MR_small_bigendian.dcm")
 
     assert_broken(encoded, EXPLICIT)
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_bigendian.dcm", "rtdose.dcm",
+                                  "SC_ybr_full_422_uncompressed.dcm", "charset:chrH31.dcm",
+                                  "charset:chrRuss.dcm", "charset:chrX1.dcm"])
+def test_the_fast_text_read_agrees_with_pydicoms_conversion(name: str) -> None:
+    from pydicom import dcmread
+
+    from dde.dicom import header as header_module
+    from dde.dicom.pixels import expected_native_length
+
+    if name.startswith("charset:"):
+        from pydicom.data import get_charset_files
+        path = Path(get_charset_files(name.split(":")[1])[0])
+    else:
+        path = bundled_file(name)
+    raw = path.read_bytes()
+    syntax, dataset = split_part10(raw)
+    parsed = parse_header(dataset, syntax)
+    converted = dcmread(path, stop_before_pixels=True)
+    for keyword in ("SOPInstanceUID", "StudyInstanceUID", "PatientID", "AccessionNumber",
+                    "Modality"):
+        value = converted.get(keyword)
+        expected = (str(value).strip() or None) if value not in (None, "") else None
+        assert header_module._text(parsed.dataset, keyword) == expected, keyword
+    full = dcmread(path)
+    assert expected_native_length(parsed.dataset) == expected_native_length(full)

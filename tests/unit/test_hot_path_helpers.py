@@ -6,13 +6,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from dde.delivery.dispatcher import lower_thread_priority
-from dde.dicom.pynetdicom_adapter import _CappedSleep
 from dde.receiving.pool import reserve_port
 
 HOST = "127.0.0.1"
@@ -61,26 +59,6 @@ def test_a_held_port_cannot_be_taken_by_a_plain_socket() -> None:
             intruder.bind((HOST, port))
     finally:
         holder.close()
-
-
-def test_a_capped_sleep_is_cut_to_its_limit() -> None:
-    capped = _CappedSleep(0.001)
-
-    started = time.monotonic()
-    capped.sleep(5)
-    elapsed = time.monotonic() - started
-
-    assert elapsed < 1.0
-
-
-def test_a_capped_sleep_shorter_than_the_limit_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr("dde.dicom.pynetdicom_adapter.time.sleep", slept.append)
-
-    _CappedSleep(0.5).sleep(0.01)
-    _CappedSleep(0.5).sleep(3)
-
-    assert slept == [0.01, 0.5]
 
 
 def thread_priority() -> int:

@@ -1,29 +1,27 @@
 """The receiver's transfer syntax preference, the rejection of unknown-only contexts, the
-Error Comment of failure statuses, and C-STORE commands without Affected SOP Instance UID
-(pure functions and pynetdicom's negotiation, no network)."""
+storage classes accepted, and the Error Comment of failure statuses (the engine's pure
+negotiation and response encoding, no network)."""
 
 from __future__ import annotations
 
-import io
-from typing import Any
-
 import pytest
 from pydantic import ValidationError
-from pydicom.dataset import Dataset
-from pynetdicom import _config, build_context
-from pynetdicom.dsutils import encode
-from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom import build_context
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    ModalityWorklistInformationFind,
+    PatientRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from dde.config import ReceiverSettings
-from dde.dicom import pynetdicom_adapter
 from dde.dicom import status as dimse
-from dde.dicom.transfer_syntaxes import (
-    is_known_transfer_syntax,
-    order_proposed_contexts,
-    order_transfer_syntaxes,
-)
-from dde.receiving.scp import acceptor_order, store_response
+from dde.dicom.engine import commands
+from dde.dicom.engine.acceptance import Proposal, agree, decode_proposal
+from dde.dicom.engine.acceptor import store_response
+from dde.dicom.transfer_syntaxes import is_known_transfer_syntax, order_transfer_syntaxes
 
 IMPLICIT = "1.2.840.10008.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -102,106 +100,93 @@ def test_an_invalid_preference_is_refused(preference: list[str]) -> None:
         ReceiverSettings(transfer_syntax_preference=preference)
 
 
-def test_storage_classes_pynetdicom_negotiates_itself_get_the_preferred_syntax_first() -> None:
-    assert acceptor_order([EXPLICIT, IMPLICIT])[:2] == [EXPLICIT, IMPLICIT]
-    assert len(acceptor_order([EXPLICIT])) == len(set(acceptor_order([EXPLICIT])))
+# -- the engine's negotiation (requests encoded by pynetdicom, an independent encoder) ------
 
 
-# -- pynetdicom's negotiation, with the adaptation -------------------------------------------
-
-
-def proposed(*contexts: tuple[str, list[str]]) -> list[PresentationContext]:
+def proposal(*contexts: tuple[str, list[str]]) -> Proposal:
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "STORESCU"
+    primitive.called_ae_title = "DYNAMIC_DICOM_MW"
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    primitive.user_information = [maximum]
     built = []
     for number, (abstract, syntaxes) in enumerate(contexts):
         context = build_context(abstract, syntaxes)
         context.context_id = 2 * number + 1
         built.append(context)
-    return built
+    primitive.presentation_context_definition_list = built
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return decode_proposal(pdu.encode()[6:])
 
 
-def negotiate(contexts: list[PresentationContext]) -> list[PresentationContext]:
-    order_proposed_contexts(contexts, *DEFAULT)
-    previous = _config.UNRESTRICTED_STORAGE_SERVICE
-    _config.UNRESTRICTED_STORAGE_SERVICE = True
-    try:
-        result, _ = pynetdicom_adapter.negotiate_storage_contexts(
-            contexts, [build_context(Verification)])
-    finally:
-        _config.UNRESTRICTED_STORAGE_SERVICE = previous
-    return result
+def negotiate(request: Proposal) -> list[tuple[int, int, str]]:
+    """(context id, result, transfer syntax) as pynetdicom reads our A-ASSOCIATE-AC."""
+    agreement = agree(request, max_pdu=16384, preferred=DEFAULT[0], sender_rest=DEFAULT[1])
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(agreement.answer)
+    results = pdu.to_primitive().presentation_context_definition_results_list
+    answered = [(int(c.context_id), int(c.result), str(c.transfer_syntax[0])) for c in results]
+    assert {i: syntax for i, result, syntax in answered if result == 0} == \
+        {i: pair[1] for i, pair in agreement.accepted.items()}
+    return answered
 
 
 def test_negotiation_accepts_the_preferred_syntax() -> None:
-    result = negotiate(proposed((CTImageStorage, STORESCU["-xs"]),
+    result = negotiate(proposal((CTImageStorage, STORESCU["-xs"]),
                                 (CTImageStorage, STORESCU["-xd"])))
 
-    assert [(cx.result, cx.transfer_syntax[0]) for cx in result] == [(0, EXPLICIT), (0, EXPLICIT)]
+    assert result == [(1, 0, EXPLICIT), (3, 0, EXPLICIT)]
 
 
 def test_negotiation_rejects_a_context_of_unknown_syntaxes_only() -> None:
-    result = negotiate(proposed((CTImageStorage, [UNKNOWN]), (CTImageStorage, [UNKNOWN, RLE]),
+    result = negotiate(proposal((CTImageStorage, [UNKNOWN]), (CTImageStorage, [UNKNOWN, RLE]),
                                 (Verification, [IMPLICIT])))
 
-    assert [(cx.context_id, cx.result) for cx in result] == [(1, 0x04), (3, 0), (5, 0)]
-    assert result[0].transfer_syntax  # the A-ASSOCIATE-AC needs one, even for a rejection
-    assert result[1].transfer_syntax == [RLE]
+    assert [(i, r) for i, r, _ in result] == [(1, 0x04), (3, 0), (5, 0)]
+    assert result[1][2] == RLE
 
 
-def test_install_puts_the_negotiation_in_place() -> None:
-    import pynetdicom.acse
+def test_private_storage_classes_are_accepted_and_other_services_are_not() -> None:
+    result = negotiate(proposal(("1.2.826.0.1.3680043.9.9999.1", [EXPLICIT]),
+                                (PatientRootQueryRetrieveInformationModelFind, [EXPLICIT]),
+                                (ModalityWorklistInformationFind, [EXPLICIT]),
+                                ("1.2.840.10008.5.1.4.39.1", [EXPLICIT]),  # colour palette
+                                ("1.2.840.10008.1.20.1", [EXPLICIT])))  # storage commitment
 
-    pynetdicom_adapter.install()
-
-    assert vars(pynetdicom.acse)["negotiate_unrestricted"] \
-        is pynetdicom_adapter.negotiate_storage_contexts
-
-
-# -- C-STORE commands without Affected SOP Instance UID --------------------------------------
+    assert [(i, r) for i, r, _ in result] == [(1, 0), (3, 0x03), (5, 0x03), (7, 0), (9, 0x03)]
 
 
-def command(**elements: Any) -> io.BytesIO:
-    ds = Dataset()
-    ds.CommandGroupLength = 0
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    encoded = encode(ds, True, True)
-    assert encoded is not None
-    return io.BytesIO(encoded)
+def test_the_request_is_read_as_sent() -> None:
+    request = proposal((CTImageStorage, [EXPLICIT]))
 
-
-@pytest.mark.parametrize("uid", [None, ""])
-def test_a_store_command_without_instance_uid_gets_the_placeholder(uid: str | None) -> None:
-    elements: dict[str, Any] = {"AffectedSOPClassUID": CTImageStorage, "CommandField": 1,
-                                "MessageID": 1, "Priority": 0, "CommandDataSetType": 0}
-    if uid is not None:
-        elements["AffectedSOPInstanceUID"] = uid
-
-    decoded = pynetdicom_adapter.complete_store_commands(command(**elements), True, True)
-
-    assert decoded.AffectedSOPInstanceUID == pynetdicom_adapter.MISSING_UID
-
-
-def test_other_commands_are_left_alone() -> None:
-    decoded = pynetdicom_adapter.complete_store_commands(
-        command(AffectedSOPClassUID=Verification, CommandField=0x0030, MessageID=1,
-                CommandDataSetType=0x0101), True, True)
-
-    assert "AffectedSOPInstanceUID" not in decoded
+    assert (request.calling_aet, request.called_aet, request.max_pdu) == \
+        ("STORESCU", "DYNAMIC_DICOM_MW", 16384)
+    assert request.contexts == ((1, CTImageStorage, (EXPLICIT,)),)
 
 
 # -- Error Comment ------------------------------------------------------------------------------
 
 
-def test_success_is_a_bare_status() -> None:
-    assert store_response(dimse.SUCCESS, "stored") == dimse.SUCCESS
+def store_command() -> commands.Command:
+    return commands.decode(commands.c_store_rq(5, CTImageStorage, "1.2.3"))
+
+
+def test_success_carries_no_comment() -> None:
+    response = commands.decode(store_response(store_command(), dimse.SUCCESS, "stored"))
+
+    assert response.status == dimse.SUCCESS and response.error_comment is None
+    assert response.responded_to == 5 and response.affected_sop_instance_uid == "1.2.3"
 
 
 def test_a_failure_carries_its_reason() -> None:
-    response = store_response(dimse.CANNOT_UNDERSTAND, "pixel data is shorter than its geometry")
+    response = commands.decode(store_response(
+        store_command(), dimse.CANNOT_UNDERSTAND, "pixel data is shorter than its geometry"))
 
-    assert isinstance(response, Dataset)
-    assert response.Status == dimse.CANNOT_UNDERSTAND
-    assert response.ErrorComment == "pixel data is shorter than its geometry"
+    assert response.status == dimse.CANNOT_UNDERSTAND
+    assert response.error_comment == "pixel data is shorter than its geometry"
 
 
 def test_an_error_comment_fits_an_lo() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -14,8 +13,9 @@ from pydicom.uid import generate_uid
 from tests.support.unitkit import endpoint, load_book, part10_bytes, split_part10
 
 from dde.config import RoutingSettings
-from dde.dicom import pynetdicom_adapter as incoming_module
 from dde.dicom import status as dimse
+from dde.dicom.engine import acceptor as acceptor_module
+from dde.dicom.engine.acceptor import DatasetFile
 from dde.dicom.header import (
     DEFER_SIZE,
     BrokenDataset,
@@ -24,7 +24,6 @@ from dde.dicom.header import (
     parse_header_file,
 )
 from dde.dicom.part10 import dataset_offset
-from dde.dicom.pynetdicom_adapter import IncomingFile, stream_datasets_to, write_failure
 from dde.receiving.ingest import Incoming, IngestPipeline
 from dde.routing.router import Router
 from dde.store import spool as spool_module
@@ -349,84 +348,45 @@ def test_incoming_files_are_not_counted_as_spool_bytes(tmp_path: Path) -> None:
     assert Spool(root, shared=True).recount() == 0
 
 
-# -- IncomingFile -----------------------------------------------------------------------
+# -- the engine's DatasetFile: a received dataset written as it arrives ----------------------
 
 
-def no_space(data: bytes) -> int:
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def test_an_incoming_file_writes_like_a_file(tmp_path: Path) -> None:
-    file = IncomingFile(dir=tmp_path, delete=False, mode="wb", suffix=".dcm")
-    assert file.write(b"abc") == 3
-    file.file.flush()
-    file.write(b"def")
+def test_a_dataset_file_writes_its_head_then_each_fragment(tmp_path: Path) -> None:
+    file = DatasetFile(tmp_path, b"HEAD")
+    file.write(b"abc")
+    file.write(memoryview(b"def"))
     file.close()
 
-    assert Path(file.name).read_bytes() == b"abcdef"
-    assert Path(file.name).parent == tmp_path
-    assert not file.failed
-    assert write_failure(file.name) is None
+    assert file.path.read_bytes() == b"HEADabcdef"
+    assert file.path.parent == tmp_path
+    assert file.error is None
+    assert oct(file.path.stat().st_mode & 0o777) == oct(0o600)
 
 
 def test_a_write_error_is_remembered_and_later_writes_are_dropped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    file = IncomingFile(dir=tmp_path, delete=False, mode="wb", suffix=".dcm")
-    file.write(b"first")
-    file.flush()
-    inner_writes: list[bytes] = []
+    file = DatasetFile(tmp_path, b"first")
+    attempts: list[int] = []
 
-    def failing_write(data: bytes) -> int:
-        inner_writes.append(data)
-        return no_space(data)
+    def failing_write(fd: int, data: Any) -> int:
+        attempts.append(len(data))
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(file._file, "write", failing_write)
-
-    assert file.write(b"second") == len(b"second")  # pynetdicom sees no error
-    assert file.write(b"third") == len(b"third")
-    file.flush()
+    monkeypatch.setattr(acceptor_module.os, "write", failing_write)
+    file.write(b"second")
+    file.write(b"third")
+    monkeypatch.undo()
     file.close()
 
-    assert inner_writes == [b"second"]  # after the first failure nothing is written
-    assert file.failed
-    error = write_failure(file.name)
-    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
-    assert write_failure(Path(file.name)) is None  # asked once
-    assert Path(file.name).read_bytes() == b"first"
+    assert attempts == [len(b"second")]  # after the first failure nothing is written
+    assert isinstance(file.error, OSError) and file.error.errno == errno.ENOSPC
+    assert file.path.read_bytes() == b"first"
 
 
-def test_a_flush_error_is_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    file = IncomingFile(dir=tmp_path, delete=False, mode="wb")
+def test_a_discarded_dataset_file_is_gone(tmp_path: Path) -> None:
+    file = DatasetFile(tmp_path, b"HEAD")
+    file.write(b"partial")
+    file.discard()
 
-    def failing_flush() -> None:
-        raise OSError(errno.EDQUOT, "Disk quota exceeded")
-
-    monkeypatch.setattr(file._file, "flush", failing_flush)
-    file.write(b"data")
-    file.file.flush()
-
-    error = write_failure(Path(file.name))
-    assert error is not None and error.errno == errno.EDQUOT
-    file.close()
-
-
-def test_stream_datasets_to_makes_pynetdicom_write_incoming_files(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pynetdicom import _config, dimse_messages
-
-    # restored after the test: stream_datasets_to changes them for the whole process
-    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
-    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET",
-                        _config.STORE_RECV_CHUNKED_DATASET)
-    factory = "NamedTemporaryFile"
-    monkeypatch.setattr(dimse_messages, factory, getattr(dimse_messages, factory))
-    folder = tmp_path / "spool" / "incoming"
-
-    stream_datasets_to(folder)
-
-    assert folder.is_dir()
-    assert _config.STORE_RECV_CHUNKED_DATASET is True
-    created = getattr(dimse_messages, factory)(delete=False, mode="wb", suffix=".dcm")
-    assert isinstance(created, incoming_module.IncomingFile)
-    created.close()
-    assert Path(created.name).parent == folder
+    assert not file.path.exists()
+    assert list(tmp_path.iterdir()) == []

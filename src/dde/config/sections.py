@@ -51,6 +51,9 @@ class ReceiverSettings(_Strict):
     port: int = Field(default=11113, ge=0, le=65535)
     max_associations: int = Field(default=32, ge=1)
     """Per receiver process."""
+    max_share_per_source: float = Field(default=1.0, gt=0, le=1)
+    """The share of ``max_associations`` one source address may hold at once (at least one
+    association): below 1, one busy or hostile host cannot take every slot."""
     processes: int = Field(default=1, ge=0, le=16)
     """Receiver processes beside the main one, sharing the port (``SO_REUSEPORT``); they
     stream datasets to the spool. 0: receive inside the main process (datasets are then

@@ -26,7 +26,12 @@ from pydicom.filereader import data_element_generator
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from dde.dicom.pixels import NATIVE_SYNTAXES, fragments_problem, native_length_problem
+from dde.dicom.pixels import (
+    NATIVE_SYNTAXES,
+    fragments_problem,
+    native_length_problem,
+    raw_value,
+)
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
 PIXEL_DATA = Tag(0x7FE0, 0x0010)
@@ -94,6 +99,9 @@ def _inflate(encoded: bytes, limit: int) -> bytes:
 
 
 def _text(dataset: Dataset, keyword: str) -> str | None:
+    raw = _plain_ascii(dataset, keyword)
+    if raw is not None:
+        return raw.strip(" \0") or None
     try:
         value = dataset.get(keyword)
     except Exception:  # a malformed value must not stop routing on the others
@@ -101,6 +109,19 @@ def _text(dataset: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip() or None
+
+
+def _plain_ascii(dataset: Dataset, keyword: str) -> str | None:
+    """The value of a not yet converted element when its bytes are plain single-valued
+    ASCII text (what nearly every header carries): read without pydicom's conversion and
+    validation (about half of a small instance's header parse). None: ask pydicom."""
+    raw = raw_value(dataset, keyword)
+    if raw is None:
+        return None
+    value = raw[1]
+    if not value.isascii() or b"\\" in value:
+        return None
+    return value.decode("ascii")
 
 
 def parse_header(encoded: bytes, transfer_syntax_uid: str,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 NATIVE_SYNTAXES = frozenset({
     "1.2.840.10008.1.2",  # implicit VR little endian
@@ -32,8 +34,40 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 _SUBSAMPLED_422 = {"YBR_FULL_422"}
 
 
+def raw_value(dataset: Dataset, keyword: str) -> tuple[str | None, bytes] | None:
+    """(VR as read, value bytes) of an element pydicom has not converted yet, its value in
+    memory; None otherwise (then ask pydicom for the value)."""
+    tag = Tag(keyword)
+    if tag not in dataset:
+        return None
+    element = dataset.get_item(tag)
+    if not isinstance(element, RawDataElement) or not isinstance(element.value, bytes):
+        return None
+    return element.VR, element.value
+
+
+def _raw_number(dataset: Dataset, keyword: str) -> int | None:
+    """A US value (or an IS one) read from the element's bytes without pydicom's conversion;
+    None when it is not a plain single value of that kind (then pydicom reads it)."""
+    raw = raw_value(dataset, keyword)
+    if raw is None:
+        return None
+    vr, value = raw
+    if vr in (None, "US") and len(value) == 2 and keyword != "NumberOfFrames":
+        little_endian = dataset.original_encoding[1] is not False
+        return int.from_bytes(value, "little" if little_endian else "big")
+    if vr in (None, "IS") and keyword == "NumberOfFrames":
+        text = value.strip(b" \0")
+        if text.isdigit():
+            return int(text)
+    return None
+
+
 def _number(dataset: Dataset, keyword: str) -> int | None:
     """A numeric header value, or ``None`` when absent, empty, multi-valued or unreadable."""
+    fast = _raw_number(dataset, keyword)
+    if fast is not None:
+        return fast
     try:
         value = dataset.get(keyword)
         if value is None or value == "":

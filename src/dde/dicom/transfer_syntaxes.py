@@ -10,10 +10,9 @@ proposes only such syntaxes is rejected.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from pydicom._uid_dict import UID_dictionary
-from pynetdicom.presentation import PresentationContext
 
 STANDARD_ARC = "1.2.840.10008.1.2."
 """The DICOM standard's transfer syntaxes live under this arc (newer ones than pydicom's
@@ -39,16 +38,3 @@ def order_transfer_syntaxes(proposed: Sequence[str], preferred: Sequence[str],
         ordered += [uid for uid in offered
                     if uid not in ordered and is_known_transfer_syntax(uid)]
     return ordered
-
-
-def order_proposed_contexts(contexts: Iterable[PresentationContext], preferred: Sequence[str],
-                            sender_rest: bool) -> None:
-    """Rewrite the transfer syntaxes of each context a requestor proposed (pynetdicom's
-    ``EVT_REQUESTED``, before it negotiates) with :func:`order_transfer_syntaxes`: the first
-    left is the one accepted; a context left with none is rejected
-    (:func:`dde.dicom.pynetdicom_adapter.negotiate_storage_contexts`)."""
-    for context in contexts:
-        proposed = [str(uid) for uid in context.transfer_syntax]
-        ordered = order_transfer_syntaxes(proposed, preferred, sender_rest)
-        if ordered != proposed:
-            context.transfer_syntax = list(ordered)

@@ -1,37 +1,47 @@
-"""Deliver spooled instances by DICOM C-STORE, reusing one association while work lasts.
+"""Deliver spooled instances by DICOM C-STORE over the router's own engine, reusing one
+association while work lasts; and C-ECHO for health checks.
 
-The spool file is sent as it is (pynetdicom's chunked send: the encoded dataset is streamed
-from disk and never decoded), which needs an accepted presentation context with exactly the
-instance's SOP class and transfer syntax. Each association proposes one context per
-(SOP class, transfer syntax) pair the queue is about to send; a pair the destination rejects
-is a permanent refusal for that instance, with the reason.
+The spool file's dataset is sent as it lies on disk (streamed in P-DATA fragments sized to
+the destination's maximum PDU, never decoded), which needs an accepted presentation context
+with exactly the instance's SOP class and transfer syntax. Each association proposes one
+context per (SOP class, transfer syntax) pair the queue is about to send; a pair the
+destination rejects is a permanent refusal for that instance, with the reason.
+
+Senders are called from one delivery thread each: every sender runs its association on an
+event loop of its own, created for the association and closed with it. ``abort`` (from
+another thread, when stopping) drops the connection so a send blocked on the peer returns.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
-
-from pynetdicom import AE, build_context, evt
-from pynetdicom.pdu_primitives import UserIdentityNegotiation
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from dde.config import DeliverySettings, EndpointSettings
-from dde.dicom import pynetdicom_adapter
 from dde.dicom import status as dimse
-from dde.dicom.pynetdicom_adapter import (
-    SendStalled,
-    bound_sending,
-    cancel_sending,
-    on_connection_open,
+from dde.dicom.engine.blocking import BlockingLoop
+from dde.dicom.engine.commands import VERIFICATION_SOP_CLASS
+from dde.dicom.engine.negotiation import (
+    MAX_CONTEXTS,
+    AssociationRejected,
+    AssociationRequest,
+    ProposedContext,
 )
+from dde.dicom.engine.pdus import ProtocolError
+from dde.dicom.engine.requestor import AssociationAborted, NoResponse, Requestor, SendStalled
+from dde.dicom.part10 import NotPart10
 from dde.dicom.uids import uid_name
 from dde.endpoints.sending import SendResult, Shipment
 
 log = logging.getLogger(__name__)
 
-MAX_CONTEXTS = 128
 Pair = tuple[str, str]
+T = TypeVar("T")
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
 def tls_context(endpoint: EndpointSettings) -> ssl.SSLContext | None:
@@ -46,38 +56,78 @@ def tls_context(endpoint: EndpointSettings) -> ssl.SSLContext | None:
     return context
 
 
-def user_identity(endpoint: EndpointSettings) -> list[Any]:
-    """DICOM user identity negotiation (username and passcode) when the endpoint has both."""
+def user_identity(endpoint: EndpointSettings) -> tuple[str, str] | None:
+    """Username and passcode for user identity negotiation, when the endpoint has both."""
     if not endpoint.username or endpoint.password is None:
-        return []
-    item = UserIdentityNegotiation()
-    item.user_identity_type = 2
-    item.primary_field = endpoint.username.encode()
-    item.secondary_field = endpoint.password.get_secret_value().encode()
-    item.positive_response_requested = False
-    items: list[Any] = [item]
-    return items
+        return None
+    return endpoint.username, endpoint.password.get_secret_value()
+
+
+def connection_problem(exc: BaseException) -> str:
+    """A short reason a connection or association attempt failed."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def request_for(endpoint: EndpointSettings, calling_aet: str,
+                contexts: list[ProposedContext]) -> AssociationRequest:
+    return AssociationRequest(called_aet=endpoint.aet, calling_aet=calling_aet,
+                              contexts=contexts, user_identity=user_identity(endpoint))
+
+
+def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str | None:
+    """C-ECHO the endpoint; None when it answered success, else why not."""
+    request = request_for(endpoint, calling_aet, [ProposedContext(
+        VERIFICATION_SOP_CLASS, (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN))])
+
+    async def echo() -> str | None:
+        try:
+            assoc = await Requestor.open(endpoint.host, endpoint.port, request,
+                                         connect_timeout=timeout, send_timeout=timeout,
+                                         tls=tls_context(endpoint))
+        except AssociationRejected as exc:
+            return f"C-ECHO: {exc}"
+        except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+            return f"C-ECHO failed: {connection_problem(exc)}"
+        try:
+            response = await assoc.c_echo(response_timeout=timeout)
+        except (OSError, TimeoutError, ProtocolError) as exc:
+            assoc.abort()
+            return f"C-ECHO: no response ({exc or type(exc).__name__})"
+        await assoc.release(timeout)
+        if response.status != dimse.SUCCESS:
+            return f"C-ECHO answered {dimse.describe(response.status)}"
+        return None
+
+    loop = BlockingLoop()
+    try:
+        return loop.run(echo())
+    finally:
+        loop.close()
 
 
 class DicomSender:
     def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
                  calling_aet: str) -> None:
-        pynetdicom_adapter.install()  # chunked sending of the spool file as it is
         self.endpoint = endpoint
-        self._ae = AE(ae_title=calling_aet)
-        self._ae.acse_timeout = delivery.connect_timeout
-        self._ae.connection_timeout = delivery.connect_timeout
-        self._dimse_timeout = delivery.dimse_timeout
+        self._calling_aet = calling_aet
+        self._connect_timeout = delivery.connect_timeout
+        self._send_timeout = delivery.dimse_timeout
         # The wait for one C-STORE response: shorter than the association's idle limit, so
         # an instance the destination never answers is found suspect soon.
         self._response_timeout = min(delivery.response_timeout_seconds, delivery.dimse_timeout)
-        self._ae.dimse_timeout = self._response_timeout
         self._aborting = False
-        self._ae.network_timeout = delivery.dimse_timeout
-        self._ae.maximum_pdu_size = 0  # no limit on what we accept back
-        self._assoc: Any = None
+        self._lock = threading.Lock()
+        self._loop: BlockingLoop | None = None
+        self._assoc: Requestor | None = None
         self._proposed: set[Pair] = set()
-        self._accepted: set[Pair] = set()
         self._upcoming: list[Pair] = []
 
     def prepare(self, shipments: list[Shipment]) -> None:
@@ -88,115 +138,111 @@ class DicomSender:
                 pairs.append(pair)
         self._upcoming = pairs
 
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        with self._lock:
+            if self._loop is None:
+                self._loop = BlockingLoop()
+            loop = self._loop
+        return loop.run(coroutine)
+
     def _associated(self) -> bool:
-        return self._assoc is not None and bool(self._assoc.is_established)
+        return self._assoc is not None and not self._assoc.closed
 
     def _associate(self, needed: Pair) -> SendResult | None:
-        self.release()
-        pairs = [needed] + [p for p in self._upcoming if p != needed]
-        pairs = pairs[:MAX_CONTEXTS]
-        contexts = [build_context(sop_class, [syntax]) for sop_class, syntax in pairs]
-        context = tls_context(self.endpoint)
-        tls_args = (context, self.endpoint.host) if context is not None else None
+        self._end_association()
+        pairs = ([needed] + [p for p in self._upcoming if p != needed])[:MAX_CONTEXTS]
+        request = request_for(self.endpoint, self._calling_aet,
+                              [ProposedContext(sop_class, (syntax,))
+                               for sop_class, syntax in pairs])
         try:
-            assoc = self._ae.associate(
-                self.endpoint.host, self.endpoint.port, contexts=contexts,
-                ae_title=self.endpoint.aet, tls_args=tls_args,
-                ext_neg=user_identity(self.endpoint) or None,
-                evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
-            )
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            return SendResult.unreachable(f"cannot associate: {exc}")
-        if not assoc.is_established:
-            if assoc.rejected_contexts and not assoc.accepted_contexts:
-                # The destination answered but accepted none of the contexts (pynetdicom
-                # then aborts): a refusal of these instances, not an unreachable endpoint.
-                self._proposed = set(pairs)
-                return None
-            if assoc.is_rejected:
-                return SendResult.unreachable("association rejected by the destination")
-            return SendResult.unreachable(
-                "association not established (connection refused, timed out or aborted)"
-            )
-        bound_sending(assoc, self._dimse_timeout)
-        self._assoc = assoc
+            assoc = self._run(Requestor.open(
+                self.endpoint.host, self.endpoint.port, request,
+                connect_timeout=self._connect_timeout, send_timeout=self._send_timeout,
+                tls=tls_context(self.endpoint)))
+        except AssociationRejected as exc:
+            return SendResult.unreachable(str(exc))
+        except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
+            return SendResult.unreachable(f"cannot associate: {connection_problem(exc)}")
         self._proposed = set(pairs)
-        self._accepted = {
-            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
-            for cx in assoc.accepted_contexts
-        }
+        with self._lock:
+            self._assoc = assoc
         log.debug("associated with %s: %d of %d contexts accepted", self.endpoint.name,
-                  len(self._accepted), len(pairs))
+                  len(assoc.negotiated.accepted), len(pairs))
         return None
 
     def send(self, shipment: Shipment) -> SendResult:
+        if self._aborting:
+            return SendResult.refused("not sent: delivery is stopping")
         pair = (shipment.sop_class_uid, shipment.transfer_syntax_uid)
         if not self._associated() or pair not in self._proposed:
             problem = self._associate(pair)
             if problem is not None:
                 return problem
-        if pair not in self._accepted:
+        assoc = self._assoc
+        assert assoc is not None
+        context = assoc.negotiated.context_for(*pair)
+        if context is None:
             return SendResult.refused(
                 f"{self.endpoint.name} does not accept {uid_name(pair[0])} "
                 f"in {uid_name(pair[1])} (presentation context rejected)",
                 permanent=True,
             )
         try:
-            response = self._assoc.send_c_store(shipment.path)
+            response = self._run(assoc.c_store(shipment.path, context,
+                                               shipment.sop_instance_uid,
+                                               response_timeout=self._response_timeout))
         except FileNotFoundError:
             return SendResult.refused("spool file is missing", permanent=True)
+        except NotPart10 as exc:
+            return SendResult.refused(f"spool file cannot be sent: {exc}", permanent=True)
         except SendStalled as exc:  # half a message went out: only an abort ends it
-            self._forget().abort()
+            self._end_association(abort=True)
             if self._aborting:
                 return SendResult.refused(f"C-STORE could not be sent: {exc}")
             return SendResult.no_response(f"C-STORE could not be sent: {exc}")
-        except (ValueError, AttributeError, RuntimeError, OSError) as exc:
-            self.release()
-            return SendResult.refused(f"C-STORE could not be sent: {exc}")
-        status = getattr(response, "Status", None)
-        if status is None:
+        except NoResponse as exc:
+            self._end_association(abort=True)
             if self._aborting:
-                self.release()
                 return SendResult.refused("no C-STORE response (association aborted)")
-            # pynetdicom aborted it already; a release would wait on a silent peer.
-            assoc = self._forget()
-            try:
-                assoc.abort()
-            except Exception:  # an association already aborted must never raise here
-                log.debug("abort of association to %s failed", self.endpoint.name)
-            return SendResult.no_response(
-                f"no C-STORE response within {self._response_timeout:g} s "
-                "(association aborted or timed out)"
-            )
-        code = int(status)
+            return SendResult.no_response(f"{exc} (association aborted)")
+        except (AssociationAborted, ProtocolError, OSError) as exc:
+            self._end_association(abort=True)
+            return SendResult.refused(f"C-STORE could not be sent: {exc}")
+        code = response.status
         if dimse.is_success_or_warning(code):
             return SendResult.delivered(dimse.describe(code))
-        comment = getattr(response, "ErrorComment", None)
         detail = f"C-STORE refused: {dimse.describe(code)}"
-        if comment:
-            detail += f": {str(comment)[:200]}"
+        if response.error_comment:
+            detail += f": {response.error_comment[:200]}"
         return SendResult.refused(detail, permanent=dimse.is_permanent_failure(code))
 
     def abort(self) -> None:
-        """From another thread: abort the association so that a C-STORE waiting for its
-        response returns now (pynetdicom's abort does not wake that wait, hence the put)."""
+        """From another thread: drop the association so that a send waiting on the peer
+        returns now (the abort runs on the sender's loop, now or when it next runs)."""
         self._aborting = True
-        assoc = self._assoc
-        if assoc is None:
-            return
-        cancel_sending(assoc)
+        with self._lock:
+            loop, assoc = self._loop, self._assoc
+            if loop is None or assoc is None or loop.closed:
+                return
+            loop.call_soon_threadsafe(assoc.abort)
 
-    def _forget(self) -> Any:
-        """Drop the association (and what was negotiated on it); return it."""
-        assoc, self._assoc = self._assoc, None
+    def _end_association(self, *, abort: bool = False) -> None:
+        with self._lock:
+            assoc, self._assoc = self._assoc, None
         self._proposed = set()
-        self._accepted = set()
-        return assoc
+        if assoc is None or assoc.closed:
+            return
+        if abort:
+            assoc.abort()
+            return
+        try:
+            self._run(assoc.release(self._connect_timeout))
+        except Exception:  # releasing a broken association must never raise
+            log.debug("release of association to %s failed", self.endpoint.name)
 
     def release(self) -> None:
-        assoc = self._forget()
-        if assoc is not None and assoc.is_established:
-            try:
-                assoc.release()
-            except Exception:  # releasing a broken association must never raise
-                log.debug("release of association to %s failed", self.endpoint.name)
+        self._end_association()
+        with self._lock:
+            loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()

@@ -17,13 +17,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dde.config import EndpointKind, EndpointSettings, HealthSettings
-from dde.dicom.pynetdicom_adapter import on_connection_open
 from dde.endpoints.breaker import Breaker
-from dde.endpoints.dicom_sender import tls_context, user_identity
+from dde.endpoints.dicom_sender import c_echo
 from dde.endpoints.http import http_client
 
 log = logging.getLogger(__name__)
@@ -33,32 +30,6 @@ DOWN_REMINDER_SECONDS = 300.0
 
 Probe = Callable[[EndpointSettings], str | None]
 """Returns None when the endpoint answered, else the reason it did not."""
-
-
-def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str | None:
-    ae = AE(ae_title=calling_aet)
-    ae.add_requested_context(Verification)
-    ae.acse_timeout = ae.connection_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    context = tls_context(endpoint)
-    try:
-        assoc: Any = ae.associate(
-            endpoint.host, endpoint.port, ae_title=endpoint.aet,
-            tls_args=(context, endpoint.host) if context is not None else None,
-            ext_neg=user_identity(endpoint) or None,
-            evt_handlers=[(evt.EVT_CONN_OPEN, on_connection_open)],
-        )
-    except (OSError, ValueError) as exc:
-        return f"C-ECHO failed: {exc}"
-    if not assoc.is_established:
-        return ("C-ECHO: association rejected" if assoc.is_rejected
-                else "C-ECHO: no association (refused, timed out or aborted)")
-    try:
-        status = assoc.send_c_echo()
-    finally:
-        assoc.release()
-    if getattr(status, "Status", None) != 0:
-        return "C-ECHO: no success response"
-    return None
 
 
 def http_system(endpoint: EndpointSettings, timeout: float) -> str | None:

@@ -17,7 +17,6 @@ from dde.config_store import ConfigStore
 from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
 from dde.delivery.retry import RetryPolicy
-from dde.dicom import pynetdicom_adapter
 from dde.endpoints.dicom_sender import DicomSender
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
@@ -93,7 +92,8 @@ class RouterApp:
             self.receiver = ReceiverPool(settings.receiver, settings.receiver.processes,
                                          home.root, config_file, self._notes.name, verbose)
         else:
-            self.receiver = StorageSCP(settings.receiver, self.pipeline)
+            self.receiver = StorageSCP(settings.receiver, self.pipeline,
+                                       incoming_dir=self.spool.incoming_dir)
         self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
@@ -174,7 +174,6 @@ class RouterApp:
 
     # -- life cycle --------------------------------------------------------------------
     def start(self) -> None:
-        pynetdicom_adapter.install(reactor_poll=pynetdicom_adapter.REACTOR_POLL_SECONDS)
         removed = self.spool.discard_partials()
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)

@@ -26,7 +26,6 @@ from pathlib import Path
 from dde import logs
 from dde.config import ConfigError, Home, Settings
 from dde.config_store import ConfigStore
-from dde.dicom import pynetdicom_adapter
 from dde.receiving.notify import Notifier
 from dde.receiving.pool import READY
 from dde.receiving.scp import StorageSCP
@@ -59,10 +58,9 @@ class ReceiverWorker:
         self.core = RouterCore(ConfigStore(home, config_file), *_current(home, config_file),
                                on_committed=self.notifier.committed, telemetry=self.notifier,
                                shared_spool=True)
-        pynetdicom_adapter.install(reactor_poll=pynetdicom_adapter.REACTOR_POLL_SECONDS,
-                                   stream_to=self.core.spool.incoming_dir)
         receiver = self.core.settings.receiver.model_copy(update={"port": port})
-        self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True, streamed=True,
+        self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True,
+                              incoming_dir=self.core.spool.incoming_dir,
                               on_association=self.refresh)
         self._config_lock = threading.Lock()
 

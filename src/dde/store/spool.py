@@ -25,14 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
+from dde.dicom import part10
 
 log = logging.getLogger(__name__)
 
-PREAMBLE = b"\x00" * 128 + b"DICM"
 IMPLEMENTATION_VERSION_NAME = "DDE_010"
 INCOMING = "incoming"
 RECOUNT_SECONDS = 1.0
@@ -64,19 +62,10 @@ class SpooledFile:
 
 def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                      source_aet: str | None = None) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_aet:
-        meta.SourceApplicationEntityTitle = source_aet
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return PREAMBLE + buffer.getvalue()
+    """The preamble and file meta of a spool file (the router's implementation identity)."""
+    return part10.encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid,
+                                   PYDICOM_IMPLEMENTATION_UID, IMPLEMENTATION_VERSION_NAME,
+                                   source_aet)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,0 +1,203 @@
+"""A-ASSOCIATE negotiation, acceptor side: what a requestor proposes, which presentation
+contexts we accept with which transfer syntax, and the A-ASSOCIATE-AC/RJ we answer
+(pynetdicom's PDU classes do the byte-level encoding and decoding).
+
+Accepted: Verification, and every storage SOP class, known or private (any abstract syntax
+that is not a known non-storage service such as query/retrieve or worklist). Of the
+transfer syntaxes a context proposes, the first in the receiver's preference order is taken
+(:func:`dde.dicom.transfer_syntaxes.order_transfer_syntaxes`); a context with none left is
+rejected. SCP/SCU role selection and SOP class extended negotiation items are not answered
+(the default roles apply; no extended behaviour is agreed). An asynchronous operations
+window is answered 1/1. User identity is accepted without a server response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    AsynchronousOperationsWindowNegotiation,
+    MaximumLengthNotification,
+    UserIdentityNegotiation,
+)
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import uid_to_service_class
+
+from dde.dicom.engine import pdus
+from dde.dicom.engine.commands import VERIFICATION_SOP_CLASS
+from dde.dicom.engine.negotiation import implementation_items
+from dde.dicom.engine.pdus import ProtocolError
+from dde.dicom.transfer_syntaxes import order_transfer_syntaxes
+from dde.dicom.uids import APPLICATION_CONTEXT_NAME
+
+IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
+_STORAGE_SERVICES: Final = frozenset({"StorageServiceClass", "NonPatientObjectStorageServiceClass",
+                                      "ServiceClass"})
+"""pynetdicom's service classes of storage SOP classes (colour palettes, hanging protocols
+and other non-patient objects included), and of UIDs it does not know."""
+
+
+class ContextResult(IntEnum):
+    ACCEPTANCE = 0
+    USER_REJECTION = 1
+    NO_REASON = 2
+    ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+    TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+
+class RejectResult(IntEnum):
+    PERMANENT = 1
+    TRANSIENT = 2
+
+
+class RejectSource(IntEnum):
+    SERVICE_USER = 1
+    SERVICE_PROVIDER_ACSE = 2
+    SERVICE_PROVIDER_PRESENTATION = 3
+
+
+class RejectReason(IntEnum):
+    NO_REASON_GIVEN = 1
+    APPLICATION_CONTEXT_NOT_SUPPORTED = 2
+    CALLING_AE_NOT_RECOGNISED = 3
+    CALLED_AE_NOT_RECOGNISED = 7
+
+
+@dataclass(frozen=True)
+class Rejection:
+    result: RejectResult
+    source: RejectSource
+    reason: int
+
+    def encode(self) -> bytes:
+        return pdus.header(pdus.PduType.A_ASSOCIATE_RJ, 4) + bytes(
+            (0, self.result, self.source, self.reason))
+
+
+LOCAL_LIMIT_EXCEEDED: Final = Rejection(RejectResult.TRANSIENT,
+                                        RejectSource.SERVICE_PROVIDER_PRESENTATION, 2)
+"""Too many associations (the presentation provider's reason 2)."""
+PROTOCOL_VERSION_NOT_SUPPORTED: Final = Rejection(RejectResult.PERMANENT,
+                                                  RejectSource.SERVICE_PROVIDER_ACSE, 2)
+"""The ACSE provider's reason 2."""
+APPLICATION_CONTEXT_NOT_SUPPORTED: Final = Rejection(
+    RejectResult.PERMANENT, RejectSource.SERVICE_USER,
+    RejectReason.APPLICATION_CONTEXT_NOT_SUPPORTED)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An A-ASSOCIATE-RQ as the acceptor reads it."""
+
+    calling_aet: str
+    called_aet: str
+    application_context: str
+    protocol_version: int
+    contexts: tuple[tuple[int, str, tuple[str, ...]], ...]
+    """(context id, abstract syntax, proposed transfer syntaxes)."""
+    max_pdu: int
+    """The largest P-DATA-TF the requestor takes (0: no limit)."""
+    asks_async_window: bool
+    primitive: Any
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The contexts accepted: id -> (abstract syntax, transfer syntax)."""
+
+    accepted: dict[int, tuple[str, str]]
+    answer: bytes
+    """The A-ASSOCIATE-AC PDU."""
+
+
+def decode_proposal(body: bytes) -> Proposal:
+    """The A-ASSOCIATE-RQ body (without its 6-byte header); :class:`ProtocolError` if it
+    cannot be decoded."""
+    pdu = A_ASSOCIATE_RQ()
+    try:
+        pdu.decode(pdus.header(pdus.PduType.A_ASSOCIATE_RQ, len(body)) + body)
+        primitive = pdu.to_primitive()
+        contexts = tuple(
+            (int(c.context_id or 0), str(c.abstract_syntax or "").strip(),
+             tuple(str(t).strip() for t in c.transfer_syntax))
+            for c in primitive.presentation_context_definition_list)
+    except Exception as exc:  # pynetdicom raises assorted errors on malformed items
+        raise ProtocolError(f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}") from None
+    max_pdu = 0
+    asks_window = False
+    for item in primitive.user_information or []:
+        if isinstance(item, MaximumLengthNotification):
+            max_pdu = int(item.maximum_length_received or 0)
+        elif isinstance(item, AsynchronousOperationsWindowNegotiation):
+            asks_window = True
+    return Proposal(
+        calling_aet=str(primitive.calling_ae_title or "").strip(),
+        called_aet=str(primitive.called_ae_title or "").strip(),
+        application_context=str(primitive.application_context_name or "").strip(),
+        protocol_version=int(pdu.protocol_version or 0),
+        contexts=contexts, max_pdu=max_pdu, asks_async_window=asks_window,
+        primitive=primitive)
+
+
+def user_identity(proposal: Proposal) -> tuple[int, bytes, bytes] | None:
+    """(identity type, primary field, secondary field) when the requestor sent one."""
+    for item in proposal.primitive.user_information or []:
+        if isinstance(item, UserIdentityNegotiation):
+            return (int(item.user_identity_type or 0), bytes(item.primary_field or b""),
+                    bytes(item.secondary_field or b""))
+    return None
+
+
+def is_acceptable_abstract_syntax(uid: str) -> bool:
+    """Verification, or a storage SOP class (known, or unknown to the router: private)."""
+    if uid == VERIFICATION_SOP_CLASS:
+        return True
+    if not uid or len(uid) > 64:
+        return False
+    return uid_to_service_class(uid).__name__ in _STORAGE_SERVICES
+
+
+def agree(proposal: Proposal, *, max_pdu: int, preferred: Sequence[str],
+          sender_rest: bool) -> Agreement:
+    """Choose the accepted contexts and encode the A-ASSOCIATE-AC."""
+    accepted: dict[int, tuple[str, str]] = {}
+    results = []
+    for ident, abstract, proposed in proposal.contexts:
+        context = PresentationContext()
+        context.context_id = ident
+        context.abstract_syntax = abstract or VERIFICATION_SOP_CLASS
+        choice = order_transfer_syntaxes(proposed, preferred, sender_rest)
+        if not is_acceptable_abstract_syntax(abstract):
+            context.result = ContextResult.ABSTRACT_SYNTAX_NOT_SUPPORTED
+        elif not choice:
+            context.result = ContextResult.TRANSFER_SYNTAXES_NOT_SUPPORTED
+        elif ident in accepted:
+            context.result = ContextResult.NO_REASON  # a duplicate context id
+        else:
+            context.result = ContextResult.ACCEPTANCE
+            accepted[ident] = (abstract, choice[0])
+        # the transfer syntax sub-item is there even for a rejected context (ignored)
+        context.transfer_syntax = [choice[0] if choice else
+                                   (proposed[0] if proposed else IMPLICIT_VR_LITTLE_ENDIAN)]
+        results.append(context)
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APPLICATION_CONTEXT_NAME
+    primitive.calling_ae_title = proposal.primitive.calling_ae_title
+    primitive.called_ae_title = proposal.primitive.called_ae_title
+    primitive.result = 0
+    items = implementation_items(max_pdu)
+    if proposal.asks_async_window:
+        window = AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        items.append(window)
+    primitive.user_information = items
+    primitive.presentation_context_definition_results_list = results
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    return Agreement(accepted, bytes(pdu.encode()))
