@@ -178,3 +178,31 @@ def test_a_deleted_delivery_takes_its_claim_and_suspicion_with_it(ledger: Ledger
 
     assert "OLD" not in delivery_rows(ledger, instance_id)
     assert ledger.queue.claims() == {} and ledger.queue.suspects() == {}
+
+
+def test_outcomes_skip_the_fsync_but_spool_removal_marks_never_do(ledger: Ledger) -> None:
+    """Invariant (durable before a file goes): an outcome may be committed without the
+    WAL's fsync (lost in a power cut, it only means a second send), because the janitor's
+    spool-removal mark is committed with it (making every earlier commit durable) before
+    a delivered instance's file is unlinked."""
+    instance_id = ingest_to(ledger, ["A"])
+    [delivery_id] = [row[0] for row in delivery_rows(ledger, instance_id).values()]
+    statements: list[str] = []
+    connection = ledger.database.connection()
+    connection.set_trace_callback(statements.append)
+    try:
+        ledger.queue.record_outcomes([DeliveryOutcome(delivery_id, DeliveryState.DELIVERED,
+                                                      None)])
+        outcome_statements = list(statements)
+        statements.clear()
+        ledger.spool_index.mark_spool_removed([instance_id])
+        mark_statements = list(statements)
+        synchronous = connection.execute("PRAGMA synchronous").fetchone()[0]
+    finally:
+        connection.set_trace_callback(None)
+
+    update = next(i for i, s in enumerate(outcome_statements) if s.startswith("UPDATE"))
+    assert "PRAGMA synchronous=NORMAL" in outcome_statements[:update]
+    assert outcome_statements[-1] == "PRAGMA synchronous=FULL"  # put back after the commit
+    assert not any("synchronous=NORMAL" in s for s in mark_statements)
+    assert synchronous == 2  # FULL for every other write of this connection

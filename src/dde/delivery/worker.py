@@ -38,6 +38,12 @@ LEASE_SECONDS = 600.0
 crashed worker's claims are also cleared when the dispatcher starts."""
 
 
+GATHER_SECONDS = 0.02
+"""A worker woken by new work waits this long before claiming: what arrives meanwhile goes
+in the same claim and the same outcome commit (fewer ledger writes competing with the
+receiver's commits), at the cost of 20 ms on an idle destination."""
+
+
 def lower_thread_priority(increment: int) -> None:
     """Lower the calling thread's CPU priority by ``increment`` nice steps (Linux schedules
     threads one by one): deliveries yield the CPU to acknowledging, and catch up when the
@@ -60,7 +66,7 @@ class EndpointWorker:
                  health: HealthMonitor | None = None,
                  telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0,
                  suspects: bool = False, index: int = 0,
-                 lease: float = LEASE_SECONDS) -> None:
+                 lease: float = LEASE_SECONDS, gather: float = GATHER_SECONDS) -> None:
         """``suspects``: this worker is the endpoint's suspect lane. ``index`` tells the
         workers of one endpoint apart (thread names, logs)."""
         self.endpoint = endpoint
@@ -79,6 +85,7 @@ class EndpointWorker:
         self._on_delivered = on_delivered
         self._suspects = suspects
         self._lease = lease
+        self._gather = gather
         self.owner = f"{self.name}/{'suspects' if suspects else index + 1}/{uuid.uuid4().hex}"
         self._wake = threading.Event()
         self._recovered = threading.Event()
@@ -176,8 +183,10 @@ class EndpointWorker:
                        else min(self._poll, next_due - now))
             if idle_since is not None and now - idle_since < self._idle_release:
                 timeout = min(timeout, self._idle_release)
-            self._wake.wait(timeout)
+            woken = self._wake.wait(timeout)
             self._wake.clear()
+            if woken and self._gather > 0:
+                self._stop.wait(self._gather)
         self._sender.release()
         try:
             self._ledger.queue.release(self.owner)

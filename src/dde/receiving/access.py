@@ -13,7 +13,6 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
 
 from dde.config import ReceiverSettings, ReceiverTlsSettings
 
@@ -80,16 +79,6 @@ def check_association(settings: ReceiverSettings, calling_aet: str, called_aet: 
     return None
 
 
-class _DeferredHandshakeContext(ssl.SSLContext):
-    """Wraps accepted sockets without handshaking there: pynetdicom wraps them in its accept
-    loop, where a client that connects and sends nothing would block every other client.
-    The handshake then happens on the first read, in the association's own thread."""
-
-    def wrap_socket(self, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        kwargs["do_handshake_on_connect"] = False
-        return super().wrap_socket(*args, **kwargs)
-
-
 def server_tls_context(tls: ReceiverTlsSettings) -> ssl.SSLContext | None:
     """The receiver's TLS context, or None when TLS is off. A file that cannot be loaded
     raises OSError naming the setting and the file."""
@@ -97,7 +86,9 @@ def server_tls_context(tls: ReceiverTlsSettings) -> ssl.SSLContext | None:
         return None
     if tls.cert_file is None:  # the settings' validator prevents it
         raise ValueError("TLS on the receiver needs cert_file")
-    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    # asyncio handshakes each connection on the event loop (bounded by the request
+    # timeout), never in an accept loop that a silent client could hold.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file)

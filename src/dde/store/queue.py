@@ -150,7 +150,11 @@ class DeliveryQueue:
         if not outcomes:
             return
         now = time.time() if now is None else now
-        with self._database.transaction() as connection:
+        # Unsynced: an outcome lost in a power cut only means a second send. Nothing acts
+        # on it before a synced commit: the janitor commits its spool-removal marks with
+        # the WAL's fsync (which makes every earlier commit durable) before it unlinks a
+        # delivered instance's file.
+        with self._unsynced(), self._database.transaction() as connection:
             for outcome in outcomes:
                 row = connection.execute(
                     "SELECT state FROM deliveries WHERE id = ?", (outcome.delivery_id,)

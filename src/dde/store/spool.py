@@ -196,8 +196,8 @@ class Spool:
 
     @property
     def incoming_dir(self) -> Path:
-        """Where receiver processes let pynetdicom write datasets as they arrive (same file
-        system as the spool, so :meth:`adopt` is a rename)."""
+        """Where the receiver writes datasets as they arrive (same file system as the
+        spool, so :meth:`adopt` is a rename)."""
         return self.root / INCOMING
 
     def adopt(self, received: Path) -> SpooledFile:
@@ -217,7 +217,7 @@ class Spool:
             self._ensure_folder(folder)
             fd = os.open(received, os.O_RDONLY)
             try:
-                os.fchmod(fd, 0o600)  # written by pynetdicom with the umask's mode
+                os.fchmod(fd, 0o600)  # a file written elsewhere may have the umask's mode
                 os.fsync(fd)
             finally:
                 os.close(fd)

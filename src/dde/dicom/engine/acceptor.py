@@ -382,9 +382,9 @@ class Acceptor:
             sop_class_uid=command.affected_sop_class_uid or abstract,
             sop_instance_uid=command.affected_sop_instance_uid or "",
             transfer_syntax_uid=syntax, peer=self.peer, started=pending.started)
-        loop = asyncio.get_running_loop()
         try:
-            outcome = await loop.run_in_executor(self.executor, self.services.store, received)
+            outcome = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.services.store, received)
         except Exception:  # the boundary: never a false success
             log.exception("could not store a received instance")
             outcome = StoreOutcome(dimse.OUT_OF_RESOURCES, "internal error")

@@ -135,27 +135,35 @@ class Requestor:
             message_id = self._next_message_id()
             command = commands.c_store_rq(message_id, context.abstract_syntax,
                                           sop_instance_uid)
-            await self._send(pdus.p_data(context.context_id, pdus.COMMAND | pdus.LAST,
-                                         command))
-            await self._send_dataset(stream, context.context_id, size - offset)
+            await self._send_dataset(
+                stream, context.context_id, size - offset,
+                pdus.p_data(context.context_id, pdus.COMMAND | pdus.LAST, command))
         return await self._response(message_id, CommandField.C_STORE_RSP, response_timeout)
 
     async def _send_dataset(self, stream: io.BufferedReader, context_id: int,
-                            remaining: int) -> None:
+                            remaining: int, command: bytes) -> None:
+        """The command PDU goes out in the same write as the first dataset fragment (one
+        system call for a small instance, not two)."""
         capacity = min(self.fragment_size, remaining)
-        buffer = bytearray(pdus.P_DATA_OVERHEAD + capacity)
+        start = len(command)
+        buffer = bytearray(start + pdus.P_DATA_OVERHEAD + capacity)
+        buffer[:start] = command
         view = memoryview(buffer)
         while remaining > 0:
             length = min(capacity, remaining)
-            got = stream.readinto(view[pdus.P_DATA_OVERHEAD:pdus.P_DATA_OVERHEAD + length])
+            data = start + pdus.P_DATA_OVERHEAD
+            got = stream.readinto(view[data:data + length])
             if got != length:
                 raise ProtocolError("the spool file shrank while it was being sent")
             remaining -= length
             control = pdus.LAST if remaining == 0 else 0
-            view[:pdus.P_DATA_OVERHEAD] = pdus.p_data_header(context_id, control, length)
+            view[start:data] = pdus.p_data_header(context_id, control, length)
             # transport.write sends at once or copies what it could not send: the buffer
             # may be reused for the next fragment.
-            await self._send(view[:pdus.P_DATA_OVERHEAD + length])
+            await self._send(view[:data + length])
+            if start:  # later fragments start at the front of the buffer
+                start = 0
+                view = memoryview(buffer)[:pdus.P_DATA_OVERHEAD + capacity]
 
     async def c_echo(self, *, response_timeout: float) -> Response:
         context = next((c for c in self.negotiated.accepted
