@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.support.orthanc import wait_until
 
 from dde.config import ReceiverSettings
@@ -214,3 +216,54 @@ def test_one_source_cannot_take_more_than_its_share(tmp_path: Path) -> None:
             sock.close()
     finally:
         scp.stop()
+
+
+# -- fuzzing the P-DATA path after a valid association ---------------------------------------
+
+@st.composite
+def pdv_runs(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """P-DATA-TF PDUs of C-STORE commands and dataset fragments in any order, with any
+    control bits and context ids (1: accepted, 3: never proposed); and whether any dataset
+    fragment carries the LAST bit (without one, no dataset is ever complete)."""
+    pdus_out = b""
+    any_last = False
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["command", "data", "data-last", "garbage-command"]))
+        context = draw(st.sampled_from([1, 1, 1, 3]))
+        if kind == "command":
+            pdus_out += pdus.p_data(context, pdus.COMMAND | pdus.LAST,
+                                    commands.c_store_rq(draw(st.integers(1, 9)), CT,
+                                                        "1.2.3.4"))
+        elif kind == "garbage-command":
+            pdus_out += pdus.p_data(context, draw(st.sampled_from([pdus.COMMAND,
+                                                                   pdus.COMMAND | pdus.LAST])),
+                                    draw(st.binary(max_size=64)))
+        else:
+            last = kind == "data-last"
+            any_last = any_last or last
+            pdus_out += pdus.p_data(context, pdus.LAST if last else 0,
+                                    draw(st.binary(min_size=1, max_size=256)))
+    return pdus_out, any_last
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=60,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(run=pdv_runs(), ending=st.sampled_from(["abort", "release", "close"]))
+def test_fuzzed_p_data_never_stores_an_incomplete_dataset(receiver: Receiver,
+                                                          run: tuple[bytes, bool],
+                                                          ending: str) -> None:
+    payload, any_last = run
+    before = len(receiver.pipeline.stored)
+    sock = associated(receiver.port)
+    try:
+        sock.sendall(payload)
+        sock.sendall({"abort": pdus.a_abort(), "release": pdus.A_RELEASE_RQ,
+                      "close": b""}[ending])
+    except OSError:
+        pass  # the receiver aborted first: its right
+    sock.close()
+    wait_until(lambda: receiver.scp._server is not None
+               and receiver.scp._server.active_associations == 0, 10, "the slot freed")
+    if not any_last:
+        assert len(receiver.pipeline.stored) == before  # no dataset was ever complete
+    wait_until(lambda: not any(receiver.incoming.iterdir()), 5, "no partial file left")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.group_commit import GroupCommit
 from dde.store.records import NewInstance
 
 
@@ -68,42 +69,50 @@ def queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
 class IngestRecords:
     def __init__(self, database: Database) -> None:
         self._database = database
+        self._group = GroupCommit(database)
 
     def ingest(self, instance: NewInstance, decide: Callable[[IngestView], P]) -> tuple[int, P]:
-        """Commit one instance and its deliveries atomically; return its id and placement.
+        """Commit one instance and its deliveries atomically; return its id and placement
+        once committed.
 
-        ``decide`` runs inside the transaction.
+        ``decide`` runs inside the transaction. Instances ingested at the same moment (by
+        several associations) share one transaction and one commit (group commit), each in
+        a savepoint of its own: one refused by ``decide`` leaves the others written.
         """
-        with self._database.transaction() as connection:
-            route = decide(IngestView(connection))
-            for pin in route.all_pins():
-                connection.execute(
-                    "INSERT OR REPLACE INTO study_pins"
-                    "(study_instance_uid, endpoint, grp, pinned_at) VALUES (?, ?, ?, ?)",
-                    (*pin, instance.received_at),
-                )
-            cursor = connection.execute(
-                "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
-                " study_instance_uid, series_instance_uid, patient_id, accession_number,"
-                " modality, calling_aet, called_aet, source_ip, rule, size, spool_path,"
-                " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    instance.sop_instance_uid, instance.sop_class_uid,
-                    instance.transfer_syntax_uid, instance.study_instance_uid,
-                    instance.series_instance_uid, instance.patient_id,
-                    instance.accession_number, instance.modality, instance.calling_aet,
-                    instance.called_aet, instance.source_ip, route.rule, instance.size,
-                    instance.spool_path, instance.received_at,
-                ),
+        return self._group.run(lambda connection: self._write(connection, instance, decide))
+
+    @staticmethod
+    def _write(connection: sqlite3.Connection, instance: NewInstance,
+               decide: Callable[[IngestView], P]) -> tuple[int, P]:
+        route = decide(IngestView(connection))
+        for pin in route.all_pins():
+            connection.execute(
+                "INSERT OR REPLACE INTO study_pins"
+                "(study_instance_uid, endpoint, grp, pinned_at) VALUES (?, ?, ?, ?)",
+                (*pin, instance.received_at),
             )
-            instance_id = int(cursor.lastrowid or 0)
-            now = instance.received_at
-            connection.executemany(
-                "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
-                [(instance_id, name, "route", now, now, now) for name in route.destinations]
-                + [(instance_id, name, "mirror", now, now, now) for name in route.mirrors],
-            )
+        cursor = connection.execute(
+            "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
+            " study_instance_uid, series_instance_uid, patient_id, accession_number,"
+            " modality, calling_aet, called_aet, source_ip, rule, size, spool_path,"
+            " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                instance.sop_instance_uid, instance.sop_class_uid,
+                instance.transfer_syntax_uid, instance.study_instance_uid,
+                instance.series_instance_uid, instance.patient_id,
+                instance.accession_number, instance.modality, instance.calling_aet,
+                instance.called_aet, instance.source_ip, route.rule, instance.size,
+                instance.spool_path, instance.received_at,
+            ),
+        )
+        instance_id = int(cursor.lastrowid or 0)
+        now = instance.received_at
+        connection.executemany(
+            "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
+            " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
+            [(instance_id, name, "route", now, now, now) for name in route.destinations]
+            + [(instance_id, name, "mirror", now, now, now) for name in route.mirrors],
+        )
         return instance_id, route
 
     def view(self) -> IngestView:
