@@ -19,6 +19,11 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 the router: ack time, e2e, the router's baseline and peak RSS (all processes)
 * ``backlog``   the ``router`` case with ``--backlog`` pending deliveries to an endpoint that
                 is down already in the ledger (runs ``router`` too, its baseline)
+* ``alone``     the receiver on its own: the 0.5 MB CT and the 64×64 batches (one
+                association) to a router whose only destination never answers (nothing is
+                delivered): ``alone_ack`` and ``alone_small_ack``, what receiving costs
+                without delivery competing for the CPU (runs ``direct`` and ``small``'s
+                direct baseline too)
 * ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
                 CT) to the router, once with ``delivery.associations: 1`` and once with the
                 default: the probe's pending deliveries and the spool sampled every
@@ -53,6 +58,7 @@ from typing import Any
 
 import httpx
 
+from dde.config import parse_settings
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
 from dde.store.ledger import Ledger
 from dde.store.records import NewInstance, SeedDelivery, SeedInstance
@@ -77,7 +83,8 @@ POLL_SECONDS = 0.05
 RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
-CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "sustained")
+CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone",
+         "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -421,6 +428,36 @@ def case_small(folder: Path, data: Data, args: argparse.Namespace) -> Times:
         "small_ack_par": ack_n, "small_e2e_par": e2e_n,
         "small_direct_1": direct_time(folder / "direct-1", small),
         "small_direct_par": direct_time(folder / "direct-n", small, parallel=senders),
+    }
+
+
+def alone_time(folder: Path, batch: Batch) -> float:
+    """storescu → a router whose only destination is a closed port, kept "unknown" (health
+    probes far apart, a breaker that never opens), so every instance is acknowledged and
+    none is delivered: seconds until storescu exits."""
+    with contextlib.ExitStack() as stack:
+        port, closed = free_port(), free_port()
+        home = folder / "router-home"
+        settings = parse_settings({
+            "receiver": {"host": "127.0.0.1", "port": port, "ae_title": ROUTER_AET},
+            "endpoints": [{"name": "NOWHERE", "aet": "NOWHERE", "host": "127.0.0.1",
+                           "port": closed, "groups": ["storage"]}],
+            "health": {"interval_seconds": 3600, "failure_threshold": 1_000_000},
+            "web": {"host": "127.0.0.1", "port": 0},
+        })
+        write_router_home(home, settings)
+        router = RouterProcess(home, port, folder / "router.log")
+        stack.callback(stop_router, router)
+        router.start(timeout=120)
+        return send(batch.files, port, ROUTER_AET)
+
+
+def case_alone(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    return {
+        "alone_ack": alone_time(folder / "ct", data.ct),
+        "alone_small_ack": alone_time(folder / "small", data.small),
+        "direct": direct_time(folder / "direct", data.ct),
+        "small_direct_1": direct_time(folder / "direct-1", data.small),
     }
 
 
@@ -779,7 +816,7 @@ def make_data(folder: Path, args: argparse.Namespace, cases: Sequence[str]) -> D
     progress(f"generating {args.instances} CT instances of 512×512")
     ct = Batch(write_series(folder / "ct", args.instances, rows=512, columns=512))
     small = Batch([])
-    if "small" in cases:
+    if "small" in cases or "alone" in cases:
         progress(f"generating {args.small} instances of 64×64")
         small = Batch(write_series(folder / "small", args.small, rows=64, columns=64))
     big = None
@@ -795,7 +832,7 @@ Case = Callable[[Path, Data, argparse.Namespace], dict[str, Any]]
 CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
-    "sustained": case_sustained,
+    "alone": case_alone, "sustained": case_sustained,
 }
 
 
@@ -848,6 +885,8 @@ TIMED: dict[str, Timed] = {
     "small_direct_par": Timed("small", None),
     "small_ack_par": Timed("small", "small_direct_par"),
     "small_e2e_par": Timed("small", "small_direct_par"),
+    "alone_ack": Timed("ct", "direct"),
+    "alone_small_ack": Timed("small", "small_direct_1"),
 }
 
 
