@@ -168,6 +168,7 @@ class PendingStore:
     file: DatasetFile | None
     refusal: str = ""
     """Why the instance is refused once its dataset is in (no file is then written)."""
+    refusal_status: int = dimse.CANNOT_UNDERSTAND
 
 
 def store_response(command: Command, status: int, detail: str) -> bytes:
@@ -334,7 +335,8 @@ class Acceptor:
             return
         if command.has_data_set:  # answered once its dataset is in
             self.pending = PendingStore(command, context_id, time.monotonic(), None,
-                                        "unrecognized operation")
+                                        "unrecognized operation",
+                                        dimse.UNRECOGNIZED_OPERATION)
             return
         await self._respond(context_id, self._failure(command, dimse.UNRECOGNIZED_OPERATION,
                                                       "unrecognized operation"))
@@ -356,7 +358,8 @@ class Acceptor:
         except OSError as exc:
             log.error("cannot write a received dataset: %s", exc.strerror or exc)
             return PendingStore(command, context_id, started, None,
-                                "the receiver cannot write the dataset")
+                                "the receiver cannot write the dataset",
+                                dimse.OUT_OF_RESOURCES)
         except ValueError:
             return PendingStore(command, context_id, started, None,
                                 "C-STORE request with unusable UIDs")
@@ -366,13 +369,10 @@ class Acceptor:
         command = pending.command
         if pending.file is None:
             if command.command_field != CommandField.C_STORE_RQ:
-                await self._respond(pending.context_id, self._failure(
-                    command, dimse.UNRECOGNIZED_OPERATION, pending.refusal))
-                return
-            status = (dimse.OUT_OF_RESOURCES if "cannot write" in pending.refusal
-                      else dimse.CANNOT_UNDERSTAND)
-            await self._respond(pending.context_id, store_response(
-                command, status, pending.refusal))
+                answer = self._failure(command, pending.refusal_status, pending.refusal)
+            else:
+                answer = store_response(command, pending.refusal_status, pending.refusal)
+            await self._respond(pending.context_id, answer)
             return
         pending.file.close()
         assert self.peer is not None
