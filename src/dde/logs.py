@@ -3,11 +3,11 @@
 Repeated log lines from the DICOM libraries are kept to one (:class:`RepeatFilter`,
 installed by :func:`configure`):
 
-* pynetdicom (now only the stack's readiness C-ECHO uses it) logs two ERROR lines each time
-  an association fails. The health monitor logs an endpoint's state change itself (down,
-  still down, up again); here the first of identical pynetdicom lines passes, the repeats
-  are dropped for :data:`PYNETDICOM_WINDOW` seconds, and the first line after that says
-  how many were dropped (a reminder every few minutes at most).
+* pynetdicom (no longer on the router's own paths: its PDU classes only) logs two ERROR
+  lines each time an association it runs fails. The health monitor logs an endpoint's state
+  change itself (down, still down, up again); here the first of identical pynetdicom lines
+  passes, the repeats are dropped for :data:`PYNETDICOM_WINDOW` seconds, and the first line
+  after that says how many were dropped (a reminder every few minutes at most).
 * pydicom logs "Invalid value for VR UI: ..." each time a malformed value is converted — one
   instance produced 161 identical lines. Keyed per thread (an association's instances are
   parsed on its thread, one after the other) with a short window: one line per distinct

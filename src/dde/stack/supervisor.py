@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from dde.config import Home, Settings
+from dde.config import EndpointSettings, Home, Settings
 from dde.stack.errors import StackError
 from dde.stack.layout import OrthancSpec, stack_orthancs
 from dde.stack.logfollow import LogFollower
@@ -55,7 +55,6 @@ from dde.stack.process import (
 
 ROUTER = "router"
 ECHO_CALLING_AE = "DDE-STACK"
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 UP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 FOLLOW_POLL_SECONDS = 0.2
@@ -257,26 +256,11 @@ def _prepare_orthanc(part: Part) -> None:
 
 
 def _echo(port: int, called_ae: str, timeout: float = 2.0) -> bool:
-    """Whether a C-ECHO to 127.0.0.1:port succeeds."""
-    from pynetdicom import AE  # imported here: only the router's readiness needs it
+    """Whether a C-ECHO to 127.0.0.1:port succeeds (the router's own engine)."""
+    from dde.endpoints.dicom_sender import c_echo  # only the router's readiness needs it
 
-    ae = AE(ae_title=ECHO_CALLING_AE)
-    ae.add_requested_context(VERIFICATION_SOP_CLASS)
-    ae.connection_timeout = min(timeout, 0.5)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    try:
-        assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
-    except OSError:
-        return False
-    if not assoc.is_established:
-        return False
-    try:
-        result = assoc.send_c_echo()
-        return bool(result) and int(getattr(result, "Status", -1)) == 0
-    finally:
-        assoc.release()
+    target = EndpointSettings(name="router", aet=called_ae, host="127.0.0.1", port=port)
+    return c_echo(target, ECHO_CALLING_AE, timeout) is None
 
 
 def _healthy(port: int, timeout: float = 2.0) -> bool:
