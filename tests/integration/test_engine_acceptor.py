@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.orthanc import wait_until
+from tests.support.senders import read_pdu
 
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
@@ -71,16 +72,6 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
         yield Receiver(scp, pipeline, tmp_path / "in")
     finally:
         scp.stop()
-
-
-def read_pdu(sock: socket.socket) -> bytes:
-    pdu = bytearray()
-    while len(pdu) < 6 or len(pdu) < 6 + int.from_bytes(pdu[2:6], "big"):
-        data = sock.recv(65536)
-        if not data:
-            break
-        pdu += data
-    return bytes(pdu)
 
 
 def associated(port: int) -> socket.socket:

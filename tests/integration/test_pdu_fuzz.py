@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.orthanc import wait_until
 from tests.support.router import ROUTER_AET
+from tests.support.senders import read_pdu
 
 from dde.config import ReceiverSettings
 from dde.dicom import status as dimse
@@ -159,16 +160,6 @@ def _garbage_pdus(draw: st.DrawFn) -> bytes:
     return b"".join(pdus)
 
 
-def _read_pdu(sock: socket.socket) -> bytes:
-    pdu = bytearray()
-    while len(pdu) < 6 or len(pdu) < 6 + struct.unpack(">L", pdu[2:6])[0]:
-        data = sock.recv(65536)
-        if not data:
-            break
-        pdu += data
-    return bytes(pdu)
-
-
 def _exchange(port: int, payload: bytes, associate: bool = False) -> bytes:
     """Send ``payload`` (after an A-ASSOCIATE-RQ and its answer if ``associate``), close our
     side, and return what the receiver answered until it closed the connection; it must do
@@ -179,7 +170,7 @@ def _exchange(port: int, payload: bytes, associate: bool = False) -> bytes:
         try:
             if associate:
                 sock.sendall(associate_rq())
-                answer += _read_pdu(sock)
+                answer += read_pdu(sock)
             sock.sendall(payload)
             sock.shutdown(socket.SHUT_WR)
             while data := sock.recv(65536):
@@ -210,10 +201,10 @@ def _echo(port: int) -> bool:
 def test_a_valid_request_is_accepted_and_released(receiver: Receiver) -> None:
     with socket.create_connection(("127.0.0.1", receiver.port), timeout=10) as sock:
         sock.sendall(associate_rq())
-        answer = _read_pdu(sock)
+        answer = read_pdu(sock)
         assert answer[:1] == b"\x02", answer[:16]  # A-ASSOCIATE-AC
         sock.sendall(A_RELEASE_RQ)
-        assert _read_pdu(sock) == bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # A-RELEASE-RP
+        assert read_pdu(sock) == bytes([0x06, 0, 0, 0, 0, 4, 0, 0, 0, 0])  # A-RELEASE-RP
 
 
 def test_fuzzed_pdus_leave_the_receiver_answering_and_no_thread_behind(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -142,3 +143,15 @@ def keep_responses_for_the_waiting_call(assoc: Any) -> None:
         return take(block=True) if block else (None, None)
 
     assoc.dimse.get_msg = get_msg
+
+
+def read_pdu(sock: socket.socket) -> bytes:
+    """What a raw-socket test reads as one PDU: its 6-byte header and as much of the body as
+    the header announces (less when the peer closes first)."""
+    pdu = bytearray()
+    while len(pdu) < 6 or len(pdu) < 6 + int.from_bytes(pdu[2:6], "big"):
+        data = sock.recv(65536)
+        if not data:
+            break
+        pdu += data
+    return bytes(pdu)

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from dde.config import DeliverySettings, EndpointSettings
 from dde.dicom import status as dimse
 from dde.dicom.engine.blocking import BlockingLoop
@@ -40,8 +42,6 @@ log = logging.getLogger(__name__)
 
 Pair = tuple[str, str]
 T = TypeVar("T")
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
 
 def tls_context(endpoint: EndpointSettings) -> ssl.SSLContext | None:
@@ -85,7 +85,7 @@ def request_for(endpoint: EndpointSettings, calling_aet: str,
 def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str | None:
     """C-ECHO the endpoint; None when it answered success, else why not."""
     request = request_for(endpoint, calling_aet, [ProposedContext(
-        VERIFICATION_SOP_CLASS, (EXPLICIT_VR_LITTLE_ENDIAN, IMPLICIT_VR_LITTLE_ENDIAN))])
+        VERIFICATION_SOP_CLASS, (ExplicitVRLittleEndian, ImplicitVRLittleEndian))])
 
     async def echo() -> str | None:
         try:

@@ -12,20 +12,9 @@ import ipaddress
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import IntEnum
 
 from dde.config import ReceiverSettings, ReceiverTlsSettings
-
-REJECTED_PERMANENT = 0x01
-SOURCE_SERVICE_USER = 0x01
-
-
-class RejectReason(IntEnum):
-    """A-ASSOCIATE-RJ diagnostics when the source is the service user (PS3.8 9.3.4)."""
-
-    NO_REASON_GIVEN = 0x01
-    CALLING_AE_NOT_RECOGNISED = 0x03
-    CALLED_AE_NOT_RECOGNISED = 0x07
+from dde.dicom.engine.acceptance import RejectReason
 
 
 @dataclass(frozen=True)

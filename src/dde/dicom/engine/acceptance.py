@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
+from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     AsynchronousOperationsWindowNegotiation,
     MaximumLengthNotification,
-    UserIdentityNegotiation,
 )
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import uid_to_service_class
@@ -35,7 +35,6 @@ from dde.dicom.engine.pdus import ProtocolError
 from dde.dicom.transfer_syntaxes import order_transfer_syntaxes
 from dde.dicom.uids import APPLICATION_CONTEXT_NAME
 
-IMPLICIT_VR_LITTLE_ENDIAN: Final = "1.2.840.10008.1.2"
 _STORAGE_SERVICES: Final = frozenset({"StorageServiceClass", "NonPatientObjectStorageServiceClass",
                                       "ServiceClass"})
 """pynetdicom's service classes of storage SOP classes (colour palettes, hanging protocols
@@ -144,15 +143,6 @@ def decode_proposal(body: bytes) -> Proposal:
         primitive=primitive)
 
 
-def user_identity(proposal: Proposal) -> tuple[int, bytes, bytes] | None:
-    """(identity type, primary field, secondary field) when the requestor sent one."""
-    for item in proposal.primitive.user_information or []:
-        if isinstance(item, UserIdentityNegotiation):
-            return (int(item.user_identity_type or 0), bytes(item.primary_field or b""),
-                    bytes(item.secondary_field or b""))
-    return None
-
-
 def is_acceptable_abstract_syntax(uid: str) -> bool:
     """Verification, or a storage SOP class (known, or unknown to the router: private)."""
     if uid == VERIFICATION_SOP_CLASS:
@@ -183,7 +173,7 @@ def agree(proposal: Proposal, *, max_pdu: int, preferred: Sequence[str],
             accepted[ident] = (abstract, choice[0])
         # the transfer syntax sub-item is there even for a rejected context (ignored)
         context.transfer_syntax = [choice[0] if choice else
-                                   (proposed[0] if proposed else IMPLICIT_VR_LITTLE_ENDIAN)]
+                                   (proposed[0] if proposed else ImplicitVRLittleEndian)]
         results.append(context)
     primitive = A_ASSOCIATE()
     primitive.application_context_name = APPLICATION_CONTEXT_NAME

@@ -420,10 +420,8 @@ class Acceptor:
             raise AssociationEnded from None
 
     async def _release(self) -> None:
-        """A-RELEASE-RP, then let the requestor close (PS3.8: it closes the connection)."""
-        if self.pending is not None and self.pending.file is not None:
-            self.pending.file.discard()  # released mid-dataset: never stored
-        self.pending = None
+        """A-RELEASE-RP, then let the requestor close (PS3.8: it closes the connection). A
+        dataset still arriving is never stored: :meth:`run` discards it."""
         await self._write(pdus.A_RELEASE_RP)
         try:
             async with asyncio.timeout(RELEASE_LINGER):

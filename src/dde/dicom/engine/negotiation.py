@@ -5,7 +5,8 @@ answer means (pynetdicom's PDU classes do the byte-level encoding and decoding).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -18,6 +19,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from dde.dicom.engine import pdus
 from dde.dicom.engine.pdus import ProtocolError
 from dde.dicom.uids import (
     APPLICATION_CONTEXT_NAME,
@@ -67,13 +69,18 @@ class Negotiated:
     """What the acceptor agreed to."""
 
     accepted: tuple[AcceptedContext, ...]
-    rejected: tuple[ProposedContext, ...]
     peer_max_pdu: int
     """The largest P-DATA-TF the acceptor takes (0: no limit)."""
-    by_pair: dict[tuple[str, str], AcceptedContext] = field(default_factory=dict)
+
+    @cached_property
+    def _by_pair(self) -> dict[tuple[str, str], AcceptedContext]:
+        by_pair: dict[tuple[str, str], AcceptedContext] = {}
+        for context in self.accepted:
+            by_pair.setdefault((context.abstract_syntax, context.transfer_syntax), context)
+        return by_pair
 
     def context_for(self, sop_class_uid: str, transfer_syntax_uid: str) -> AcceptedContext | None:
-        return self.by_pair.get((sop_class_uid, transfer_syntax_uid))
+        return self._by_pair.get((sop_class_uid, transfer_syntax_uid))
 
 
 class AssociationRejected(Exception):
@@ -136,44 +143,34 @@ def decode_acceptance(request: AssociationRequest, body: bytes) -> Negotiated:
     we proposed; :class:`ProtocolError` if it cannot be decoded."""
     pdu = A_ASSOCIATE_AC()
     try:
-        pdu.decode(_with_header(0x02, body))
+        pdu.decode(pdus.header(pdus.PduType.A_ASSOCIATE_AC, len(body)) + body)
         primitive = pdu.to_primitive()
     except Exception as exc:  # pynetdicom raises assorted errors on malformed items
         raise ProtocolError(f"an A-ASSOCIATE-AC that cannot be decoded: {exc}") from None
     proposed = {context_id(i): c for i, c in enumerate(request.contexts)}
     accepted: list[AcceptedContext] = []
-    answered: set[int] = set()
     for result in primitive.presentation_context_definition_results_list or []:
         ident = int(result.context_id or 0)
         mine = proposed.get(ident)
-        answered.add(ident)
         if mine is None or result.result != 0 or not result.transfer_syntax:
             continue
         syntax = str(result.transfer_syntax[0])
         if syntax not in mine.transfer_syntaxes:
             continue  # an acceptor may not choose a syntax we did not propose
         accepted.append(AcceptedContext(ident, mine.abstract_syntax, syntax))
-    rejected = tuple(c for i, c in proposed.items()
-                     if i not in {a.context_id for a in accepted})
     peer_max = 0
     for item in primitive.user_information or []:
         if isinstance(item, MaximumLengthNotification):
             peer_max = int(item.maximum_length_received or 0)
-    by_pair: dict[tuple[str, str], AcceptedContext] = {}
-    for context in accepted:
-        by_pair.setdefault((context.abstract_syntax, context.transfer_syntax), context)
-    return Negotiated(tuple(accepted), rejected, peer_max, by_pair)
+    return Negotiated(tuple(accepted), peer_max)
 
 
 def decode_rejection(body: bytes) -> AssociationRejected:
     pdu = A_ASSOCIATE_RJ()
     try:
-        pdu.decode(_with_header(0x03, body))
+        pdu.decode(pdus.header(pdus.PduType.A_ASSOCIATE_RJ, len(body)) + body)
     except Exception as exc:
         raise ProtocolError(f"an A-ASSOCIATE-RJ that cannot be decoded: {exc}") from None
     return AssociationRejected(int(pdu.result or 0), int(pdu.source or 0),
                                int(pdu.reason_diagnostic or 0))
 
-
-def _with_header(pdu_type: int, body: bytes) -> bytes:
-    return bytes((pdu_type, 0)) + len(body).to_bytes(4, "big") + body

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from dde.dicom import part10
-from dde.dicom.engine import commands, pdus
+from dde.dicom.engine import commands, pdus, sockets
 from dde.dicom.engine.commands import Command, CommandField
 from dde.dicom.engine.negotiation import (
     AcceptedContext,
@@ -37,7 +37,6 @@ FRAGMENT_CAP: Final = 1 << 20
 RESPONSE_PDU_LIMIT: Final = 1 << 20
 """The largest PDU we read as a requestor (responses are small; A-ASSOCIATE-AC too)."""
 WRITE_HIGH_WATER: Final = 4 << 20
-SOCKET_BUFFER: Final = 4 << 20
 MESSAGE_ID_MODULUS: Final = 0x10000
 
 
@@ -89,7 +88,8 @@ class Requestor:
             reader, writer = await asyncio.open_connection(
                 host, port, ssl=tls, server_hostname=host if tls is not None else None,
                 limit=RESPONSE_PDU_LIMIT)
-        _tune(writer)
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sockets.tune(writer, socket.SO_SNDBUF)
         try:
             writer.write(encode_request(request))
             async with asyncio.timeout(connect_timeout):
@@ -254,15 +254,3 @@ class Requestor:
         except (OSError, RuntimeError):
             pass
         transport.abort()
-
-
-def _tune(writer: asyncio.StreamWriter) -> None:
-    writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-    sock = writer.get_extra_info("socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-    except OSError:
-        pass

@@ -17,11 +17,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from dde.dicom.engine import sockets
 from dde.dicom.engine.acceptor import Acceptor, AcceptorLimits, AcceptorServices, Slots
 
 log = logging.getLogger(__name__)
 
-SOCKET_BUFFER: Final = 4 << 20
 START_TIMEOUT: Final = 10.0
 STOP_TIMEOUT: Final = 10.0
 
@@ -86,13 +86,7 @@ class AssociationServer:
 
     async def _connected(self, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-            except OSError:
-                pass
+        sockets.tune(writer, socket.SO_RCVBUF)
         peer = writer.get_extra_info("peername")
         address = str(peer[0]) if peer else ""
         task = asyncio.current_task()
