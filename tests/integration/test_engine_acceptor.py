@@ -39,13 +39,15 @@ MAX_ASSOCIATIONS = 2
 
 
 class RecordingPipeline:
-    """Stands in for ingest: records what reaches storage and answers success."""
+    """Stands in for ingest: records what reaches storage and answers success. The file
+    is the pipeline's once handed over; this one does not keep it."""
 
     def __init__(self) -> None:
         self.stored: list[Any] = []
 
     def ingest(self, incoming: Any) -> Any:
         self.stored.append(incoming)
+        incoming.dataset_file.unlink()
         return SimpleNamespace(status=dimse.SUCCESS, detail="stored")
 
 

@@ -46,6 +46,7 @@ class KeepingPipeline:
 
     def ingest(self, incoming: Any) -> Any:
         _, dataset = split_part10(incoming.dataset_file.read_bytes())
+        incoming.dataset_file.unlink()  # the pipeline's once handed over
         with self._lock:
             self.kept[incoming.sop_instance_uid] = dataset
             self.syntaxes[incoming.sop_instance_uid] = incoming.transfer_syntax_uid

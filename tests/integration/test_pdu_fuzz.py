@@ -64,6 +64,7 @@ class _RefusingPipeline:
 
     def ingest(self, incoming: Any) -> Any:
         self.calls += 1
+        incoming.dataset_file.unlink(missing_ok=True)  # the pipeline's once handed over
         return SimpleNamespace(status=dimse.OUT_OF_RESOURCES)
 
 

@@ -253,6 +253,25 @@ class KillRun:
                           f"and the probe: {sorted(lost)[:3]}")
 
 
+def check_no_unrecorded_spool_files(run: KillRun, restart: bool) -> None:
+    """After the kills, once the router has been (re)started and stopped cleanly, every
+    spool file is one the ledger knows: what killed processes left (prepared files never
+    used, datasets never committed) was swept at start, and a clean stop takes its own
+    prepared files away."""
+    router = run.router
+    router.terminate()
+    if restart:  # the main process survived the kills: its start has not swept yet
+        router.start()
+        router.terminate()
+    run.close_ledger()
+    recorded = run.open_ledger().spool_index.spool_paths_in_use()
+    spool = router.home / "spool"
+    files = {f"{p.parent.name}/{p.name}" for p in spool.glob("*/*.dcm")
+             if p.parent.name != "incoming"}
+    assert not files - recorded, (f"{len(files - recorded)} spool files without a ledger "
+                                  f"row, e.g. {sorted(files - recorded)[:3]}")
+
+
 def _responses(run: StorescuRun) -> int:
     """How many C-STORE responses storescu received in this run."""
     return run.log().count("I: Received Store Response")
@@ -343,6 +362,7 @@ def test_kill_9_of_the_receiver_process_at_random_moments_loses_nothing(
     assert router.process.poll() is None and router.process.pid == main_pid
     assert len(set(killed)) == RECEIVER_KILLS and last not in killed
     assert router.history == [main_pid], "the main process was restarted"
+    check_no_unrecorded_spool_files(run, restart=True)
 
 
 def test_kill_9_of_a_router_receiving_in_its_main_process_at_random_moments_loses_nothing(
@@ -366,3 +386,4 @@ def test_kill_9_of_a_router_receiving_in_its_main_process_at_random_moments_lose
     run.wait_receiving("after the last restart")
     run.check_end(f"{ROUTER_KILLS} × kill -9 of the router (receiver.processes: 0)", started)
     assert len(router.history) == ROUTER_KILLS + 1
+    check_no_unrecorded_spool_files(run, restart=False)

@@ -352,7 +352,7 @@ def test_incoming_files_are_not_counted_as_spool_bytes(tmp_path: Path) -> None:
 
 
 def test_a_dataset_file_writes_its_head_then_each_fragment(tmp_path: Path) -> None:
-    file = DatasetFile(tmp_path, b"HEAD")
+    file = DatasetFile(tmp_path / "d.dcm", b"HEAD")
     file.write(b"abc")
     file.write(memoryview(b"def"))
     file.close()
@@ -365,7 +365,7 @@ def test_a_dataset_file_writes_its_head_then_each_fragment(tmp_path: Path) -> No
 
 def test_a_write_error_is_remembered_and_later_writes_are_dropped(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    file = DatasetFile(tmp_path, b"first")
+    file = DatasetFile(tmp_path / "d.dcm", b"first")
     attempts: list[int] = []
 
     def failing_write(fd: int, data: Any) -> int:
@@ -384,7 +384,7 @@ def test_a_write_error_is_remembered_and_later_writes_are_dropped(
 
 
 def test_a_discarded_dataset_file_is_gone(tmp_path: Path) -> None:
-    file = DatasetFile(tmp_path, b"HEAD")
+    file = DatasetFile(tmp_path / "d.dcm", b"HEAD")
     file.write(b"partial")
     file.discard()
 

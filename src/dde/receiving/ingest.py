@@ -101,14 +101,21 @@ class IngestPipeline:
         self._telemetry = telemetry
 
     def ingest(self, incoming: Incoming) -> IngestResult:
+        """Store one instance durably, or refuse it. A streamed ``dataset_file`` belongs to
+        the pipeline from here: it becomes the spool file, or is removed when refused."""
         started = incoming.started if incoming.started is not None else time.monotonic()
+        size = incoming.size
         try:
             result = self._ingest(incoming)
         except Exception:  # the last line of defence: never a false success
             log.exception("internal error while receiving an instance")
             result = IngestResult(dimse.OUT_OF_RESOURCES, "internal error",
                                   reason="internal_error")
-        self._report(result, incoming.size, time.monotonic() - started)
+        if not result.ok and incoming.dataset_file is not None:
+            # Nothing refused was committed (what follows the commit cannot fail the
+            # instance), so its file is not a spool file the ledger knows.
+            incoming.dataset_file.unlink(missing_ok=True)
+        self._report(result, size, time.monotonic() - started)
         return result
 
     def _report(self, result: IngestResult, size: int, seconds: float) -> None:
@@ -177,7 +184,10 @@ class IngestPipeline:
         log.info("received instance #%d (%s, %d bytes) from %s -> %s [rule %s]", instance_id,
                  uid_name(incoming.sop_class_uid), spooled.size, incoming.calling_aet,
                  ", ".join(destinations), route.rule)
-        self._on_committed(destinations)
+        try:
+            self._on_committed(destinations)
+        except Exception:  # committed is committed: the workers' poll finds it anyway
+            log.exception("could not wake the delivery of instance #%d", instance_id)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
 
     @staticmethod

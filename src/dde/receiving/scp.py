@@ -5,11 +5,11 @@ Every storage SOP class is accepted, also private ones, compressed transfer synt
 included. When a context proposes several transfer syntaxes, the receiver's preference picks
 one (``receiver.transfer_syntax_preference``: explicit VR little endian, then implicit,
 then the sender's order); a context proposing only unknown syntaxes is rejected. Requests
-from outside the allow-lists get an A-ASSOCIATE-RJ. Each dataset is written to a file in
-the incoming folder as it arrives and handed to the ingest pipeline when complete; the
-C-STORE-RSP carries the status the pipeline returns, with the reason in Error Comment
-(0000,0902) when it is not success. An exception anywhere becomes ``OUT_OF_RESOURCES`` at
-this boundary, never success.
+from outside the allow-lists get an A-ASSOCIATE-RJ. Each dataset is written, as it
+arrives, into a spool file prepared in advance (or the incoming folder) and handed to the
+ingest pipeline when complete; the C-STORE-RSP carries the status the pipeline returns,
+with the reason in Error Comment (0000,0902) when it is not success. An exception anywhere
+becomes ``OUT_OF_RESOURCES`` at this boundary, never success.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from dde.dicom.engine.acceptor import (
 from dde.dicom.engine.server import AssociationServer
 from dde.receiving.access import check_association, server_tls_context
 from dde.receiving.ingest import Incoming, IngestPipeline
+from dde.store.prepared_files import PreparedFiles
 from dde.store.spool import encode_file_meta
 
 log = logging.getLogger(__name__)
@@ -44,11 +46,18 @@ class _Services:
     """What the receiver decides for the engine: admission, file meta, durable store."""
 
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline,
-                 incoming_dir: Path, on_association: Callable[[], None] | None) -> None:
+                 incoming_dir: Path, prepared: PreparedFiles | None,
+                 on_association: Callable[[], None] | None) -> None:
         self.settings = settings
         self.incoming_dir = incoming_dir
+        self._prepared = prepared
         self._pipeline = pipeline
         self._on_association = on_association
+
+    def dataset_path(self) -> Path:
+        if self._prepared is not None:
+            return self._prepared.take()
+        return self.incoming_dir / f"{uuid.uuid4().hex}.dcm"
 
     def admit(self, proposal: Proposal, address: str) -> Rejection | None:
         if self._on_association is not None:
@@ -85,17 +94,20 @@ class _Services:
 class StorageSCP:
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline, *,
                  shared_port: bool = False, incoming_dir: Path | None = None,
+                 prepared: PreparedFiles | None = None,
                  on_association: Callable[[], None] | None = None) -> None:
         """``shared_port``: listen with ``SO_REUSEPORT`` beside other receiver processes.
-        ``incoming_dir``: where datasets are written as they arrive (the spool's incoming
-        folder, so the spool adopts each file by a rename; default: a private temporary
-        folder). ``on_association``: called as each association is requested, before
+        ``prepared``: the spool's prepared files, which datasets are written into as they
+        arrive (started and stopped with the receiver; its fallback is the spool's incoming
+        folder). Without it, ``incoming_dir`` (default: a private temporary folder) gets a
+        new file per dataset. ``on_association``: called as each association is requested, before
         anything else (a receiver process brings its configuration and endpoint picture
         up to date)."""
         self.settings = settings
         self._pipeline = pipeline
         self._shared_port = shared_port
-        self._incoming_dir = incoming_dir
+        self._prepared = prepared
+        self._incoming_dir = prepared.fallback if prepared is not None else incoming_dir
         self._own_incoming: Path | None = None
         self._on_association = on_association
         self._server: AssociationServer | None = None
@@ -126,12 +138,15 @@ class StorageSCP:
             preferred_syntaxes=tuple(preferred), sender_rest=sender_rest)
         server = AssociationServer(
             settings.host, settings.port,
-            _Services(settings, self._pipeline, incoming, self._on_association), limits,
+            _Services(settings, self._pipeline, incoming, self._prepared,
+                      self._on_association), limits,
             max_associations=settings.max_associations,
             max_per_source=max(1, int(settings.max_associations
                                       * settings.max_share_per_source)),
             tls=server_tls_context(settings.tls),
             reuse_port=self._shared_port, workers=min(STORE_WORKERS, settings.max_associations))
+        if self._prepared is not None:
+            self._prepared.start()
         server.start()
         self._server = server
         if not self._shared_port:  # a receiver process: the pool says it for all of them
@@ -142,6 +157,8 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+        if self._prepared is not None:
+            self._prepared.stop()
         own, self._own_incoming = self._own_incoming, None
         if own is not None:
             shutil.rmtree(own, ignore_errors=True)

@@ -93,7 +93,7 @@ class RouterApp:
                                          home.root, config_file, self._notes.name, verbose)
         else:
             self.receiver = StorageSCP(settings.receiver, self.pipeline,
-                                       incoming_dir=self.spool.incoming_dir)
+                                       prepared=self.spool.prepared)
         self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
@@ -177,6 +177,10 @@ class RouterApp:
         removed = self.spool.discard_partials()
         if removed:
             log.info("removed %d partial spool file(s) left by an interrupted write", removed)
+        unrecorded = self.spool.sweep_unrecorded(self.ledger.spool_index.spool_paths_in_use())
+        if unrecorded:
+            log.info("removed %d spool file(s) without a ledger row (prepared and unused, "
+                     "or never acknowledged)", unrecorded)
         self.loads.start()
         self.health.start()
         # New studies go to members known up; before the first probes every one is unknown

@@ -60,7 +60,7 @@ class ReceiverWorker:
                                shared_spool=True)
         receiver = self.core.settings.receiver.model_copy(update={"port": port})
         self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True,
-                              incoming_dir=self.core.spool.incoming_dir,
+                              prepared=self.core.spool.prepared,
                               on_association=self.refresh)
         self._config_lock = threading.Lock()
 

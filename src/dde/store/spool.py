@@ -1,7 +1,9 @@
 """The spool: received instances as DICOM Part-10 files, durable before acknowledgement.
 
 A file is written as ``<name>.part``, fsync'd, renamed to ``<name>.dcm`` and its folder
-fsync'd; only then does it count as written. Bytes are the dataset exactly as received,
+fsync'd; only then does it count as written. The receiver writes most datasets straight
+into files prepared in advance (:mod:`dde.store.prepared_files`), which then need only
+their data synced. Bytes are the dataset exactly as received,
 behind a file meta header built from the C-STORE request (no decode, no re-encode).
 
 Space is bounded two ways, both checked before a byte is written: ``max_bytes`` caps what the
@@ -28,6 +30,7 @@ from pathlib import Path
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from dde.dicom import part10
+from dde.store.prepared_files import PreparedFiles, fsync_folder
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +71,6 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
                                    source_aet)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Spool:
     def __init__(self, root: Path, max_bytes: int = 0, min_free_bytes: int = 0,
                  statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
@@ -97,6 +92,7 @@ class Spool:
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()
         self._used = self._scan()
+        self.prepared = PreparedFiles(self.root, self.incoming_dir)
 
     @property
     def used_bytes_cached(self) -> int:
@@ -185,7 +181,7 @@ class Spool:
             finally:
                 os.close(fd)
             os.rename(part, final)
-            _fsync_dir(directory)
+            fsync_folder(directory)
         except OSError as exc:
             self._release(size)
             part.unlink(missing_ok=True)
@@ -201,14 +197,18 @@ class Spool:
         return self.root / INCOMING
 
     def adopt(self, received: Path) -> SpooledFile:
-        """Make a complete Part-10 file written elsewhere (the receiver's incoming folder)
-        a spool file: fsync it, rename it in, fsync the folder. Raise :class:`SpoolError`
-        (:class:`SpoolFull`) as :meth:`write` does; the instance is then not in the spool."""
+        """Make a complete Part-10 file written by the receiver a spool file: a prepared
+        file (:attr:`prepared`) only has its data synced; one written elsewhere (the
+        incoming folder) is fsync'd, renamed in and its folder fsync'd. Raise
+        :class:`SpoolError` (:class:`SpoolFull`) as :meth:`write` does; the instance is
+        then not in the spool (the caller removes ``received``)."""
         try:
             size = received.stat().st_size
         except OSError as exc:
             raise SpoolError(f"received file vanished: {exc.strerror or exc}") from None
         self._reserve(size)
+        if self.prepared.is_prepared(received):
+            return self._adopt_in_place(received, size)
         name = uuid.uuid4().hex
         folder = name[:2]
         directory = self.root / folder
@@ -227,7 +227,7 @@ class Spool:
                 if exc.errno != errno.EXDEV:
                     raise
                 self._copy_durably(received, final)
-            _fsync_dir(directory)
+            fsync_folder(directory)
         except OSError as exc:
             self._release(size)
             final.unlink(missing_ok=True)
@@ -235,10 +235,39 @@ class Spool:
         self._settle(size)
         return SpooledFile(f"{folder}/{name}.dcm", size)
 
+    def _adopt_in_place(self, received: Path, size: int) -> SpooledFile:
+        try:
+            fd = os.open(received, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)  # the name is durable already; the size goes with the data
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._release(size)
+            raise spool_error(exc) from None
+        self._settle(size)
+        return SpooledFile(f"{received.parent.name}/{received.name}", size)
+
+    def sweep_unrecorded(self, recorded: set[str]) -> int:
+        """Remove spool files the ledger does not know: prepared files never used, and
+        files whose instance was never committed (so never acknowledged) when the process
+        stopped. Only while no receiver runs; return how many were removed."""
+        removed = 0
+        for path in self.root.glob("*/*.dcm"):
+            if path.parent.name == INCOMING:
+                continue
+            if f"{path.parent.name}/{path.name}" in recorded:
+                continue
+            path.unlink(missing_ok=True)
+            removed += 1
+        if removed:
+            self.recount()
+        return removed
+
     def _ensure_folder(self, folder: str) -> None:
         if folder not in self._known_dirs:
             (self.root / folder).mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.root)
+            fsync_folder(self.root)
             self._known_dirs.add(folder)
 
     @staticmethod

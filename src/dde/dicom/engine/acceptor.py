@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +87,8 @@ class StoreOutcome:
 class AcceptorServices(Protocol):
     """What the receiving side decides (the engine only speaks the protocol)."""
 
-    incoming_dir: Path
+    def dataset_path(self) -> Path:
+        """Where the next received dataset is written: an empty file or a new name."""
 
     def admit(self, proposal: Proposal, address: str) -> Rejection | None:
         """Whether this requestor may associate (allow-lists); may block (a worker thread)."""
@@ -98,7 +98,8 @@ class AcceptorServices(Protocol):
         """What the file holds before the dataset: the preamble, DICM and the file meta."""
 
     def store(self, received: ReceivedDataset) -> StoreOutcome:
-        """Make the instance durable (blocking: a worker thread); the file may be taken."""
+        """Make the instance durable (blocking: a worker thread). The file at
+        ``received.path`` is the store's from here: it keeps it or removes it."""
 
 
 class Slots:
@@ -132,10 +133,10 @@ class DatasetFile:
     """A received dataset being written: preamble, file meta, then each fragment as it
     arrives. A write error is kept (the fragments still drain) and reported with the file."""
 
-    def __init__(self, folder: Path, head: bytes) -> None:
-        self.path = folder / f"{uuid.uuid4().hex}.dcm"
+    def __init__(self, path: Path, head: bytes) -> None:
+        self.path = path
         self.error: OSError | None = None
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.write(head)
 
     def write(self, data: bytes | memoryview) -> None:
@@ -354,7 +355,7 @@ class Acceptor:
             meta = self.services.file_meta(command.affected_sop_class_uid or abstract,
                                            command.affected_sop_instance_uid, syntax,
                                            self.peer.calling_aet)
-            dataset = DatasetFile(self.services.incoming_dir, meta)
+            dataset = DatasetFile(self.services.dataset_path(), meta)
         except OSError as exc:
             log.error("cannot write a received dataset: %s", exc.strerror or exc)
             return PendingStore(command, context_id, started, None,
@@ -382,14 +383,13 @@ class Acceptor:
             sop_class_uid=command.affected_sop_class_uid or abstract,
             sop_instance_uid=command.affected_sop_instance_uid or "",
             transfer_syntax_uid=syntax, peer=self.peer, started=pending.started)
-        try:
+        try:  # the file is the store's now: it keeps it or removes it
             outcome = await asyncio.get_running_loop().run_in_executor(
                 self.executor, self.services.store, received)
         except Exception:  # the boundary: never a false success
             log.exception("could not store a received instance")
             outcome = StoreOutcome(dimse.OUT_OF_RESOURCES, "internal error")
-        finally:
-            pending.file.path.unlink(missing_ok=True)  # unless the spool adopted it
+            pending.file.path.unlink(missing_ok=True)
         await self._respond(pending.context_id, store_response(
             command, outcome.status, outcome.detail))
 
