@@ -22,7 +22,7 @@ from dde.dicom import status as dimse
 from dde.store import prepared_files
 from dde.store.ledger import Ledger
 from dde.store.prepared_files import PreparedFiles
-from dde.store.spool import Spool
+from dde.store.spool import Spool, SpoolFull
 
 
 @pytest.fixture
@@ -175,3 +175,28 @@ def test_spool_paths_of_a_prepared_file_and_the_ledger_agree(
     relative = f"{target.parent.name}/{target.name}"
     assert ledger.spool_index.spool_paths_in_use() == {relative}
     assert Path(spool.path_of(relative)) == target
+
+
+def test_a_shared_spools_cap_counts_a_prepared_file_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prepared file holds its bytes before the spool reserves them: a recount (a shared
+    spool counts its files again before each write here) must not count them twice."""
+    monkeypatch.setattr("dde.store.spool.RECOUNT_SECONDS", 0.0)
+    raw = part10()
+    spool = Spool(tmp_path / "spool", max_bytes=4 * len(raw) + len(raw) // 2, shared=True)
+    spool.incoming_dir.mkdir()
+    spool.prepared.start()
+    try:
+        wait_until(lambda: spool.prepared.ready > 4, 10, "prepared files")
+        adopted = []
+        for _ in range(4):
+            target = spool.prepared.take()
+            target.write_bytes(raw)
+            adopted.append(spool.adopt(target))
+        fifth = spool.prepared.take()
+        fifth.write_bytes(raw)
+        with pytest.raises(SpoolFull):
+            spool.adopt(fifth)
+    finally:
+        spool.prepared.stop()
+    assert len(adopted) == 4

@@ -123,12 +123,14 @@ class Spool:
     def path_of(self, relative_path: str) -> Path:
         return self.root / relative_path
 
-    def _reserve(self, size: int) -> None:
-        """Count ``size`` bytes in, or raise :class:`SpoolFull` when there is no room."""
+    def _reserve(self, size: int, written: Path | None = None) -> None:
+        """Count ``size`` bytes in, or raise :class:`SpoolFull` when there is no room.
+        ``written``: the bytes are already in that spool file (a prepared one), which a
+        recount must therefore leave out."""
         if self.shared and self.max_bytes and (
                 self.used_bytes_cached + size > self.max_bytes
                 or time.monotonic() - self._counted_at >= RECOUNT_SECONDS):
-            self.recount()  # other processes write and remove spool files too
+            self.recount(leaving_out=written)  # other processes write and remove files too
         with self._lock:
             if self.max_bytes and self._used + size > self.max_bytes:
                 raise SpoolFull(f"spool full: {self._used} of {self.max_bytes} bytes in use, "
@@ -206,8 +208,9 @@ class Spool:
             size = received.stat().st_size
         except OSError as exc:
             raise SpoolError(f"received file vanished: {exc.strerror or exc}") from None
-        self._reserve(size)
-        if self.prepared.is_prepared(received):
+        in_place = self.prepared.is_prepared(received)
+        self._reserve(size, written=received if in_place else None)
+        if in_place:
             return self._adopt_in_place(received, size)
         name = uuid.uuid4().hex
         folder = name[:2]
@@ -308,10 +311,16 @@ class Spool:
             removed += 1
         return removed
 
-    def recount(self) -> int:
+    def recount(self, leaving_out: Path | None = None) -> int:
         """Count the spool's bytes again from the files (other processes write and remove
-        them too); return the new total."""
+        them too; files being written into count as far as they are written); return the
+        new total. ``leaving_out``: a file whose bytes are being reserved now."""
         total = self._scan()
+        if leaving_out is not None:
+            try:
+                total -= leaving_out.stat().st_size
+            except OSError:
+                pass
         with self._lock:
             self._counted_at = time.monotonic()
             self._used = total + self._in_flight
