@@ -24,6 +24,9 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 delivered): ``alone_ack`` and ``alone_small_ack``, what receiving costs
                 without delivery competing for the CPU (runs ``direct`` and ``small``'s
                 direct baseline too)
+* ``cpu``       the 64×64 batch over one association, direct and through the router to
+                a storage and the probe, with the CPU seconds of every process (storescu,
+                the router's main and receiver processes, each Orthanc) per instance
 * ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
                 CT) to the router, once with ``delivery.associations: 1`` and once with the
                 default: the probe's pending deliveries and the spool sampled every
@@ -43,6 +46,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -83,7 +87,7 @@ POLL_SECONDS = 0.05
 RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
-CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone",
+CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone", "cpu",
          "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
@@ -760,6 +764,100 @@ def case_latency(folder: Path, data: Data, args: argparse.Namespace) -> dict[str
                         "router_histogram_count": observed}}
 
 
+# -- cpu --------------------------------------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (/proc/PID/stat, fields 14 and 15)."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def senders_cpu_seconds() -> float:
+    """CPU seconds of this process's waited-for children so far: the storescu runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_while(parts: dict[str, int], action: Callable[[], None]) -> dict[str, float]:
+    """CPU seconds each named process (and the senders, "storescu") spent during
+    ``action``."""
+    before = {name: process_cpu_seconds(pid) for name, pid in parts.items()}
+    senders = senders_cpu_seconds()
+    action()
+    spent = {name: process_cpu_seconds(pid) - before[name] for name, pid in parts.items()}
+    spent["storescu"] = senders_cpu_seconds() - senders
+    return spent
+
+
+def orthanc_pid(target: RunningOrthanc) -> int:
+    pid = target.process.pid
+    assert pid is not None
+    return pid
+
+
+def case_cpu(folder: Path, data: Data, args: argparse.Namespace) -> dict[str, Any]:
+    """The 64×64 batch over one association, direct and through the router (until every
+    instance is in a storage and the probe), with the CPU seconds of every process: where
+    the 2 cores go."""
+    batch = data.small
+    with contextlib.ExitStack() as stack:
+        target = orthanc(stack, folder / "direct", "ORTHANC1")
+        counter = Counter()
+        stack.callback(counter.close)
+
+        def direct() -> None:
+            send(batch.files, target.dicom_port, target.aet)
+            wait_for(lambda: counter.count(target) >= batch.count, 30, "direct arrivals")
+
+        started = time.perf_counter()
+        direct_cpu = cpu_while({"ORTHANC1": orthanc_pid(target)}, direct)
+        direct_s = time.perf_counter() - started
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder / "router")
+        counter = Counter()
+        stack.callback(counter.close)
+        parts = {"router main": deployment.pid}
+        parts.update({f"router receiver {n}": pid
+                      for n, pid in enumerate(deployment.router.receiver_pids(), 1)})
+        parts.update({o.aet: orthanc_pid(o) for o in [*deployment.storages, deployment.probe]})
+
+        def routed() -> None:
+            send(batch.files, deployment.port, ROUTER_AET)
+            wait_for(lambda: deployment.arrived(counter, batch.count), ARRIVAL_TIMEOUT,
+                     "routed arrivals")
+
+        started = time.perf_counter()
+        router_cpu = cpu_while(parts, routed)
+        router_s = time.perf_counter() - started
+    per = 1000.0 / batch.count  # CPU ms per instance
+    return {"cpu": {
+        "instances": batch.count,
+        "direct": {"seconds": direct_s,
+                   "cpu_ms_per_instance": {k: v * per for k, v in direct_cpu.items()}},
+        "router": {"seconds": router_s,
+                   "cpu_ms_per_instance": {k: v * per for k, v in router_cpu.items()}},
+    }}
+
+
+def print_cpu(rounds: list[dict[str, Any]]) -> None:
+    measured = [r["cpu"] for r in rounds if "cpu" in r]
+    if not measured:
+        return
+    print("\nCPU per 64×64 instance, one association (ms; medians of rounds)")
+    for path in ("direct", "router"):
+        names = measured[0][path]["cpu_ms_per_instance"].keys()
+        seconds = median_of([m[path]["seconds"] for m in measured])
+        shares = {n: median_of([m[path]["cpu_ms_per_instance"][n] for m in measured])
+                  for n in names}
+        total = sum(v for v in shares.values() if v is not None)
+        wall_ms = 1000.0 * (seconds or 0.0) / measured[0]["instances"]
+        listed = ", ".join(f"{n} {fmt(v)}" for n, v in shares.items())
+        print(f"  {path:<7} {listed}; all {total:.2f} ms of CPU per instance, "
+              f"{wall_ms:.2f} ms of wall time ({os.cpu_count()} cores: "
+              f"{total / wall_ms / (os.cpu_count() or 1) * 100 if wall_ms else 0:.0f} % busy)")
+
+
 # -- gigabyte ---------------------------------------------------------------------------------
 
 
@@ -816,7 +914,7 @@ def make_data(folder: Path, args: argparse.Namespace, cases: Sequence[str]) -> D
     progress(f"generating {args.instances} CT instances of 512×512")
     ct = Batch(write_series(folder / "ct", args.instances, rows=512, columns=512))
     small = Batch([])
-    if "small" in cases or "alone" in cases:
+    if "small" in cases or "alone" in cases or "cpu" in cases:
         progress(f"generating {args.small} instances of 64×64")
         small = Batch(write_series(folder / "small", args.small, rows=64, columns=64))
     big = None
@@ -832,7 +930,7 @@ Case = Callable[[Path, Data, argparse.Namespace], dict[str, Any]]
 CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
-    "alone": case_alone, "sustained": case_sustained,
+    "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu,
 }
 
 
@@ -844,7 +942,8 @@ def run_round(folder: Path, data: Data, args: argparse.Namespace,
         measured = CASE_FUNCTIONS[case](folder / case, data, args)
         progress(f"round {number}/{args.rounds}: {case}: {brief(measured)}")
         result.update(measured)
-        shutil.rmtree(folder / case, ignore_errors=True)
+        # Nothing is deleted until the whole run is over: the disk here is mounted with
+        # `discard`, and a mass delete slows the writes of the cases that follow it.
     return result
 
 
@@ -1200,6 +1299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                            for kind in ("ack", "e2e")}
         summary["headline"] = [h.as_json() for h in headlines(summary)]
         print_report(summary, data, args)
+        print_cpu(rounds)
         document = {
             "machine": description,
             "parameters": {"rounds": args.rounds, "instances": args.instances,
