@@ -14,8 +14,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: deps
 	$(BIN)/dde stack up
 
-# The browser tests drive Debian's Chromium (Playwright never downloads a browser here).
-test unit integration: SYSTEM_PACKAGES += chromium
+# The browser tests drive Debian's Chromium (Playwright never downloads a browser here);
+# promtool (package prometheus) checks the alert rules, docker-compose the Compose file.
+test unit integration: SYSTEM_PACKAGES += chromium prometheus docker-compose
 
 test: deps
 	$(BIN)/ruff check src tests benchmarks
@@ -34,8 +35,9 @@ bench: deps
 deps: deps-system $(STAMP)
 
 # Debian packages: installed only when missing. Installing Debian's orthanc package also
-# enables orthanc.service, which holds ports 4242/8042 that the reference deployment uses;
-# when this target installed it, it disables that service again and says so.
+# enables orthanc.service, which holds ports 4242/8042 that the reference deployment uses
+# (and prometheus enables a server only its promtool is wanted from); when this target
+# installed one of them, it disables that service again and says so.
 deps-system:
 	@missing=""; \
 	for package in $(SYSTEM_PACKAGES); do \
@@ -45,12 +47,14 @@ deps-system:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing || exit 1; \
-	  case "$$missing" in *orthanc*) \
-	    if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet orthanc 2>/dev/null; then \
-	      echo "disabling Debian's orthanc.service (it would hold 4242/8042)"; \
-	      $(SUDO) systemctl disable --now orthanc >/dev/null 2>&1 || true; \
-	    fi;; \
-	  esac; \
+	  for service in orthanc prometheus; do \
+	    case "$$missing" in *$$service*) \
+	      if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet $$service 2>/dev/null; then \
+	        echo "disabling Debian's $$service.service (this project starts its own processes)"; \
+	        $(SUDO) systemctl disable --now $$service >/dev/null 2>&1 || true; \
+	      fi;; \
+	    esac; \
+	  done; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -135,3 +135,10 @@ class StateCollector(Collector):
             breaker.add_metric([name], 0 if state.get("breaker", "closed") == "closed" else 1)
             up.add_metric([name], 1 if state.get("health") == "up" else 0)
         yield from (queued, oldest, failed, breaker, up)
+        spool = self._services.spool
+        yield GaugeMetricFamily("dde_spool_bytes",
+                                "Bytes of received instances held in the spool.",
+                                value=spool.used_bytes_cached)
+        yield GaugeMetricFamily("dde_spool_max_bytes",
+                                "The spool's cap (spool.max_bytes; 0: no cap).",
+                                value=spool.max_bytes)
