@@ -15,8 +15,9 @@ run: deps
 	$(BIN)/dde stack up
 
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here);
-# promtool (package prometheus) checks the alert rules, docker-compose the Compose file.
-test unit integration: SYSTEM_PACKAGES += chromium prometheus docker-compose
+# the store tests run on a PostgreSQL server they start (package postgresql); promtool
+# (package prometheus) checks the alert rules, docker-compose the Compose file.
+test unit integration: SYSTEM_PACKAGES += chromium postgresql prometheus docker-compose
 
 test: deps
 	$(BIN)/ruff check src tests benchmarks
@@ -47,7 +48,7 @@ deps-system:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing || exit 1; \
-	  for service in orthanc prometheus; do \
+	  for service in orthanc postgresql prometheus; do \
 	    case "$$missing" in *$$service*) \
 	      if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet $$service 2>/dev/null; then \
 	        echo "disabling Debian's $$service.service (this project starts its own processes)"; \

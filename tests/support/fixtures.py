@@ -10,11 +10,21 @@ from typing import Protocol
 import pytest
 
 from tests.support.orthanc import RunningOrthanc, start_orthanc
+from tests.support.postgres import PostgresServer, remove_postgres, start_postgres
 from tests.support.router import InProcessRouter, router_settings, start_router
 
 
 class OrthancFactory(Protocol):
     def __call__(self, name: str = "ORTHANC1", aet: str | None = None) -> RunningOrthanc: ...
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server (Debian's package) for the session, on a Unix socket
+    only; each test makes its own database (``create_database``)."""
+    server = start_postgres()
+    yield server
+    remove_postgres(server)
 
 
 @pytest.fixture

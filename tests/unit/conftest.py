@@ -1,4 +1,5 @@
-"""Fixtures of the unit tests: a ledger and a spool in a temporary folder."""
+"""Fixtures of the unit tests: a ledger (on each backend: a SQLite file in a temporary
+folder, and a database of its own on the session's PostgreSQL server) and a spool."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.support.postgres import PostgresServer
 
 from dde.store.ledger import Ledger
 from dde.store.spool import Spool
@@ -19,10 +21,27 @@ def no_web_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
+def sqlite_ledger(tmp_path: Path) -> Iterator[Ledger]:
+    """The ledger on SQLite only: for what only that backend has (its file, WAL, PRAGMAs)."""
     book = Ledger(tmp_path / "dde.sqlite3")
     yield book
     book.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
+    """The ledger on each backend: every test that uses it runs on both."""
+    if request.param == "sqlite":
+        book = Ledger(tmp_path / "dde.sqlite3")
+        yield book
+        book.close()
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    book = Ledger(url=url)
+    yield book
+    book.close()
+    server.drop_database(url)
 
 
 @pytest.fixture

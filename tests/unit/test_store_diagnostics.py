@@ -147,8 +147,9 @@ def test_pins(ledger: Ledger) -> None:
 
 
 # -- readiness -----------------------------------------------------------------------------
-def test_ping_answers_and_a_failure_is_a_ledger_error(ledger: Ledger,
+def test_ping_answers_and_a_failure_is_a_ledger_error(sqlite_ledger: Ledger,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = sqlite_ledger
     ledger.diagnostics.ping()
 
     class Broken:
@@ -176,6 +177,7 @@ def test_seed_writes_a_history_in_one_go(ledger: Ledger) -> None:
 
     first, second = ledger.diagnostics.instances(after_id=before)
     assert (first.id, second.id) == (before + 1, before + 2)
+    assert ingest_to(ledger, ["A"]) == before + 3  # the next id follows the seeded ones
     assert (first.sop_instance_uid, first.rule, first.spool_path, first.spool_removed_at) == (
         "8.1", "backlog", "x/1.dcm", None)
     assert (second.rule, second.spool_path, second.spool_removed_at) == ("default", None, 205.0)
@@ -205,7 +207,8 @@ def test_seed_is_one_transaction(ledger: Ledger) -> None:
 
 
 # -- tools for fault tests -------------------------------------------------------------------
-def test_checkpoint_empties_the_write_ahead_log(ledger: Ledger) -> None:
+def test_checkpoint_empties_the_write_ahead_log(sqlite_ledger: Ledger) -> None:
+    ledger = sqlite_ledger
     ingest_to(ledger, ["A"])
     wal = Path(f"{ledger.path}-wal")
     assert wal.stat().st_size > 0

@@ -180,11 +180,12 @@ def test_a_deleted_delivery_takes_its_claim_and_suspicion_with_it(ledger: Ledger
     assert ledger.queue.claims() == {} and ledger.queue.suspects() == {}
 
 
-def test_outcomes_skip_the_fsync_but_spool_removal_marks_never_do(ledger: Ledger) -> None:
+def test_outcomes_skip_the_fsync_but_spool_removal_marks_never_do(sqlite_ledger: Ledger) -> None:
     """Invariant (durable before a file goes): an outcome may be committed without the
     WAL's fsync (lost in a power cut, it only means a second send), because the janitor's
     spool-removal mark is committed with it (making every earlier commit durable) before
     a delivered instance's file is unlinked."""
+    ledger = sqlite_ledger
     instance_id = ingest_to(ledger, ["A"])
     [delivery_id] = [row[0] for row in delivery_rows(ledger, instance_id).values()]
     statements: list[str] = []

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import click
 
 from dde.cli.errors import CliError
-from dde.config import Home, Settings, load_settings, parse_settings
+from dde.config import Home, Settings, StoreBackend, load_settings, parse_settings
 from dde.config_store import ConfigStore
-from dde.store.ledger import Ledger
+from dde.store.ledger import Ledger, open_ledger
 
 
 @dataclass
@@ -62,8 +62,9 @@ def ledger_if_any(ctx: click.Context) -> Ledger | None:
     """The router's ledger, or None before the router first ran (closed when the command
     ends)."""
     database = home_of(ctx).database
-    if not database.exists():
+    store = settings_if_any(ctx).store
+    if store.backend is StoreBackend.SQLITE and not database.exists():
         return None
-    opened = Ledger(database)
+    opened = open_ledger(store, database)
     ctx.call_on_close(opened.close)
     return opened

@@ -29,7 +29,7 @@ def reconcile_command(ctx: click.Context, as_json: bool, repair: bool) -> None:
 
     store = config_store(ctx)
     if repair:  # through the same ingest pipeline as C-STORE and uploads
-        if not home_of(ctx).database.exists():
+        if not store.settings().store.url and not home_of(ctx).database.exists():
             raise CliError("--repair needs the router's ledger: start the router once first")
         core = RouterCore.for_tool(store)
         try:

@@ -14,6 +14,7 @@ from dde.config.base import (
     ConfigError,
     EndpointKind,
     EndpointState,
+    StoreBackend,
     Strategy,
 )
 from dde.config.endpoints import EndpointSettings, TlsSettings, forbidden_host
@@ -29,6 +30,7 @@ from dde.config.sections import (
     SpoolSettings,
     StackOrthanc,
     StackSettings,
+    StoreSettings,
     WebSettings,
 )
 from dde.config.settings import (
@@ -45,6 +47,6 @@ __all__ = [
     "DeliverySettings", "EndpointKind", "EndpointSettings", "EndpointState", "HealthSettings",
     "Home", "ReceiverSettings", "ReceiverTlsSettings", "ReconcileSettings", "RoutingSettings",
     "SecuritySettings", "Settings", "SpoolSettings", "StackOrthanc", "StackSettings",
-    "Strategy", "TlsSettings", "WebSettings", "forbidden_host", "load_settings",
-    "parse_settings", "settings_to_data", "settings_to_yaml",
+    "StoreBackend", "StoreSettings", "Strategy", "TlsSettings", "WebSettings",
+    "forbidden_host", "load_settings", "parse_settings", "settings_to_data", "settings_to_yaml",
 ]

@@ -26,6 +26,15 @@ class EndpointKind(StrEnum):
     ORTHANC_REST = "orthanc-rest"
 
 
+class StoreBackend(StrEnum):
+    """Where the ledger lives (:mod:`dde.store`)."""
+
+    SQLITE = "sqlite"
+    """A file in the state folder (``dde.sqlite3``): one router node."""
+    POSTGRESQL = "postgresql"
+    """A PostgreSQL database (``store.url``), which several router nodes can share."""
+
+
 class Strategy(StrEnum):
     """How a group picks the endpoint for a new study (:mod:`dde.routing.strategies`)."""
 

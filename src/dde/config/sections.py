@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -11,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from dde.config.base import Strategy, _Strict
+from dde.config.base import StoreBackend, Strategy, _Strict
 
 
 class ReceiverTlsSettings(_Strict):
@@ -147,6 +148,27 @@ class WebSettings(_Strict):
 
 class SecuritySettings(_Strict):
     allow_link_local_endpoints: bool = False  # endpoints at link-local, metadata addresses
+
+
+class StoreSettings(_Strict):
+    """The ledger's database: SQLite in the state folder (default) or PostgreSQL."""
+
+    backend: StoreBackend = StoreBackend.SQLITE
+    url: str | None = None
+    """``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`` (libpq's URL form) for the
+    postgresql backend; ``DDE_STORE_URL`` overrides it (keeps a password out of dde.yaml)."""
+
+    @model_validator(mode="after")
+    def _url_for_postgresql(self) -> StoreSettings:
+        if self.backend is StoreBackend.POSTGRESQL:
+            if not self.url:
+                raise ValueError("store.backend postgresql needs store.url "
+                                 "(or DDE_STORE_URL): postgresql://USER@HOST:PORT/DATABASE")
+            if urlsplit(self.url).scheme not in ("postgresql", "postgres"):
+                raise ValueError("store.url must start with postgresql://")
+        elif self.url:
+            raise ValueError("store.url is only for store.backend: postgresql")
+        return self
 
 
 class SpoolSettings(_Strict):

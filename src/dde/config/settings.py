@@ -7,7 +7,8 @@ Orthanc data. Two state folders never share a file.
 ``dde.yaml`` is written with the defaults on first use. Environment variables override the
 receiver's listening address (``DDE_AE_TITLE``, ``DDE_DICOM_PORT``, ``DDE_DICOM_HOST``)
 and the web part's (``DDE_WEB_HOST``, ``DDE_WEB_PORT``) so that a deployment can move the
-router without editing the file.
+router without editing the file; ``DDE_STORE_URL`` gives the PostgreSQL ledger's URL (and
+its password) without writing it into the file.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dde.config.sections import (
     SecuritySettings,
     SpoolSettings,
     StackSettings,
+    StoreSettings,
     WebSettings,
 )
 
@@ -57,6 +59,7 @@ class Settings(_Strict):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     spool: SpoolSettings = Field(default_factory=SpoolSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     web: WebSettings = Field(default_factory=WebSettings)
@@ -136,6 +139,7 @@ _ENVIRONMENT: tuple[tuple[str, str, str, type], ...] = (
     ("DDE_DICOM_PORT", "receiver", "port", int),
     ("DDE_WEB_HOST", "web", "host", str),
     ("DDE_WEB_PORT", "web", "port", int),
+    ("DDE_STORE_URL", "store", "url", str),
 )
 
 

@@ -23,13 +23,13 @@ from dde.receiving.ingest import IngestPipeline
 from dde.routing.published import PublishedEndpoints
 from dde.routing.router import HealthView, LoadView, Router
 from dde.routing.rules import RuleSet
-from dde.store.ledger import Ledger
+from dde.store.ledger import open_ledger
 from dde.store.spool import Spool
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
-RESTART_SECTIONS = ("receiver", "web", "stack")
+RESTART_SECTIONS = ("receiver", "web", "store", "stack")
 """Sections read once at start: a change is logged and waits for the next start."""
 RESTART_FIELDS = {"reconcile": ("interval_seconds",), "routing": ("load_refresh_seconds",)}
 """Single fields read once at start."""
@@ -65,7 +65,7 @@ class RouterCore:
         self.settings = settings
         self.ruleset = ruleset
         self._watch = ConfigWatch(home_config)
-        self.ledger = Ledger(self.home.database)
+        self.ledger = open_ledger(settings.store, self.home.database)
         self.spool = Spool(self.home.spool_dir, settings.spool.max_bytes,
                            settings.spool.min_free_bytes, shared=shared_spool)
         self.published: PublishedEndpoints | None = None

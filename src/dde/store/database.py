@@ -5,7 +5,9 @@ Writers are serialised by SQLite (``BEGIN IMMEDIATE``). Opening refuses a damage
 (``PRAGMA quick_check``) and one another process keeps locked, before anything is written
 (:mod:`dde.store.errors`); then the schema is created or migrated (:mod:`dde.store.schema`).
 
-Only the repositories of :mod:`dde.store` use this class: it is where SQL lives.
+Only the repositories of :mod:`dde.store` use this class: it is where SQL lives. The same
+repositories run on PostgreSQL (:mod:`dde.store.postgres`); :func:`open_database` picks the
+backend.
 """
 
 from __future__ import annotations
@@ -15,15 +17,53 @@ import inspect
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from dde.store.errors import LedgerError, damaged, open_error
 from dde.store.schema import migrate
 
 BUSY_TIMEOUT_MS = 30_000
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+class Connection(Protocol):
+    """What the repositories call on a connection (SQLite's, or :class:`PgConnection`)."""
+
+    def execute(self, statement: str, parameters: Any = ..., /) -> Cursor: ...
+
+    def executemany(self, statement: str, rows: Any, /) -> Cursor: ...
+
+
+class Backend(Protocol):
+    """A ledger database: :class:`Database` (SQLite) or
+    :class:`~dde.store.postgres.PostgresDatabase`."""
+
+    path: Any
+    dialect: str
+    errors: tuple[type[Exception], ...]
+
+    def connection(self) -> Any: ...
+
+    def transaction(self, durable: bool = True) -> Any: ...
+
+    def checkpoint(self) -> None: ...
+
+    def ids_written(self, connection: Any, table: str) -> None: ...
+
+    def open_connections(self) -> int: ...
+
+    def close(self) -> None: ...
 
 R = TypeVar("R")
 C = TypeVar("C", bound=type)
@@ -34,7 +74,7 @@ def _translated(method: Callable[..., R], path_of: Callable[[Any], Path]) -> Cal
     def call(self: Any, *args: Any, **kwargs: Any) -> R:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
+        except self._database.errors as exc:
             raise LedgerError(f"{path_of(self)}: {exc}") from exc
     return call
 
@@ -50,19 +90,93 @@ def database_errors_as_ledger_errors(cls: C) -> C:
     return cls
 
 
+K = TypeVar("K")
+
+
+@contextmanager
+def committed(connection: Any, begin: Sequence[str], errors: tuple[type[Exception], ...],
+              name: str, describe: Callable[[Exception], str] = str) -> Iterator[None]:
+    """Run the block in a transaction opened by the ``begin`` statements: committed when
+    it ends, rolled back on an error. A database error (one of ``errors``) leaves as
+    :class:`~dde.store.errors.LedgerError` named ``name``; any other exception passes."""
+    def rollback() -> None:
+        try:
+            connection.execute("ROLLBACK")
+        except errors:
+            pass  # the transaction is gone already (the error ended it)
+
+    try:
+        for statement in begin:
+            connection.execute(statement)
+    except errors as exc:
+        rollback()
+        raise LedgerError(f"{name}: {describe(exc)}") from exc
+    try:
+        yield
+    except BaseException as exc:
+        rollback()
+        if isinstance(exc, errors):
+            raise LedgerError(f"{name}: {describe(exc)}") from exc
+        raise
+    try:
+        connection.execute("COMMIT")
+    except errors as exc:
+        rollback()
+        raise LedgerError(f"{name}: {describe(exc)}") from exc
+
+
+class ThreadConnections(Generic[K]):
+    """One connection per thread, as both backends keep them. A thread that ended no longer
+    needs its own: it is closed when the next thread opens one (the receiver runs a thread
+    per association; kept, their connections grew the process with every association)."""
+
+    def __init__(self, close: Callable[[K], None]) -> None:
+        self._close = close
+        self._local = threading.local()
+        self._by_thread: dict[threading.Thread, K] = {}
+        self._lock = threading.Lock()
+
+    def current(self) -> K | None:
+        """This thread's connection, if it has one."""
+        found: K | None = getattr(self._local, "connection", None)
+        return found
+
+    def adopt(self, connection: K) -> K:
+        """Make ``connection`` this thread's (closing those of threads that ended)."""
+        self._local.connection = connection
+        with self._lock:
+            ended = [t for t in self._by_thread if not t.is_alive()]
+            orphans = [self._by_thread.pop(t) for t in ended]
+            self._by_thread[threading.current_thread()] = connection
+        for orphan in orphans:
+            self._close(orphan)
+        return connection
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._by_thread)
+
+    def close_all(self) -> None:
+        with self._lock:
+            connections = list(self._by_thread.values())
+            self._by_thread.clear()
+        for connection in connections:
+            self._close(connection)
+        self._local = threading.local()
+
+
 class Database:
+    dialect = "sqlite"
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
         """Open (or create) the database. A lock held longer than ``open_timeout`` seconds
         raises :class:`~dde.store.errors.LedgerLocked`; a damaged file
         :class:`~dde.store.errors.LedgerCorrupt`."""
         self.path = path
         _make_private(path)
-        self._local = threading.local()
-        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
-        """Each thread's connection. A thread that ended no longer needs its own: it is
-        closed when the next thread opens one (the receiver runs a thread per association;
-        kept, their connections and page caches grew the process with every association)."""
-        self._lock = threading.Lock()
+        self._connections: ThreadConnections[sqlite3.Connection] = ThreadConnections(
+            _close_quietly)
         connection = self.connection(open_timeout)
         try:
             self._check_at_open(connection)
@@ -80,7 +194,7 @@ class Database:
 
     def connection(self, timeout: float = BUSY_TIMEOUT_MS / 1000) -> sqlite3.Connection:
         """This thread's connection (opened at its first use)."""
-        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        connection = self._connections.current()
         if connection is not None:
             return connection
         try:
@@ -93,58 +207,47 @@ class Database:
             connection.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise open_error(self.path, exc) from None
-        self._local.connection = connection
-        with self._lock:
-            ended = [t for t in self._connections if not t.is_alive()]
-            orphans = [self._connections.pop(t) for t in ended]
-            self._connections[threading.current_thread()] = connection
-        for orphan in orphans:
-            _close_quietly(orphan)
-        return connection
+        return self._connections.adopt(connection)
 
     def open_connections(self) -> int:
         """How many connections are open now (one per live thread that used the ledger,
         plus those of threads that ended since the last connection was opened)."""
-        with self._lock:
-            return len(self._connections)
+        return self._connections.count()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction: committed when the block ends, rolled back on an error.
+        ``durable=False``: its commit skips the WAL fsync (the next durable commit makes it
+        durable too).
 
         A database error (locked past the busy timeout, disk full, I/O error) leaves as
         :class:`~dde.store.errors.LedgerError`; any other exception passes unchanged."""
         connection = self.connection()
+        if not durable:
+            connection.execute("PRAGMA synchronous=NORMAL")
         try:
-            connection.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise LedgerError(f"{self.path}: {exc}") from exc
-        try:
+            with self._transaction(connection) as open_transaction:
+                yield open_transaction
+        finally:
+            if not durable:
+                connection.execute("PRAGMA synchronous=FULL")
+
+    def checkpoint(self) -> None:
+        """Copy the write-ahead log into the database file and empty it."""
+        self.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    @staticmethod
+    def ids_written(connection: sqlite3.Connection, table: str) -> None:
+        """Rows were written with explicit ids: nothing to do (SQLite takes the next id
+        after the largest)."""
+
+    @contextmanager
+    def _transaction(self, connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        with committed(connection, ["BEGIN IMMEDIATE"], self.errors, str(self.path)):
             yield connection
-        except BaseException as exc:
-            try:
-                connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the transaction is gone already (the error ended it)
-            if isinstance(exc, sqlite3.Error):
-                raise LedgerError(f"{self.path}: {exc}") from exc
-            raise
-        try:
-            connection.execute("COMMIT")
-        except sqlite3.Error as exc:
-            try:
-                connection.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise LedgerError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
-        with self._lock:
-            connections = list(self._connections.values())
-            self._connections.clear()
-        for connection in connections:
-            _close_quietly(connection)
-        self._local = threading.local()
+        self._connections.close_all()
 
 
 def _close_quietly(connection: sqlite3.Connection) -> None:

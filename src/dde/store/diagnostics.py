@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 from dde.store.records import SeedInstance, StoredDelivery, StoredInstance, StudyPin
 
 _COUNTS: dict[str, str] = {
@@ -44,7 +44,7 @@ _DELIVERY_FILTERS = {
 
 @database_errors_as_ledger_errors
 class Diagnostics:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def count(self, table: str) -> int:
@@ -113,7 +113,7 @@ class Diagnostics:
     def checkpoint(self) -> None:
         """For fault tests: copy the write-ahead log into the database file and empty it,
         so that the file alone holds every page (to damage it on purpose)."""
-        self._database.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        self._database.checkpoint()
 
     def seed(self, entries: Iterable[SeedInstance]) -> int:
         """For tests and benchmarks: write instances with their deliveries, in any state and
@@ -154,6 +154,7 @@ class Diagnostics:
                 "INSERT INTO deliveries(instance_id, endpoint, role, state, attempts,"
                 " last_error, next_attempt_at, created_at, updated_at, delivered_at)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?)", deliveries)
+            self._database.ids_written(connection, "instances")
         return len(entries)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 
 
 @database_errors_as_ledger_errors
 class EventLog:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def add_event(self, kind: str, endpoint: str | None, detail: str,

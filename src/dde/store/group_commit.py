@@ -11,18 +11,17 @@ serves the others for long.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from dde.store.database import Database
+from dde.store.database import Backend, Connection
 
 T = TypeVar("T")
 
 
 class _Writer(Generic[T]):
-    def __init__(self, work: Callable[[sqlite3.Connection], T]) -> None:
+    def __init__(self, work: Callable[[Connection], T]) -> None:
         self.work = work
         self.done = threading.Event()
         self.leads = False
@@ -36,7 +35,7 @@ class _Writer(Generic[T]):
 
 
 class GroupCommit:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
         self._lock = threading.Lock()
         self._waiting: list[_Writer[object]] = []
@@ -44,7 +43,7 @@ class GroupCommit:
         self.transactions = 0
         """Transactions committed or tried (tests and metrics compare it with writers)."""
 
-    def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction shared with the writers waiting now; return
         its result once that transaction is committed (or raise what it raised)."""
         writer: _Writer[T] = _Writer(work)

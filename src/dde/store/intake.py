@@ -7,11 +7,10 @@ The store knows a decision only by the shape of :class:`Placement`.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
 from dde.store.group_commit import GroupCommit
 from dde.store.records import NewInstance
 
@@ -37,7 +36,7 @@ P = TypeVar("P", bound=Placement)
 class IngestView:
     """Pins and queue depths as one connection sees them (a routing ``PinView``)."""
 
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: Connection) -> None:
         self._connection = connection
 
     def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
@@ -57,7 +56,7 @@ class IngestView:
         return queued_counts(self._connection)
 
 
-def queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
+def queued_counts(connection: Connection) -> dict[str, int]:
     """Pending deliveries per endpoint."""
     rows = connection.execute(
         "SELECT endpoint, COUNT(*) FROM deliveries WHERE state = 'pending' GROUP BY endpoint"
@@ -67,7 +66,7 @@ def queued_counts(connection: sqlite3.Connection) -> dict[str, int]:
 
 @database_errors_as_ledger_errors
 class IngestRecords:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
         self._group = GroupCommit(database)
 
@@ -82,20 +81,21 @@ class IngestRecords:
         return self._group.run(lambda connection: self._write(connection, instance, decide))
 
     @staticmethod
-    def _write(connection: sqlite3.Connection, instance: NewInstance,
+    def _write(connection: Connection, instance: NewInstance,
                decide: Callable[[IngestView], P]) -> tuple[int, P]:
         route = decide(IngestView(connection))
         for pin in route.all_pins():
             connection.execute(
-                "INSERT OR REPLACE INTO study_pins"
-                "(study_instance_uid, endpoint, grp, pinned_at) VALUES (?, ?, ?, ?)",
+                "INSERT INTO study_pins(study_instance_uid, endpoint, grp, pinned_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT(study_instance_uid, grp)"
+                " DO UPDATE SET endpoint = excluded.endpoint, pinned_at = excluded.pinned_at",
                 (*pin, instance.received_at),
             )
-        cursor = connection.execute(
+        row = connection.execute(
             "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
             " study_instance_uid, series_instance_uid, patient_id, accession_number,"
             " modality, calling_aet, called_aet, source_ip, rule, size, spool_path,"
-            " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (
                 instance.sop_instance_uid, instance.sop_class_uid,
                 instance.transfer_syntax_uid, instance.study_instance_uid,
@@ -104,8 +104,8 @@ class IngestRecords:
                 instance.called_aet, instance.source_ip, route.rule, instance.size,
                 instance.spool_path, instance.received_at,
             ),
-        )
-        instance_id = int(cursor.lastrowid or 0)
+        ).fetchone()
+        instance_id = int(row[0])
         now = instance.received_at
         connection.executemany(
             "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dde.store.database import Database
+from dde.config import StoreBackend, StoreSettings
+from dde.store.database import Backend, Database
 from dde.store.diagnostics import Diagnostics
 from dde.store.events import EventLog
 from dde.store.intake import IngestRecords
@@ -32,10 +33,21 @@ from dde.store.status_board import EndpointStatusBoard
 
 
 class Ledger:
-    def __init__(self, path: Path, open_timeout: float = 5.0) -> None:
-        """Open (or create) the ledger; see :class:`~dde.store.database.Database`."""
-        self.path = path
-        self.database = Database(path, open_timeout)
+    def __init__(self, path: Path | None = None, open_timeout: float = 5.0, *,
+                 url: str | None = None) -> None:
+        """Open (or create) the ledger: the SQLite file at ``path`` (see
+        :class:`~dde.store.database.Database`), or the PostgreSQL database at ``url`` (see
+        :class:`~dde.store.postgres.PostgresDatabase`)."""
+        self.database: Backend
+        if url is not None:
+            from dde.store.postgres import PostgresDatabase  # psycopg only when asked for
+
+            self.database = PostgresDatabase(url)
+        elif path is not None:
+            self.database = Database(path, open_timeout)
+        else:
+            raise ValueError("a ledger needs a path (SQLite) or a url (PostgreSQL)")
+        self.path = self.database.path
         self.intake = IngestRecords(self.database)
         self.queue = DeliveryQueue(self.database)
         self.spool_index = SpoolIndex(self.database)
@@ -47,3 +59,11 @@ class Ledger:
 
     def close(self) -> None:
         self.database.close()
+
+
+def open_ledger(store: StoreSettings, sqlite_path: Path, open_timeout: float = 5.0) -> Ledger:
+    """The ledger ``store`` names: PostgreSQL at ``store.url``, or SQLite at ``sqlite_path``
+    (the state folder's)."""
+    if store.backend is StoreBackend.POSTGRESQL:
+        return Ledger(url=store.url)
+    return Ledger(sqlite_path, open_timeout)

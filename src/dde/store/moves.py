@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import time
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 
 
 @database_errors_as_ledger_errors
 class StudyMoves:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def pinned_studies_with_pending(self, endpoint: str) -> list[tuple[str, str]]:
@@ -44,7 +44,7 @@ class StudyMoves:
                 (target, now, now, f"moved from {source}: {reason}", source,
                  study_instance_uid, target),
             )
-            moved = cursor.rowcount
+            moved = int(cursor.rowcount)
             connection.execute(
                 "UPDATE study_pins SET endpoint = ?, pinned_at = ?"
                 " WHERE study_instance_uid = ? AND endpoint = ?",
@@ -68,7 +68,7 @@ class StudyMoves:
                 "   WHERE o.instance_id = deliveries.instance_id AND o.endpoint = ?)",
                 (target, now, now, f"redirected from {source}: {reason}", source, target),
             )
-            moved = cursor.rowcount
+            moved = int(cursor.rowcount)
             # an instance that already has a delivery to the target needs no second one
             connection.execute(
                 "DELETE FROM deliveries WHERE endpoint = ? AND state IN ('pending', 'failed')",

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 from dde.store.intake import IngestView
 from dde.store.records import (
     DeliveryRecord,
@@ -20,7 +20,7 @@ from dde.store.states import DeliveryState
 
 @database_errors_as_ledger_errors
 class OperatorQueries:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def where(self, sop_instance_uid: str) -> list[InstanceRecord]:
@@ -174,7 +174,7 @@ class OperatorQueries:
                 " updated_at = ? WHERE state = 'failed'",
                 (now, now),
             )
-            return cursor.rowcount
+            return int(cursor.rowcount)
 
     def waiting_for(self, sop_instance_uid: str, endpoint: str) -> bool:
         """Is a delivery of this instance to ``endpoint`` still pending?"""

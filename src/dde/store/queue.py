@@ -7,19 +7,19 @@ Several workers deliver to one endpoint: each *claims* the deliveries it is abou
 (a lease with an owner and an expiry, in ``delivery_claims``), so two workers never hold
 the same delivery. A claim ends with the outcome, with :meth:`DeliveryQueue.release`, when
 it expires, or at once for all on :meth:`DeliveryQueue.release_all_claims` (the dispatcher's
-start: after a crash no claim blocks anything). (A PostgreSQL backend would claim with
-``SELECT … FOR UPDATE SKIP LOCKED`` and the same lease columns.) A delivery the destination
-never answered is *suspect* (``delivery_suspects``): it is claimed only by the endpoint's
-suspect lane, one at a time, until it is delivered.
+start: after a crash no claim blocks anything). Claims, renewals, releases and outcomes are
+committed without waiting for the disk (``durable=False``): a lost one only means a second
+send, and the spool janitor's durable commit comes before any file is removed. A delivery
+the destination never answered is *suspect* (``delivery_suspects``): it is claimed only by
+the endpoint's suspect lane, one at a time, until it is delivered.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 from dde.store.intake import queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
@@ -32,7 +32,7 @@ _QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
 
 @database_errors_as_ledger_errors
 class DeliveryQueue:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
@@ -64,29 +64,19 @@ class DeliveryQueue:
         # A plain read first: an idle worker's look never takes the write lock.
         if not self._database.connection().execute(query, parameters).fetchone():
             return []
-        with self._unsynced(), self._database.transaction() as connection:
+        with self._database.transaction(durable=False) as connection:
             rows = connection.execute(query, parameters).fetchall()
             connection.executemany(
-                "INSERT OR REPLACE INTO delivery_claims(delivery_id, owner, expires_at)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO delivery_claims(delivery_id, owner, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT(delivery_id) DO UPDATE SET owner = excluded.owner,"
+                " expires_at = excluded.expires_at",
                 [(row[0], owner, now + lease) for row in rows],
             )
         return [QueuedDelivery(*row) for row in rows]
 
-    @contextlib.contextmanager
-    def _unsynced(self) -> Iterator[None]:
-        """A claim need not survive a power cut (a restart clears them all): its commit
-        skips the WAL fsync; the next outcome's commit makes it durable anyway."""
-        connection = self._database.connection()
-        connection.execute("PRAGMA synchronous=NORMAL")
-        try:
-            yield
-        finally:
-            connection.execute("PRAGMA synchronous=FULL")
-
     def renew(self, owner: str, delivery_ids: Iterable[int], until: float) -> None:
         """Extend ``owner``'s claims on ``delivery_ids`` until ``until``."""
-        with self._unsynced(), self._database.transaction() as connection:
+        with self._database.transaction(durable=False) as connection:
             connection.executemany(
                 "UPDATE delivery_claims SET expires_at = ? WHERE delivery_id = ? AND owner = ?",
                 [(until, i, owner) for i in delivery_ids],
@@ -95,7 +85,7 @@ class DeliveryQueue:
     def release(self, owner: str, delivery_ids: Iterable[int] | None = None) -> None:
         """End ``owner``'s claims (on ``delivery_ids``, or all of them): others may take
         those deliveries at once."""
-        with self._unsynced(), self._database.transaction() as connection:
+        with self._database.transaction(durable=False) as connection:
             if delivery_ids is None:
                 connection.execute("DELETE FROM delivery_claims WHERE owner = ?", (owner,))
             else:
@@ -114,7 +104,7 @@ class DeliveryQueue:
         rows = self._database.connection().execute(
             "SELECT c.delivery_id, c.owner FROM delivery_claims c"
             " JOIN deliveries d ON d.id = c.delivery_id"
-            " WHERE (? IS NULL OR d.endpoint = ?) AND c.expires_at > ?",
+            " WHERE (CAST(? AS TEXT) IS NULL OR d.endpoint = ?) AND c.expires_at > ?",
             (endpoint, endpoint, time.time()),
         ).fetchall()
         return {int(delivery_id): str(owner) for delivery_id, owner in rows}
@@ -124,7 +114,7 @@ class DeliveryQueue:
         rows = self._database.connection().execute(
             "SELECT s.delivery_id, s.reason FROM delivery_suspects s"
             " JOIN deliveries d ON d.id = s.delivery_id"
-            " WHERE (? IS NULL OR d.endpoint = ?) AND d.state != 'delivered'",
+            " WHERE (CAST(? AS TEXT) IS NULL OR d.endpoint = ?) AND d.state != 'delivered'",
             (endpoint, endpoint),
         ).fetchall()
         return {int(delivery_id): reason for delivery_id, reason in rows}
@@ -154,7 +144,7 @@ class DeliveryQueue:
         # on it before a synced commit: the janitor commits its spool-removal marks with
         # the WAL's fsync (which makes every earlier commit durable) before it unlinks a
         # delivered instance's file.
-        with self._unsynced(), self._database.transaction() as connection:
+        with self._database.transaction(durable=False) as connection:
             for outcome in outcomes:
                 row = connection.execute(
                     "SELECT state FROM deliveries WHERE id = ?", (outcome.delivery_id,)
@@ -180,10 +170,10 @@ class DeliveryQueue:
                 )
                 if outcome.suspect:
                     connection.execute(
-                        "INSERT OR REPLACE INTO delivery_suspects(delivery_id, since, reason)"
-                        " VALUES (?, COALESCE((SELECT since FROM delivery_suspects"
-                        " WHERE delivery_id = ?), ?), ?)",
-                        (outcome.delivery_id, outcome.delivery_id, now, outcome.error),
+                        "INSERT INTO delivery_suspects(delivery_id, since, reason)"
+                        " VALUES (?, ?, ?) ON CONFLICT(delivery_id)"
+                        " DO UPDATE SET reason = excluded.reason",
+                        (outcome.delivery_id, now, outcome.error),
                     )
                 elif outcome.state is DeliveryState.DELIVERED:
                     connection.execute("DELETE FROM delivery_suspects WHERE delivery_id = ?",

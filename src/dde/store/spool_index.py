@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 
 _ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
                   " AND (d.state != 'delivered' OR d.delivered_at > ?))")
@@ -13,7 +13,7 @@ _ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = 
 
 @database_errors_as_ledger_errors
 class SpoolIndex:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def releasable_spool_files(self, older_than: float, limit: int = 500,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dde.store.database import Database, database_errors_as_ledger_errors
+from dde.store.database import Backend, database_errors_as_ledger_errors
 
 STATUS_FRESH_SECONDS = 30.0
 
@@ -52,7 +52,7 @@ UNKNOWN = EndpointStatus("unknown", None, None, None, None, 0.0)
 
 @database_errors_as_ledger_errors
 class EndpointStatusBoard:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Backend) -> None:
         self._database = database
 
     def publish(self, rows: Sequence[PublishedStatus]) -> None:
