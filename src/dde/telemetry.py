@@ -25,5 +25,9 @@ class Telemetry:
     def delivery_failed(self, endpoint: str) -> None:
         """A delivery to ``endpoint`` gave up (failed state: no more automatic retries)."""
 
+    def deliveries_taken_over(self, endpoint: str, count: int) -> None:
+        """``count`` deliveries to ``endpoint`` were claimed after another worker's lease
+        expired (a node died while holding them): each may be sent a second time."""
+
 
 NULL_TELEMETRY = Telemetry()

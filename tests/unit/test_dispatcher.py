@@ -56,8 +56,10 @@ class WatchedQueue(DeliveryQueue):
         self.found_empty = threading.Event()
 
     def claim(self, endpoint: str, owner: str, now: float, limit: int, lease: float, *,
-              suspects: bool = False) -> list[QueuedDelivery]:
-        due = super().claim(endpoint, owner, now, limit, lease, suspects=suspects)
+              suspects: bool = False,
+              taken_over: list[int] | None = None) -> list[QueuedDelivery]:
+        due = super().claim(endpoint, owner, now, limit, lease, suspects=suspects,
+                            taken_over=taken_over)
         if not due and not suspects:
             self.found_empty.set()
         return due

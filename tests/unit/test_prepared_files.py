@@ -200,3 +200,31 @@ def test_a_shared_spools_cap_counts_a_prepared_file_once(
     finally:
         spool.prepared.stop()
     assert len(adopted) == 4
+
+
+def test_nodes_sharing_a_spool_folder_clean_up_only_their_own_files(tmp_path: Path) -> None:
+    """Two nodes on one spool folder: each names its files after itself and has its own
+    incoming folder; the clean-ups at its start (partial writes, files the ledger does not
+    know) leave the other node's files alone, in flight or not."""
+    raw = part10()
+    root = tmp_path / "shared"
+    one, two = Spool(root, node="node1"), Spool(root, node="node2")
+    written = [one.write(b"", raw), two.write(b"", raw)]
+    for spool in (one, two):
+        spool.incoming_dir.mkdir()
+        (spool.incoming_dir / "streaming.dcm").write_bytes(raw)
+        (root / "ab").mkdir(exist_ok=True)
+        (root / "ab" / f"{spool.node}-cut.part").write_bytes(raw[:10])
+    prepared = PreparedFiles(root, two.incoming_dir, "node2-")._batch()
+
+    assert one.incoming_dir != two.incoming_dir
+    assert [Path(w.relative_path).name.split("-")[0] for w in written] == ["node1", "node2"]
+    assert all(p.name.startswith("node2-") for p in prepared)
+    assert one.discard_partials() == 2  # its .part and its incoming file
+    assert one.sweep_unrecorded(set()) == 1  # its own spool file (not in this empty ledger)
+
+    assert (root / "ab" / "node2-cut.part").exists()
+    assert (two.incoming_dir / "streaming.dcm").exists()
+    assert two.path_of(written[1].relative_path).exists()
+    assert all(p.exists() for p in prepared)
+    assert two.sweep_unrecorded({written[1].relative_path}) == len(prepared)

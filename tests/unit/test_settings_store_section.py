@@ -54,3 +54,16 @@ def test_a_postgresql_store_opens_that_database(postgres_server: object) -> None
     finally:
         ledger.close()
         postgres_server.drop_database(url)
+
+
+def test_a_node_is_named_only_when_the_ledger_is_shared(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dde.runtime.core import node_name
+
+    monkeypatch.setattr("dde.runtime.core.socket.gethostname", lambda: "pacs-router.example")
+    shared = {"backend": "postgresql", "url": "postgresql://db/dde"}
+
+    assert node_name(parse_settings({})) == ""  # SQLite: one node by construction
+    assert node_name(parse_settings({"store": shared})) == "pacs_router.example"
+    assert node_name(parse_settings({"store": {**shared, "node": "node2"}})) == "node2"
+    with pytest.raises(ConfigError, match="node"):
+        parse_settings({"store": {**shared, "node": "two words"}})

@@ -207,3 +207,31 @@ def test_outcomes_skip_the_fsync_but_spool_removal_marks_never_do(sqlite_ledger:
     assert outcome_statements[-1] == "PRAGMA synchronous=FULL"  # put back after the commit
     assert not any("synchronous=NORMAL" in s for s in mark_statements)
     assert synchronous == 2  # FULL for every other write of this connection
+
+
+def test_a_node_clears_only_its_own_claims_at_start(ledger: Ledger) -> None:
+    """Nodes sharing a ledger: a node starting again forgets the claims of its earlier run,
+    never those of another node that is working."""
+    ids = queue_of(ledger, 4)
+    now = time.time() + 1
+    mine = ledger.queue.claim("A", "node1/A/1/old", now, 2, LEASE)
+    theirs = ledger.queue.claim("A", "node2/A/1/x", now, 2, LEASE)
+
+    assert ledger.queue.release_claims_of_node("node1") == 2
+
+    assert ledger.queue.claims("A") == dict.fromkeys([d.id for d in theirs], "node2/A/1/x")
+    assert {d.id for d in mine} | {d.id for d in theirs} == set(ids)
+    assert ledger.queue.release_claims_of_node("node_") == 0  # no wildcard in a node name
+
+
+def test_a_claim_whose_lease_expired_is_taken_over_and_said_so(ledger: Ledger) -> None:
+    ids = queue_of(ledger, 3)
+    now = time.time() + 1
+    ledger.queue.claim("A", "node1/A/1/x", now, 2, lease=1.0)  # node1 then dies
+    taken: list[int] = []
+
+    later = ledger.queue.claim("A", "node2/A/1/y", now + 5, 3, LEASE, taken_over=taken)
+
+    assert [d.id for d in later] == ids
+    assert sorted(taken) == ids[:2]  # the third was never claimed: not a take-over
+    assert ledger.queue.claims("A") == dict.fromkeys(ids, "node2/A/1/y")

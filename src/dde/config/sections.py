@@ -116,6 +116,9 @@ class DeliverySettings(_Strict):
     response_timeout_seconds: float = Field(default=20.0, gt=0)
     """A C-STORE with no response this long makes its delivery suspect: retried alone, on
     its own association and schedule, while the queue goes on over a fresh association."""
+    lease_seconds: float = Field(default=60.0, ge=2.0)
+    """How long a claimed delivery is a worker's (renewed while it sends): when a node dies,
+    another node sends its claimed deliveries once their lease has expired."""
 
 
 class HealthSettings(_Strict):
@@ -154,6 +157,9 @@ class StoreSettings(_Strict):
     """The ledger's database: SQLite in the state folder (default) or PostgreSQL."""
 
     backend: StoreBackend = StoreBackend.SQLITE
+    node: str = Field(default="", pattern=r"^[A-Za-z0-9_.]{0,32}$")
+    """This router's name among the nodes sharing a PostgreSQL ledger (its delivery claims and
+    its spool files carry it); empty: the host name. Each node needs its own."""
     url: str | None = None
     """``postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`` (libpq's URL form) for the
     postgresql backend; ``DDE_STORE_URL`` overrides it (keeps a password out of dde.yaml)."""
@@ -176,6 +182,9 @@ class SpoolSettings(_Strict):
     """How long a spool file is kept once every delivery of it is delivered."""
     max_bytes: int = Field(default=0, ge=0)
     """Most bytes the spool may hold (0: no cap); beyond it C-STOREs get 0xA700."""
+    folder: str = ""
+    """The spool's folder; empty: ``spool`` in the state folder. Nodes sharing a PostgreSQL
+    ledger share this folder (a shared volume), each instance's file readable by all."""
     min_free_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
     """Free space that must remain on the spool's file system (0: no check); below it
     C-STOREs get 0xA700. Either limit lifts by itself as delivered files are removed."""

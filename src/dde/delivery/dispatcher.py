@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dde.config import EndpointSettings, EndpointState
 from dde.delivery.crew import EndpointCrew
 from dde.delivery.retry import RetryPolicy
+from dde.delivery.worker import LEASE_SECONDS
 from dde.delivery.worker import EndpointWorker as EndpointWorker
 from dde.delivery.worker import lower_thread_priority as lower_thread_priority
 from dde.endpoints.health import HealthMonitor
@@ -51,9 +52,13 @@ class Dispatcher:
                  sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
                  poll: float, retention: float, health: HealthMonitor | None = None,
                  telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0,
-                 associations: int = 1) -> None:
+                 associations: int = 1, node: str = "", lease: float = LEASE_SECONDS) -> None:
         """``nice``: how much lower the workers' CPU priority is than the receiver's;
-        ``associations``: workers per endpoint unless the endpoint sets its own."""
+        ``associations``: workers per endpoint unless the endpoint sets its own; ``node``:
+        this router's name when several share the ledger (its workers' claims carry it; at
+        start only its own are cleared); ``lease``: how long a claim lasts unrenewed."""
+        self._node = node
+        self._lease = lease
         self._nice = nice
         self._associations = associations
         self._health = health
@@ -83,7 +88,8 @@ class Dispatcher:
 
     def start(self, endpoints: Iterable[EndpointSettings]) -> None:
         self._started = True
-        cleared = self._ledger.queue.release_all_claims()  # no worker runs yet
+        cleared = (self._ledger.queue.release_claims_of_node(self._node) if self._node
+                   else self._ledger.queue.release_all_claims())  # none of ours runs yet
         if cleared:
             log.info("%d delivery claims left by the last run cleared", cleared)
         self.sync(endpoints)
@@ -137,6 +143,7 @@ class Dispatcher:
                 batch_size=self._batch_size, idle_release=self._idle_release,
                 poll=self._poll, on_delivered=self._janitor_wake.set, health=self._health,
                 telemetry=self._telemetry, nice=self._nice, suspects=suspects, index=index,
+                lease=self._lease, node=self._node,
             )
 
         def make_sender() -> Sender:

@@ -66,9 +66,11 @@ class EndpointWorker:
                  health: HealthMonitor | None = None,
                  telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0,
                  suspects: bool = False, index: int = 0,
-                 lease: float = LEASE_SECONDS, gather: float = GATHER_SECONDS) -> None:
+                 lease: float = LEASE_SECONDS, gather: float = GATHER_SECONDS,
+                 node: str = "") -> None:
         """``suspects``: this worker is the endpoint's suspect lane. ``index`` tells the
-        workers of one endpoint apart (thread names, logs)."""
+        workers of one endpoint apart (thread names, logs). ``node``: the router node's
+        name, the first part of this worker's claim owner (nodes sharing a ledger)."""
         self.endpoint = endpoint
         self._nice = nice
         self._health = health
@@ -86,7 +88,8 @@ class EndpointWorker:
         self._suspects = suspects
         self._lease = lease
         self._gather = gather
-        self.owner = f"{self.name}/{'suspects' if suspects else index + 1}/{uuid.uuid4().hex}"
+        self.owner = (f"{node + '/' if node else ''}{self.name}/"
+                      f"{'suspects' if suspects else index + 1}/{uuid.uuid4().hex}")
         self._wake = threading.Event()
         self._recovered = threading.Event()
         self._stop = threading.Event()
@@ -196,10 +199,16 @@ class EndpointWorker:
     def _one_batch(self) -> bool:
         now = time.time()
         limit = 1 if self._suspects else self._batch_size
+        taken_over: list[int] = []
         batch = self._ledger.queue.claim(self.name, self.owner, now, limit, self._lease,
-                                         suspects=self._suspects)
+                                         suspects=self._suspects, taken_over=taken_over)
         if not batch:
             return False
+        if taken_over:
+            log.warning("%s: %d deliveries claimed after another worker's lease expired "
+                        "(its node stopped?): they may reach the destination twice",
+                        self.name, len(taken_over))
+            self._telemetry.deliveries_taken_over(self.name, len(taken_over))
         settled: set[int] = set()
         try:
             return self._deliver(batch, now + self._lease, settled)

@@ -15,9 +15,12 @@ effect at the next start.
 from __future__ import annotations
 
 import logging
+import re
+import socket
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from dde.config import Settings
+from dde.config import Settings, StoreBackend
 from dde.config_store import ConfigStore, ConfigWatch
 from dde.receiving.ingest import IngestPipeline
 from dde.routing.published import PublishedEndpoints
@@ -52,6 +55,15 @@ def _ignore_commit(destinations: Iterable[str]) -> None:
     """A tool's commits need no wake-up: the running router polls its queues."""
 
 
+def node_name(settings: Settings) -> str:
+    """This router's name among nodes sharing a PostgreSQL ledger (``store.node``, else the
+    host name made safe); empty for SQLite (one node by construction)."""
+    if settings.store.backend is not StoreBackend.POSTGRESQL:
+        return ""
+    name = settings.store.node or re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+    return name[:32] or "node"
+
+
 class RouterCore:
     def __init__(self, home_config: ConfigStore, settings: Settings, ruleset: RuleSet, *,
                  health: HealthView | None = None, loads: LoadView | None = None,
@@ -66,8 +78,10 @@ class RouterCore:
         self.ruleset = ruleset
         self._watch = ConfigWatch(home_config)
         self.ledger = open_ledger(settings.store, self.home.database)
-        self.spool = Spool(self.home.spool_dir, settings.spool.max_bytes,
-                           settings.spool.min_free_bytes, shared=shared_spool)
+        self.node = node_name(settings)
+        folder = Path(settings.spool.folder) if settings.spool.folder else self.home.spool_dir
+        self.spool = Spool(folder, settings.spool.max_bytes, settings.spool.min_free_bytes,
+                           shared=shared_spool or bool(self.node), node=self.node)
         self.published: PublishedEndpoints | None = None
         if health is None or loads is None:
             published = PublishedEndpoints(self.ledger.status_board,

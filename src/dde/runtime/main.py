@@ -80,7 +80,7 @@ class RouterApp:
         self.dispatcher = Dispatcher(
             self.ledger, self.spool, _retry_policy(settings.delivery), self.loads,
             self._sender_for, **_dispatch_options(settings), health=self.health,
-            telemetry=telemetry,
+            telemetry=telemetry, node=self.core.node, lease=settings.delivery.lease_seconds,
         )
         self.core.listeners.append(self._apply_here)
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)

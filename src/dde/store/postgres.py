@@ -34,6 +34,10 @@ WRITER_LOCK = 0x4444_4501
 CONNECT_TIMEOUT_SECONDS = 5
 STATEMENT_TIMEOUT_MS = 30_000
 """A statement (a lock wait included) that takes longer fails, as SQLite's busy timeout."""
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+"""A session that keeps a transaction open without a statement this long is ended by the
+server, its writer lock with it: a node that hangs inside a transaction (frozen, paused,
+cut off) holds the other nodes' writes for at most this long."""
 
 
 def display_url(url: str) -> str:
@@ -100,7 +104,9 @@ class PostgresDatabase:
         try:
             raw = psycopg.connect(self.url, autocommit=True,
                                   connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                                  options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+                                  options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}"
+                                  " -c idle_in_transaction_session_timeout="
+                                  f"{IDLE_IN_TRANSACTION_TIMEOUT_MS}")
         except psycopg.Error as exc:
             raise LedgerError(f"{self.path}: cannot connect: {_first_line(exc)}") from exc
         return self._connections.adopt(PgConnection(raw))

@@ -43,9 +43,11 @@ def fsync_folder(path: Path) -> None:
 class PreparedFiles:
     """A supply of empty, durably named files under ``root``'s two-hex-digit folders."""
 
-    def __init__(self, root: Path, fallback: Path) -> None:
+    def __init__(self, root: Path, fallback: Path, tag: str = "") -> None:
+        """``tag``: what every name starts with (the node's, when nodes share the spool)."""
         self.root = root
         self.fallback = fallback
+        self._tag = tag
         self._ready: collections.deque[Path] = collections.deque()
         self._wanted = threading.Event()
         self._stopped = threading.Event()
@@ -121,7 +123,7 @@ class PreparedFiles:
         made: list[Path] = []
         try:
             for _ in range(BATCH):
-                path = folder / f"{prefix}{uuid.uuid4().hex[2:]}.dcm"
+                path = folder / f"{self._tag}{prefix}{uuid.uuid4().hex[2:]}.dcm"
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 made.append(path)
             fsync_folder(folder)

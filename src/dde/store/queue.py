@@ -45,9 +45,12 @@ class DeliveryQueue:
         return [QueuedDelivery(*row) for row in rows]
 
     def claim(self, endpoint: str, owner: str, now: float, limit: int, lease: float, *,
-              suspects: bool = False) -> list[QueuedDelivery]:
+              suspects: bool = False,
+              taken_over: list[int] | None = None) -> list[QueuedDelivery]:
         """Claim up to ``limit`` due deliveries of ``endpoint`` no one else holds, for
-        ``lease`` seconds: the plain ones in queue order, or (``suspects``) the suspect ones."""
+        ``lease`` seconds: the plain ones in queue order, or (``suspects``) the suspect ones.
+        ``taken_over`` gets the ids of those whose previous claim (another owner's) had
+        expired rather than ended: a node died holding them, so they may be sent twice."""
         if suspects:
             source = ("FROM delivery_suspects s JOIN deliveries d ON d.id = s.delivery_id"
                       " JOIN instances i ON i.id = d.instance_id WHERE")
@@ -66,6 +69,11 @@ class DeliveryQueue:
             return []
         with self._database.transaction(durable=False) as connection:
             rows = connection.execute(query, parameters).fetchall()
+            if taken_over is not None:
+                taken_over.extend(
+                    int(row[0]) for row in rows if connection.execute(
+                        "SELECT 1 FROM delivery_claims WHERE delivery_id = ? AND owner != ?",
+                        (row[0], owner)).fetchone())
             connection.executemany(
                 "INSERT INTO delivery_claims(delivery_id, owner, expires_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(delivery_id) DO UPDATE SET owner = excluded.owner,"
@@ -98,6 +106,15 @@ class DeliveryQueue:
         """Forget every claim (no worker runs yet: a crash left them); how many."""
         with self._database.transaction() as connection:
             return int(connection.execute("DELETE FROM delivery_claims").rowcount)
+
+    def release_claims_of_node(self, node: str) -> int:
+        """Forget the claims of ``node``'s workers (its earlier run: none of them runs
+        now), leaving other nodes' alone; how many."""
+        prefix = f"{node}/"
+        with self._database.transaction() as connection:
+            return int(connection.execute(
+                "DELETE FROM delivery_claims WHERE substr(owner, 1, ?) = ?",
+                (len(prefix), prefix)).rowcount)
 
     def claims(self, endpoint: str | None = None) -> dict[int, str]:
         """{delivery id: owner} of the claims held now (of ``endpoint``'s deliveries)."""

@@ -74,11 +74,15 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
 class Spool:
     def __init__(self, root: Path, max_bytes: int = 0, min_free_bytes: int = 0,
                  statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
-                 shared: bool = False) -> None:
+                 shared: bool = False, node: str = "") -> None:
         """``max_bytes`` 0: no cap; ``min_free_bytes`` 0: no free-space check. ``shared``:
         other processes write and remove spool files too, so the total is counted again
         from the files before a write is refused for the cap, and when the last count is
-        older than :data:`RECOUNT_SECONDS`."""
+        older than :data:`RECOUNT_SECONDS`. ``node``: this router's name when several
+        nodes share the folder: its files' names start with it, it has its own incoming
+        folder, and its clean-ups at start touch only its own files."""
+        self.node = node
+        self._tag = f"{node}-" if node else ""
         self.shared = shared
         self._in_flight = 0
         self._counted_at = time.monotonic()
@@ -92,7 +96,7 @@ class Spool:
         self._known_dirs: set[str] = set()
         self._lock = threading.Lock()
         self._used = self._scan()
-        self.prepared = PreparedFiles(self.root, self.incoming_dir)
+        self.prepared = PreparedFiles(self.root, self.incoming_dir, self._tag)
 
     @property
     def used_bytes_cached(self) -> int:
@@ -112,7 +116,7 @@ class Spool:
     def _scan(self) -> int:
         total = 0
         for path in self.root.glob("*/*.dcm"):
-            if path.parent.name == INCOMING:
+            if path.parent.name.startswith(INCOMING):
                 continue
             try:
                 total += path.stat().st_size
@@ -164,8 +168,7 @@ class Spool:
         (:class:`SpoolFull` when there is no room for it)."""
         size = len(file_meta) + len(dataset)
         self._reserve(size)
-        name = uuid.uuid4().hex
-        folder = name[:2]
+        folder, name = self._new_name()
         directory = self.root / folder
         final = directory / f"{name}.dcm"
         part = directory / f"{name}.part"
@@ -196,7 +199,16 @@ class Spool:
     def incoming_dir(self) -> Path:
         """Where the receiver writes datasets as they arrive (same file system as the
         spool, so :meth:`adopt` is a rename)."""
-        return self.root / INCOMING
+        return self.root / (f"{INCOMING}-{self.node}" if self.node else INCOMING)
+
+    def _new_name(self) -> tuple[str, str]:
+        """A new spool file's folder and name (without suffix)."""
+        name = uuid.uuid4().hex
+        return name[:2], f"{self._tag}{name}"
+
+    def _own(self, path: Path) -> bool:
+        """Whether ``path`` is this node's (every file is, without a node name)."""
+        return path.name.startswith(self._tag)
 
     def adopt(self, received: Path) -> SpooledFile:
         """Make a complete Part-10 file written by the receiver a spool file: a prepared
@@ -212,8 +224,7 @@ class Spool:
         self._reserve(size, written=received if in_place else None)
         if in_place:
             return self._adopt_in_place(received, size)
-        name = uuid.uuid4().hex
-        folder = name[:2]
+        folder, name = self._new_name()
         directory = self.root / folder
         final = directory / f"{name}.dcm"
         try:
@@ -257,7 +268,7 @@ class Spool:
         stopped. Only while no receiver runs; return how many were removed."""
         removed = 0
         for path in self.root.glob("*/*.dcm"):
-            if path.parent.name == INCOMING:
+            if path.parent.name.startswith(INCOMING) or not self._own(path):
                 continue
             if f"{path.parent.name}/{path.name}" in recorded:
                 continue
@@ -307,6 +318,8 @@ class Spool:
         acknowledged. Only while no receiver process runs."""
         removed = 0
         for part in [*self.root.glob("*/*.part"), *self.incoming_dir.glob("*")]:
+            if not self._own(part) and part.parent != self.incoming_dir:
+                continue  # another node's write in progress
             part.unlink(missing_ok=True)
             removed += 1
         return removed

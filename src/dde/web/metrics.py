@@ -63,6 +63,10 @@ class WebMetrics(Telemetry):
         self.delivery_latency = Histogram(
             "dde_delivery_latency_seconds", "From receipt to delivery, per endpoint.",
             ["endpoint"], buckets=DELIVERY_BUCKETS, registry=r)
+        self.taken_over = Counter(
+            "dde_lease_takeovers", "Deliveries claimed after another node's lease expired "
+            "(that node died holding them): each may have been sent twice.", ["endpoint"],
+            registry=r)
         for reason in REFUSAL_REASONS:
             self.refused.labels(reason)
 
@@ -84,6 +88,9 @@ class WebMetrics(Telemetry):
     def delivery_failed(self, endpoint: str) -> None:
         self.delivery_failed_total.labels(endpoint).inc()
 
+    def deliveries_taken_over(self, endpoint: str, count: int) -> None:
+        self.taken_over.labels(endpoint).inc(count)
+
     # -- exposition ------------------------------------------------------------------------
     def watch(self, services: WebServices) -> None:
         """Add the scrape-time levels read from ``services``."""
@@ -93,6 +100,7 @@ class WebMetrics(Telemetry):
         for name in endpoints:  # every configured endpoint shows, at 0 before its first event
             self.delivered.labels(name)
             self.delivery_failed_total.labels(name)
+            self.taken_over.labels(name)
         return generate_latest(self.registry)
 
 
