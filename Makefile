@@ -30,6 +30,8 @@ unit: deps
 integration: deps
 	$(BIN)/pytest -m integration
 
+# The nodes case runs PostgreSQL and HAProxy from Debian's packages.
+bench: SYSTEM_PACKAGES += postgresql haproxy
 bench: deps
 	$(BIN)/python benchmarks/throughput.py
 

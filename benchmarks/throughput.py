@@ -27,6 +27,10 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
 * ``cpu``       the 64×64 batch over one association, direct and through the router to
                 a storage and the probe, with the CPU seconds of every process (storescu,
                 the router's main and receiver processes, each Orthanc) per instance
+* ``nodes``     the 64×64 batch from ``--senders`` storescu at once through HAProxy (TCP
+                mode, round robin) to 1, 2 and 3 router nodes sharing one PostgreSQL ledger
+                and one spool folder (``nodes_N_ack``, ``nodes_N_e2e``), beside one node on
+                SQLite and direct (4 senders)
 * ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
                 CT) to the router, once with ``delivery.associations: 1`` and once with the
                 default: the probe's pending deliveries and the spool sampled every
@@ -64,6 +68,7 @@ import httpx
 
 from dde.config import parse_settings
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
+from dde.stack.process import port_in_use
 from dde.store.ledger import Ledger
 from dde.store.records import NewInstance, SeedDelivery, SeedInstance
 from dde.synthetic import write_large_instance, write_series
@@ -72,6 +77,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support.orthanc import RunningOrthanc, free_port, start_orthanc  # noqa: E402
+from tests.support.postgres import (  # noqa: E402
+    PostgresServer,
+    remove_postgres,
+    start_postgres,
+)
 from tests.support.router import (  # noqa: E402
     ROUTER_AET,
     RouterProcess,
@@ -88,7 +98,7 @@ RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
 CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone", "cpu",
-         "sustained")
+         "nodes", "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -764,6 +774,90 @@ def case_latency(folder: Path, data: Data, args: argparse.Namespace) -> dict[str
                         "router_histogram_count": observed}}
 
 
+# -- nodes ------------------------------------------------------------------------------------
+
+NODE_COUNTS = (1, 2, 3)
+HAPROXY = "/usr/sbin/haproxy"
+
+
+def start_haproxy(stack: contextlib.ExitStack, folder: Path, ports: list[int]) -> int:
+    """HAProxy (Debian's) in TCP mode, round robin over ``ports``; the port it listens on."""
+    port = free_port()
+    servers = "".join(f"    server node{n} 127.0.0.1:{p} check inter 1s\n"
+                      for n, p in enumerate(ports, 1))
+    config = folder / "haproxy.cfg"
+    config.write_text(
+        "global\n    maxconn 512\ndefaults\n    mode tcp\n    timeout connect 5s\n"
+        "    timeout client 300s\n    timeout server 300s\n    retries 3\n"
+        "    option redispatch\n"
+        f"frontend dicom\n    bind 127.0.0.1:{port}\n    default_backend routers\n"
+        f"backend routers\n    balance roundrobin\n{servers}")
+    log = (folder / "haproxy.log").open("ab")
+    process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log,
+                               stderr=subprocess.STDOUT, env=SENDER_ENV)
+    log.close()
+    stack.callback(process.wait)
+    stack.callback(process.kill)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"haproxy exited: {(folder / 'haproxy.log').read_text()}")
+        return port_in_use(port) is not None
+
+    wait_for(listening, 10, "haproxy listening")
+    return port
+
+
+def nodes_times(folder: Path, batch: Batch, nodes: int, senders: int,
+                postgres: PostgresServer) -> tuple[float, float]:
+    """``senders`` storescu → HAProxy → ``nodes`` router nodes sharing one PostgreSQL
+    ledger and one spool folder: (seconds until the senders exit, until all arrived)."""
+    with contextlib.ExitStack() as stack:
+        storages = [orthanc(stack, folder, "ORTHANC1"), orthanc(stack, folder, "ORTHANC2")]
+        probe = orthanc(stack, folder, "ORTHANC-PROBE")
+        url = postgres.create_database()
+        stack.callback(postgres.drop_database, url)
+        ports = []
+        for number in range(1, nodes + 1):
+            port, home = free_port(), folder / f"node{number}"
+            write_router_home(home, router_settings(
+                storages, probe, port=port, web={"enabled": False},
+                store={"backend": "postgresql", "url": url, "node": f"node{number}"},
+                spool={"folder": str(folder / "spool")}))
+            router = RouterProcess(home, port, folder / f"node{number}.log")
+            stack.callback(stop_router, router)
+            router.start(timeout=120)
+            ports.append(port)
+        entry = start_haproxy(stack, folder, ports)
+        counter = Counter()
+        stack.callback(counter.close)
+        started = time.perf_counter()
+        ack = send_parallel(batch.shares(senders), entry, ROUTER_AET)
+        wait_for(lambda: (counter.count(probe) >= batch.count
+                          and sum(counter.count(s) for s in storages) >= batch.count),
+                 ARRIVAL_TIMEOUT, f"{batch.count} instances in a storage and the probe")
+        return ack, time.perf_counter() - started
+
+
+def case_nodes(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    """The 64×64 batch from ``--senders`` storescu at once through HAProxy to 1, 2 and 3
+    nodes on PostgreSQL; beside it the same through one node on SQLite, and direct."""
+    postgres = start_postgres()
+    try:
+        times: Times = {}
+        for nodes in NODE_COUNTS:
+            ack, e2e = nodes_times(folder / f"nodes-{nodes}", data.small, nodes,
+                                   args.senders, postgres)
+            times[f"nodes_{nodes}_ack"], times[f"nodes_{nodes}_e2e"] = ack, e2e
+    finally:
+        remove_postgres(postgres)
+    times["small_ack_par"], times["small_e2e_par"] = router_times(
+        folder / "sqlite", data.small, parallel=args.senders)
+    times["small_direct_par"] = direct_time(folder / "direct", data.small,
+                                            parallel=args.senders)
+    return times
+
+
 # -- cpu --------------------------------------------------------------------------------------
 
 
@@ -914,7 +1008,7 @@ def make_data(folder: Path, args: argparse.Namespace, cases: Sequence[str]) -> D
     progress(f"generating {args.instances} CT instances of 512×512")
     ct = Batch(write_series(folder / "ct", args.instances, rows=512, columns=512))
     small = Batch([])
-    if "small" in cases or "alone" in cases or "cpu" in cases:
+    if {"small", "alone", "cpu", "nodes"} & set(cases):
         progress(f"generating {args.small} instances of 64×64")
         small = Batch(write_series(folder / "small", args.small, rows=64, columns=64))
     big = None
@@ -930,7 +1024,7 @@ Case = Callable[[Path, Data, argparse.Namespace], dict[str, Any]]
 CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
-    "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu,
+    "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu, "nodes": case_nodes,
 }
 
 
@@ -986,6 +1080,8 @@ TIMED: dict[str, Timed] = {
     "small_e2e_par": Timed("small", "small_direct_par"),
     "alone_ack": Timed("ct", "direct"),
     "alone_small_ack": Timed("small", "small_direct_1"),
+    **{f"nodes_{n}_{kind}": Timed("small", "small_direct_par")
+       for n in NODE_COUNTS for kind in ("ack", "e2e")},
 }
 
 
