@@ -18,6 +18,7 @@ from dde.delivery.retry import RetryPolicy
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import SendResult, Shipment
 from dde.store.database import Database
+from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.queue import DeliveryQueue
 from dde.store.records import QueuedDelivery
@@ -458,3 +459,32 @@ def test_reconfiguring_a_hanging_endpoint_does_not_block_wake(
     finally:
         release.set()
         reconfigure.join(TIMEOUT)
+
+
+def test_a_worker_outlives_an_unreachable_ledger_and_frees_what_it_held(
+        ledger: Ledger, spool: Spool, workers: list[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger failing anywhere in the worker's loop (its database restarting) pauses
+    delivery; it never ends the worker, and claims the failure left are given back."""
+    queue = ledger.queue
+    real_next_due, real_outcomes = queue.next_due_at, queue.record_outcomes
+    failures = {"next_due_at": 2, "record_outcomes": 1}
+
+    def flaky(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if failures[name] > 0:
+                failures[name] -= 1
+                raise LedgerError("server closed the connection unexpectedly")
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(queue, "next_due_at", flaky("next_due_at", real_next_due))
+    monkeypatch.setattr(queue, "record_outcomes", flaky("record_outcomes", real_outcomes))
+    worker = start_worker(workers, "A", ledger, spool, FakeSender())
+    wait_until(lambda: failures["next_due_at"] == 0, TIMEOUT, "the idle loop failing twice")
+    instance_id, _, _ = spooled(ledger, spool, ["A"])
+
+    wait_until(lambda: delivered(ledger, instance_id, "A"), TIMEOUT,
+               "a delivery after the failures (one outcome lost, the claim given back)")
+    assert worker._thread.is_alive()
+    assert ledger.queue.claims("A") == {}

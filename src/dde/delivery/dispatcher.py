@@ -26,6 +26,7 @@ from dde.delivery.worker import lower_thread_priority as lower_thread_priority
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import Sender
+from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.spool import Spool
 from dde.telemetry import NULL_TELEMETRY, Telemetry
@@ -204,6 +205,8 @@ class Dispatcher:
             try:
                 while self.clean_spool_once():
                     pass
+            except LedgerError as exc:
+                log.warning("spool clean-up failed: %s; will retry", exc)
             except Exception:
                 log.exception("spool clean-up failed; will retry")
             if self._stop.wait(JANITOR_MIN_INTERVAL_SECONDS):  # deliveries wake it often

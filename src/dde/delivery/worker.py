@@ -25,6 +25,7 @@ from dde.delivery.retry import RetryPolicy
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import Sender, SendStatus, Shipment
+from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.spool import Spool
@@ -101,6 +102,9 @@ class EndpointWorker:
         """Claimed deliveries of the batch in hand not yet sent (what a hand-back gives)."""
         self._sending_since: float | None = None
         self._handed_back = False
+        self._idle_since: float | None = None
+        self._claims_owed = False
+        """When the queue was last found empty (the association is released after a while)."""
         self.consecutive_unreachable = 0
         self.last_error: str | None = None
 
@@ -161,40 +165,49 @@ class EndpointWorker:
 
     def _run(self) -> None:
         lower_thread_priority(self._nice)
-        idle_since: float | None = None
         while not self._stop.is_set():
             try:
-                worked = self._one_batch()
+                self._step()
+            except LedgerError as exc:  # the ledger is unreachable (its server restarting…)
+                log.warning("delivery to %s paused: %s; retrying", self.name, exc)
+                self._claims_owed = True  # what it held could not be given back
+                self._sender.release()
+                self._stop.wait(self._policy.backoff(1))
             except Exception:  # a bug must not kill delivery for good: log, back off, retry
                 log.exception("delivery worker for %s failed; retrying", self.name)
                 self._sender.release()
                 self._stop.wait(self._policy.backoff(1))
-                continue
-            if worked:
-                idle_since = None
-                continue
-            now = time.time()
-            if idle_since is None:
-                idle_since = now
-            elif now - idle_since >= self._idle_release:
-                self._sender.release()
-            queue = self._ledger.queue
-            next_due = (queue.next_suspect_due_at(self.name) if self._suspects
-                        else queue.next_due_at(self.name))
-            # Due but not claimable (held by another worker, or suspect): the poll, or a wake.
-            timeout = (self._poll if next_due is None or next_due <= now
-                       else min(self._poll, next_due - now))
-            if idle_since is not None and now - idle_since < self._idle_release:
-                timeout = min(timeout, self._idle_release)
-            woken = self._wake.wait(timeout)
-            self._wake.clear()
-            if woken and self._gather > 0:
-                self._stop.wait(self._gather)
         self._sender.release()
         try:
             self._ledger.queue.release(self.owner)
         except Exception:  # the claims expire anyway, and a restart clears them
             log.debug("claims of %s not released", self.owner, exc_info=True)
+
+    def _step(self) -> None:
+        """One batch, or one wait for work."""
+        if self._claims_owed:  # the ledger is back: free what the failure left claimed
+            self._ledger.queue.release(self.owner)
+            self._claims_owed = False
+        if self._one_batch():
+            self._idle_since = None
+            return
+        now = time.time()
+        if self._idle_since is None:
+            self._idle_since = now
+        elif now - self._idle_since >= self._idle_release:
+            self._sender.release()
+        queue = self._ledger.queue
+        next_due = (queue.next_suspect_due_at(self.name) if self._suspects
+                    else queue.next_due_at(self.name))
+        # Due but not claimable (held by another worker, or suspect): the poll, or a wake.
+        timeout = (self._poll if next_due is None or next_due <= now
+                   else min(self._poll, next_due - now))
+        if self._idle_since is not None and now - self._idle_since < self._idle_release:
+            timeout = min(timeout, self._idle_release)
+        woken = self._wake.wait(timeout)
+        self._wake.clear()
+        if woken and self._gather > 0:
+            self._stop.wait(self._gather)
 
     def _one_batch(self) -> bool:
         now = time.time()

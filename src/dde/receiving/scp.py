@@ -31,6 +31,7 @@ from dde.dicom.engine.acceptor import (
 from dde.dicom.engine.server import AssociationServer
 from dde.receiving.access import check_association, server_tls_context
 from dde.receiving.ingest import Incoming, IngestPipeline
+from dde.store.errors import LedgerError
 from dde.store.prepared_files import PreparedFiles
 from dde.store.spool import encode_file_meta
 
@@ -63,6 +64,8 @@ class _Services:
         if self._on_association is not None:
             try:
                 self._on_association()
+            except LedgerError as exc:  # served with what is known; no traceback
+                log.warning("could not refresh the endpoint picture: %s", exc)
             except Exception:  # the association is still served with what is known
                 log.exception("could not refresh the configuration for a new association")
         refusal = check_association(self.settings, proposal.calling_aet, proposal.called_aet,

@@ -27,6 +27,7 @@ from dde.receiving.pool import ReceiverPool
 from dde.receiving.scp import StorageSCP
 from dde.routing.rules import RuleSet
 from dde.runtime.core import RouterCore
+from dde.store.errors import LedgerError
 from dde.store.status_board import PublishedStatus
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 from dde.web.auth import Authenticator, load_token
@@ -153,6 +154,8 @@ class RouterApp:
         unknown → up after the first probe) goes out now."""
         try:
             self.publish_status()
+        except LedgerError as exc:
+            log.warning("could not publish the endpoint status: %s", exc)
         except Exception:
             log.exception("could not publish the endpoint status")
 
@@ -161,6 +164,8 @@ class RouterApp:
             while not self._stopped.wait(interval):
                 try:
                     step()  # type: ignore[operator]
+                except LedgerError as exc:  # the ledger unreachable for now: no traceback
+                    log.warning("%s failed: %s; will retry", name, exc)
                 except Exception:
                     log.exception("%s failed; will retry", name)
 
