@@ -10,7 +10,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DDE_HOME=/var/lib/dde \
     TCP_NODELAY=1
 
-RUN useradd --system --home-dir /var/lib/dde --create-home --uid 10001 dde
+RUN useradd --system --home-dir /var/lib/dde --create-home --uid 10001 dde \
+    && install -d -o dde -g dde -m 0700 /var/lib/dde-spool
 
 WORKDIR /opt/dde
 COPY pyproject.toml README.md ./

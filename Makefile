@@ -16,8 +16,8 @@ run: deps
 
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here);
 # the store tests run on a PostgreSQL server they start (package postgresql); promtool
-# (package prometheus) checks the alert rules, docker-compose the Compose file.
-test unit integration: SYSTEM_PACKAGES += chromium postgresql prometheus docker-compose
+# (package prometheus) checks the alert rules, docker-compose and haproxy the deployment files.
+test unit integration: SYSTEM_PACKAGES += chromium postgresql prometheus docker-compose haproxy
 
 test: deps
 	$(BIN)/ruff check src tests benchmarks
@@ -50,7 +50,7 @@ deps-system:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends $$missing || exit 1; \
-	  for service in orthanc postgresql prometheus; do \
+	  for service in orthanc postgresql prometheus haproxy; do \
 	    case "$$missing" in *$$service*) \
 	      if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled --quiet $$service 2>/dev/null; then \
 	        echo "disabling Debian's $$service.service (this project starts its own processes)"; \

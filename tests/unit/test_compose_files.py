@@ -96,12 +96,72 @@ def test_the_image_serves_the_reference_configuration_from_its_state_folder() ->
     (command,) = [line for line in lines if line.startswith("CMD [\"sh\"")]
     assert 'cp /opt/dde/dde.yaml \\"$DDE_HOME/dde.yaml\\"; exec dde serve' in command
     assert any(line.startswith("USER ") and "root" not in line for line in lines)
+    assert "&& install -d -o dde -g dde -m 0700 /var/lib/dde-spool" in lines  # shared spool
 
 
-def test_docker_compose_accepts_the_file() -> None:
+@pytest.mark.parametrize("name", ["compose.yaml", "deploy/docker/compose-cluster.yaml"])
+def test_docker_compose_accepts_the_file(name: str) -> None:
     tool = shutil.which("docker-compose")
     assert tool is not None, "docker-compose missing: `make test` installs Debian's package"
-    result = subprocess.run([tool, "-f", str(COMPOSE), "config", "--quiet"],
+    result = subprocess.run([tool, "-f", str(ROOT / name), "config", "--quiet"],
                             capture_output=True, text=True, timeout=60, cwd=ROOT)
 
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the cluster: two nodes behind HAProxy on one PostgreSQL ledger -------------------------
+CLUSTER = ROOT / "deploy" / "docker" / "compose-cluster.yaml"
+HAPROXY_CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
+NODES = {"router-1", "router-2"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> dict[str, Any]:
+    document = yaml.safe_load(CLUSTER.read_text())
+    assert isinstance(document, dict)
+    return document
+
+
+def test_the_cluster_is_the_reference_stack_with_two_nodes_postgresql_and_haproxy(
+        cluster: dict[str, Any], compose: dict[str, Any]) -> None:
+    services = cluster["services"]
+
+    assert set(services) == ORTHANCS | NODES | {"postgres", "haproxy"}
+    for name in ORTHANCS:  # the same PACS as the single-node deployment
+        assert services[name]["environment"] == compose["services"][name]["environment"]
+        assert services[name]["ports"] == compose["services"][name]["ports"]
+    assert set(services["haproxy"]["ports"]) == {"11113:11113", "8080:8080"}
+    assert not any("ports" in services[name] for name in NODES)  # only through HAProxy
+    assert services["postgres"]["image"].startswith("postgres:")
+
+
+def test_each_node_is_a_node_of_one_ledger_and_one_spool(
+        cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    services = cluster["services"]
+    names, folders, urls = set(), set(), set()
+    for node in NODES:
+        environment = services[node]["environment"]
+        for variable, value in environment.items():
+            if variable.startswith("DDE_STORE") or variable == "DDE_SPOOL_FOLDER":
+                monkeypatch.setenv(variable, value.replace("${DDE_DB_PASSWORD:-dde}", "dde"))
+        settings = router_settings()  # the image's configuration, as that node reads it
+        assert settings.store.backend.value == "postgresql"
+        names.add(settings.store.node)
+        folders.add(settings.spool.folder)
+        urls.add(settings.store.url)
+        assert f"shared-spool:{settings.spool.folder}" in services[node]["volumes"]
+        assert services[node]["volumes"][0] == f"{node}-state:/var/lib/dde"  # its own
+    assert len(names) == 2 and len(folders) == 1 and len(urls) == 1
+    assert urlsplit(urls.pop()).hostname == "postgres"
+
+
+def test_haproxy_sends_dicom_and_web_to_every_node() -> None:
+    servers = [line.split() for line in HAPROXY_CONFIG.read_text().splitlines()
+               if line.strip().startswith("server ")]
+    targets = {(fields[1], fields[2]) for fields in servers}
+
+    assert targets == {(n, f"{n}:{port}") for n in NODES for port in (11113, 8080)}
+    result = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", str(HAPROXY_CONFIG)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+

@@ -67,3 +67,17 @@ def test_a_node_is_named_only_when_the_ledger_is_shared(monkeypatch: pytest.Monk
     assert node_name(parse_settings({"store": {**shared, "node": "node2"}})) == "node2"
     with pytest.raises(ConfigError, match="node"):
         parse_settings({"store": {**shared, "node": "two words"}})
+
+
+def test_one_configuration_serves_every_node_through_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DDE_STORE_BACKEND", "postgresql")
+    monkeypatch.setenv("DDE_STORE_URL", "postgresql://dde@postgres:5432/dde")
+    monkeypatch.setenv("DDE_STORE_NODE", "router2")
+    monkeypatch.setenv("DDE_SPOOL_FOLDER", "/var/lib/dde-spool")
+
+    settings = parse_settings({})
+
+    assert settings.store.backend is StoreBackend.POSTGRESQL
+    assert settings.store.node == "router2"
+    assert settings.spool.folder == "/var/lib/dde-spool"

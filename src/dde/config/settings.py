@@ -8,7 +8,9 @@ Orthanc data. Two state folders never share a file.
 receiver's listening address (``DDE_AE_TITLE``, ``DDE_DICOM_PORT``, ``DDE_DICOM_HOST``)
 and the web part's (``DDE_WEB_HOST``, ``DDE_WEB_PORT``) so that a deployment can move the
 router without editing the file; ``DDE_STORE_URL`` gives the PostgreSQL ledger's URL (and
-its password) without writing it into the file.
+its password) without writing it into the file, and ``DDE_STORE_BACKEND``,
+``DDE_STORE_NODE``, ``DDE_SPOOL_FOLDER`` make one configuration serve every node of a
+cluster (containers).
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ _ENVIRONMENT: tuple[tuple[str, str, str, type], ...] = (
     ("DDE_WEB_HOST", "web", "host", str),
     ("DDE_WEB_PORT", "web", "port", int),
     ("DDE_STORE_URL", "store", "url", str),
+    ("DDE_STORE_BACKEND", "store", "backend", str),
+    ("DDE_STORE_NODE", "store", "node", str),
+    ("DDE_SPOOL_FOLDER", "spool", "folder", str),
 )
 
 
