@@ -32,8 +32,12 @@ from dde.store.schema import migrate
 WRITER_LOCK = 0x4444_4501
 """The advisory lock key every write transaction takes (``pg_advisory_xact_lock``)."""
 CONNECT_TIMEOUT_SECONDS = 5
-STATEMENT_TIMEOUT_MS = 30_000
-"""A statement (a lock wait included) that takes longer fails, as SQLite's busy timeout."""
+STATEMENT_TIMEOUT_MS = 20_000
+"""A statement that takes longer fails (and a node hung in the middle of one, its session
+still active, loses it and the writer lock with it after this long)."""
+LOCK_WAIT_MS = 60_000
+"""How long a writer waits for the writer lock: longer than a hung holder can keep it, so
+that waiters outlast it rather than fail with it."""
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
 """A session that keeps a transaction open without a statement this long is ended by the
 server, its writer lock with it: a node that hangs inside a transaction (frozen, paused,
@@ -119,9 +123,10 @@ class PostgresDatabase:
         """A write transaction: committed when the block ends, rolled back on an error;
         writers one at a time (the advisory lock)."""
         connection = self.connection()
-        begin = ["BEGIN", f"SELECT pg_advisory_xact_lock({WRITER_LOCK})"]
-        if not durable:
-            begin.append("SET LOCAL synchronous_commit = off")
+        after = "" if durable else "; SET LOCAL synchronous_commit = off"
+        begin = [f"BEGIN; SET LOCAL statement_timeout = {LOCK_WAIT_MS}",
+                 f"SELECT pg_advisory_xact_lock({WRITER_LOCK});"
+                 f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}{after}"]
         with committed(connection, begin, self.errors, self.path, _first_line):
             yield connection
 
