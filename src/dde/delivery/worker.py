@@ -103,8 +103,9 @@ class EndpointWorker:
         self._sending_since: float | None = None
         self._handed_back = False
         self._idle_since: float | None = None
-        self._claims_owed = False
         """When the queue was last found empty (the association is released after a while)."""
+        self._claims_owed = False
+        """A ledger error left claims this worker could not give back: release them first."""
         self.consecutive_unreachable = 0
         self.last_error: str | None = None
 

@@ -6,8 +6,8 @@ Writers are serialised by SQLite (``BEGIN IMMEDIATE``). Opening refuses a damage
 (:mod:`dde.store.errors`); then the schema is created or migrated (:mod:`dde.store.schema`).
 
 Only the repositories of :mod:`dde.store` use this class: it is where SQL lives. The same
-repositories run on PostgreSQL (:mod:`dde.store.postgres`); :func:`open_database` picks the
-backend.
+repositories run on PostgreSQL (:mod:`dde.store.postgres`);
+:func:`dde.store.ledger.open_ledger` picks the backend.
 """
 
 from __future__ import annotations

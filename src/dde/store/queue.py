@@ -69,11 +69,11 @@ class DeliveryQueue:
             return []
         with self._database.transaction(durable=False) as connection:
             rows = connection.execute(query, parameters).fetchall()
-            if taken_over is not None:
-                taken_over.extend(
-                    int(row[0]) for row in rows if connection.execute(
-                        "SELECT 1 FROM delivery_claims WHERE delivery_id = ? AND owner != ?",
-                        (row[0], owner)).fetchone())
+            if taken_over is not None and rows:  # claims left behind: all expired here
+                ids = [row[0] for row in rows]
+                taken_over.extend(int(found[0]) for found in connection.execute(
+                    "SELECT delivery_id FROM delivery_claims WHERE owner != ? AND delivery_id"
+                    f" IN ({', '.join('?' * len(ids))})", (owner, *ids)).fetchall())
             connection.executemany(
                 "INSERT INTO delivery_claims(delivery_id, owner, expires_at) VALUES (?, ?, ?)"
                 " ON CONFLICT(delivery_id) DO UPDATE SET owner = excluded.owner,"

@@ -23,7 +23,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,11 +113,15 @@ class Spool:
         with self._lock:
             return self._used
 
+    def _spool_files(self) -> Iterator[Path]:
+        """The spool's files (prepared ones included), not the incoming folders'."""
+        for path in self.root.glob("*/*.dcm"):
+            if not path.parent.name.startswith(INCOMING):
+                yield path
+
     def _scan(self) -> int:
         total = 0
-        for path in self.root.glob("*/*.dcm"):
-            if path.parent.name.startswith(INCOMING):
-                continue
+        for path in self._spool_files():
             try:
                 total += path.stat().st_size
             except OSError:
@@ -267,10 +271,8 @@ class Spool:
         files whose instance was never committed (so never acknowledged) when the process
         stopped. Only while no receiver runs; return how many were removed."""
         removed = 0
-        for path in self.root.glob("*/*.dcm"):
-            if path.parent.name.startswith(INCOMING) or not self._own(path):
-                continue
-            if f"{path.parent.name}/{path.name}" in recorded:
+        for path in self._spool_files():
+            if not self._own(path) or f"{path.parent.name}/{path.name}" in recorded:
                 continue
             path.unlink(missing_ok=True)
             removed += 1
