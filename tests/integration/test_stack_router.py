@@ -6,11 +6,8 @@ Everything is driven through the ``dde`` command in child processes, as a user w
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,8 @@ from pydicom import dcmread
 from tests.support.datagen import write_series
 from tests.support.orthanc import free_port, storescu, wait_until
 from tests.support.router import ROUTER_AET, ledger_idle
+from tests.support.stackcli import dde
+from tests.support.stackcli import stack_status as status
 
 from dde.stack.process import proc_cmdline
 from dde.store.ledger import Ledger
@@ -31,24 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ORTHANCS = ["ORTHANC1", "ORTHANC2", "ORTHANC-PROBE"]
 PARTS = [*ORTHANCS, "router"]
 CONFIG_FILES = ["orthanc_storage_1.json", "orthanc_storage_2.json", "orthanc_probe.json"]
-
-
-def dde(home: Path, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    for variable in ("DDE_HOME", "DDE_API_TOKEN", "DDE_WEB_PORT", "DDE_WEB_HOST"):
-        env.pop(variable, None)
-    result = subprocess.run([sys.executable, "-m", "dde", "--home", str(home), *args],
-                            capture_output=True, text=True, timeout=timeout, env=env,
-                            check=False)
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return result
-
-
-def status(home: Path) -> dict[str, dict[str, Any]]:
-    result = dde(home, "stack", "status", "--json")
-    assert result.returncode == 0, result.stderr
-    parts: dict[str, dict[str, Any]] = json.loads(result.stdout)
-    return parts
 
 
 def alive(pid: int) -> bool:

@@ -15,19 +15,18 @@ from pathlib import Path
 
 import psycopg
 
+from dde.stack.cluster import postgres_binaries
+from dde.stack.errors import StackError
 from tests.support.orthanc import free_port
-
-POSTGRES_ROOT = Path("/usr/lib/postgresql")
 
 
 def postgres_bin() -> Path:
-    """The newest installed PostgreSQL's binaries (Debian: /usr/lib/postgresql/N/bin)."""
-    versions = sorted((p for p in POSTGRES_ROOT.glob("*/bin") if (p / "initdb").exists()),
-                      key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    if not versions:
+    """The newest installed PostgreSQL's binaries (the stack's own lookup)."""
+    try:
+        return postgres_binaries()
+    except StackError:
         raise RuntimeError("PostgreSQL is not installed: `make test` installs Debian's "
-                           "postgresql package")
-    return versions[-1]
+                           "postgresql package") from None
 
 
 def _as_server_user(argv: list[str]) -> list[str]:

@@ -22,7 +22,8 @@ from rich.table import Table
 from dde.cli.boundary import CommandGroup
 from dde.cli.context import home_of
 from dde.config import Home, Settings, load_settings
-from dde.stack import supervisor
+from dde.stack import cluster, supervisor
+from dde.stack.parts import HAPROXY, ROUTER
 
 
 def _context(ctx: click.Context) -> tuple[Home, Settings]:
@@ -32,14 +33,18 @@ def _context(ctx: click.Context) -> tuple[Home, Settings]:
 
 @click.group(cls=CommandGroup)
 def stack() -> None:
-    """Run the reference deployment: three Orthanc PACS and the router."""
+    """Run the reference deployment: three Orthanc PACS and the router (or several
+    router nodes on PostgreSQL behind HAProxy: `dde stack up --nodes 3`)."""
 
 
 @stack.command()
 @click.option("--detach", "-d", is_flag=True, help="Return once every part answers.")
+@click.option("--nodes", type=click.IntRange(1, 9), default=None,
+              help="Run N router nodes (from 2: sharing PostgreSQL, behind HAProxy); "
+                   "written to dde.yaml as stack.nodes.")
 @click.argument("parts", nargs=-1)
 @click.pass_context
-def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
+def up(ctx: click.Context, detach: bool, nodes: int | None, parts: tuple[str, ...]) -> None:
     """Start the parts (default: all) that are not running and wait until they answer.
 
     Without --detach, stay in the foreground printing their logs; Ctrl-C stops what this
@@ -51,9 +56,16 @@ def up(ctx: click.Context, detach: bool, parts: tuple[str, ...]) -> None:
     click.echo(f"configuration: {home.config_file}"
                + (" (written now with the defaults; edit it, then `dde stack up` again)"
                   if created else ""))
+    if nodes is not None:
+        for change in cluster.set_nodes(home, nodes):
+            click.echo(f"dde.yaml now has {change}")
+        settings = load_settings(home)
+    if settings.stack.nodes > 1:
+        click.echo(f"{settings.stack.nodes} router nodes behind HAProxy; their state "
+                   f"folders: {cluster.node_home(home, 1).parent}/router-N")
 
     def ready(result: dict[str, list[str]]) -> None:
-        if supervisor.ROUTER in result["started"] + result["already_running"]:
+        if {ROUTER, HAPROXY} & set(result["started"] + result["already_running"]):
             _print_web_access(home, settings)
 
     result = supervisor.up(home, settings, detach=detach, parts=parts or None, on_ready=ready)
@@ -88,7 +100,7 @@ def _print_web_access(home: Home, settings: Settings) -> None:
 @click.argument("parts", nargs=-1)
 @click.pass_context
 def down(ctx: click.Context, parts: tuple[str, ...]) -> None:
-    """Stop the running parts (default: all; the router first)."""
+    """Stop the running parts (default: all; the entry first, the ledger last)."""
     home, settings = _context(ctx)
     result = supervisor.down(home, settings, parts=parts or None)
     click.echo(f"stopped {', '.join(result['stopped']) or 'nothing'}")

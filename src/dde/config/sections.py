@@ -238,3 +238,7 @@ class StackSettings(_Strict):
             StackOrthanc(endpoint="ORTHANC-PROBE", config_file="orthanc_probe.json"),
         ]
     )
+    nodes: int = Field(default=1, ge=1, le=9)
+    """How many router nodes ``dde stack up`` runs (``--nodes N`` sets it). From 2 on they
+    share a PostgreSQL ledger and the spool folder, each on its own ports (``receiver.port``
+    and ``web.port`` plus its number), with HAProxy on the public ports in front."""

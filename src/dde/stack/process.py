@@ -38,8 +38,10 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
-def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``."""
+def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None,
+          user: tuple[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session, stdout and stderr appended to ``log_path``; as
+    ``user`` (user, group) when given."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         try:
@@ -51,6 +53,8 @@ def spawn(argv: Sequence[str], log_path: Path, cwd: Path | None = None) -> subpr
                 env=child_environment(),
                 cwd=cwd,
                 start_new_session=True,
+                user=user[0] if user else None,
+                group=user[1] if user else None,
             )
         except OSError as exc:
             raise StackError(f"cannot start {argv[0]}: {exc.strerror or exc}") from None
@@ -84,16 +88,18 @@ def is_running(pid: int, argv: Sequence[str]) -> bool:
 
 
 def stop_processes(
-    processes: Sequence[tuple[int, Sequence[str]]], timeout: float = 10.0
+    processes: Sequence[tuple[int, Sequence[str]]], timeout: float = 10.0,
+    first_signal: signal.Signals = signal.SIGTERM,
 ) -> list[int]:
-    """SIGTERM each ``(pid, argv)`` still ours, wait up to ``timeout`` s, then SIGKILL.
+    """``first_signal`` (SIGTERM) to each ``(pid, argv)`` still ours, wait up to
+    ``timeout`` s, then SIGKILL.
 
     The processes are signalled together and stop in parallel. Returns the PIDs that were
     running (and are now stopped).
     """
     alive = [(pid, list(argv)) for pid, argv in processes if is_running(pid, argv)]
     stopped = [pid for pid, _ in alive]
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((first_signal, timeout), (signal.SIGKILL, 5.0)):
         for pid, _ in alive:
             try:
                 os.kill(pid, sig)

@@ -1,18 +1,20 @@
 """The reference deployment as detached processes: up, down, status, logs.
 
-Parts: one Orthanc per ``settings.stack.orthancs`` entry (named by the endpoint it
-describes, :mod:`dde.stack.layout`) and the ``router`` (``python -m dde --home HOME
-serve``). Each part has, in the state folder:
+Parts (:mod:`dde.stack.parts`): one Orthanc per ``settings.stack.orthancs`` entry (named
+by the endpoint it describes, :mod:`dde.stack.layout`) and the ``router`` (``python -m dde
+--home HOME serve``); with several nodes (:mod:`dde.stack.cluster`) ``postgresql``,
+``router-1`` … ``router-N`` and ``haproxy`` in place of the router. Each part has, in the
+state folder:
 
 - ``logs/PART.log``  its stdout and stderr, appended;
 - ``run/PART.pid``   ``{"pid", "argv", "started_at"}`` while it runs (see ``process``);
 - for an Orthanc, its configuration (written once, then the user's) and ``orthanc/NAME/``.
 
 ``up`` is idempotent: it starts only the parts not running, after checking their ports are
-free, and waits until each answers (Orthanc: ``GET /system``; router: a C-ECHO, then
-``GET /healthz`` on its web port). If one does not, everything this call started is stopped
-again. Parts start Orthancs first and stop
-router first.
+free, and waits until each answers (Orthanc: ``GET /system``; PostgreSQL: a connection;
+router, and HAProxy through to one: a C-ECHO, then ``GET /healthz`` on its web port). If one
+does not, everything this call started is stopped again. Parts start kind by kind
+(PostgreSQL, Orthancs, routers, HAProxy) and stop in the reverse order.
 """
 
 from __future__ import annotations
@@ -32,14 +34,32 @@ from typing import Any, TextIO
 import httpx
 
 from dde.config import EndpointSettings, Home, Settings
+from dde.stack.cluster import (
+    cluster_parts,
+    haproxy_argv,
+    managed_url,
+    postgres_folder,
+    postgres_ready,
+    prepare_postgres,
+    runs_postgres,
+    write_node_home,
+)
 from dde.stack.errors import StackError
-from dde.stack.layout import OrthancSpec, stack_orthancs
+from dde.stack.layout import stack_orthancs
 from dde.stack.logfollow import LogFollower
 from dde.stack.orthanc import (
     OrthancProcess,
     orthanc_binary,
     read_orthanc_config,
     write_orthanc_config,
+)
+from dde.stack.parts import (
+    ROUTER,
+    START_ORDER,
+    STOP_ORDER,
+    Part,
+    PartKind,
+    router_ports,
 )
 from dde.stack.process import (
     POLL_SECONDS,
@@ -53,39 +73,18 @@ from dde.stack.process import (
     write_pid_file,
 )
 
-ROUTER = "router"
 ECHO_CALLING_AE = "DDE-STACK"
 UP_TIMEOUT = 30.0
+NODE_START_SECONDS = 15.0
+"""More time to start for each router node past the first (they share 2 cores here)."""
 STOP_TIMEOUT = 10.0
 FOLLOW_POLL_SECONDS = 0.2
 DEBIAN_ORTHANC_PORTS = (4242, 8042)
 
 
-@dataclass(frozen=True)
-class Part:
-    """One process of the stack and where its files are."""
-
-    name: str
-    ports: tuple[int, ...]
-    log: Path
-    pid_file: Path
-    config: Path | None
-    orthanc: OrthancSpec | None = None
-    storage_dir: Path | None = None
-
-    @property
-    def is_router(self) -> bool:
-        return self.orthanc is None
-
-    def port_setting(self, port: int) -> str:
-        """Where in dde.yaml ``port`` is configured, for error messages."""
-        if self.orthanc is None:
-            return "receiver.port" if port == self.ports[0] else "web.port"
-        return self.orthanc.port_setting(port)
-
-
 def stack_parts(home: Home, settings: Settings) -> list[Part]:
-    """Every part, in start order: the Orthancs as configured, then the router."""
+    """Every part: the Orthancs as configured, then the router, or (several nodes, or a
+    ledger on the stack's own PostgreSQL) the parts of :func:`cluster_parts`."""
     parts = [
         Part(
             name=entry.name,
@@ -95,9 +94,14 @@ def stack_parts(home: Home, settings: Settings) -> list[Part]:
             config=home.root / entry.config_file,
             orthanc=entry,
             storage_dir=home.orthanc_dir / entry.name,
+            kind=PartKind.ORTHANC,
         )
         for entry in stack_orthancs(settings, home.config_file)
     ]
+    if settings.stack.nodes > 1:
+        return parts + cluster_parts(home, settings)
+    if runs_postgres(home, settings):
+        parts += [p for p in cluster_parts(home, settings) if p.kind is PartKind.POSTGRESQL]
     parts.append(
         Part(
             name=ROUTER,
@@ -105,20 +109,11 @@ def stack_parts(home: Home, settings: Settings) -> list[Part]:
             log=home.logs_dir / f"{ROUTER}.log",
             pid_file=home.run_dir / f"{ROUTER}.pid",
             config=home.config_file,
+            home=home.root,
+            ae_title=settings.receiver.ae_title,
         )
     )
     return parts
-
-
-def router_ports(settings: Settings) -> tuple[int, ...]:
-    """The router's DICOM port, then its HTTP port (UI, API, /healthz) when enabled."""
-    if settings.web.enabled:
-        return (settings.receiver.port, settings.web.port)
-    return (settings.receiver.port,)
-
-
-def part_names(settings: Settings) -> list[str]:
-    return [entry.name for entry in settings.stack.orthancs] + [ROUTER]
 
 
 def _select(home: Home, settings: Settings, names: Sequence[str] | None) -> list[Part]:
@@ -136,10 +131,11 @@ def _select(home: Home, settings: Settings, names: Sequence[str] | None) -> list
 
 def _check_settings(home: Home, settings: Settings, to_start: Sequence[Part]) -> None:
     names = [e.name for e in settings.stack.orthancs]
-    if ROUTER in names or len(set(names)) != len(names):
+    taken = [p.name for p in stack_parts(home, settings) if p.kind is not PartKind.ORTHANC]
+    if any(name in taken for name in names) or len(set(names)) != len(names):
         raise StackError(
             f"{home.config_file}: stack.orthancs must name each endpoint once, "
-            f"and not {ROUTER!r}"
+            f"and none {', '.join(repr(n) for n in taken)}"
         )
     for part in to_start:
         for port in part.ports:
@@ -165,11 +161,14 @@ def _running_record(part: Part) -> PidRecord | None:
 
 
 def _stop(processes: Sequence[tuple[Part, PidRecord | None]], timeout: float) -> list[str]:
-    """Stop the router first, then the Orthancs together; remove the PID files."""
+    """Stop the parts kind by kind (:data:`STOP_ORDER`: HAProxy, the routers together, the
+    Orthancs together, PostgreSQL with a fast shutdown); remove the PID files."""
     stopped: list[str] = []
-    for is_router in (True, False):
-        batch = [(p, r) for p, r in processes if p.is_router == is_router]
-        pids = stop_processes([(r.pid, r.argv) for _, r in batch if r is not None], timeout)
+    for kind in STOP_ORDER:
+        batch = [(p, r) for p, r in processes if p.kind is kind]
+        first = signal.SIGINT if kind is PartKind.POSTGRESQL else signal.SIGTERM
+        pids = stop_processes([(r.pid, r.argv) for _, r in batch if r is not None], timeout,
+                              first_signal=first)
         for part, record in batch:
             if record is not None and record.pid in pids:
                 stopped.append(part.name)
@@ -200,7 +199,8 @@ def down(
     home: Home, settings: Settings, *, parts: Sequence[str] | None = None,
     timeout: float = STOP_TIMEOUT,
 ) -> dict[str, list[str]]:
-    """Stop the running parts (router first) and remove their PID files."""
+    """Stop the running parts (the entry first, the ledger last) and remove their PID
+    files."""
     selected = _select(home, settings, parts)
     stopped = _stop([(p, read_pid_file(p.pid_file)) for p in selected], timeout)
     not_running = [p.name for p in selected if p.name not in stopped]
@@ -272,9 +272,32 @@ def _healthy(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def _wait_router(started: _Started, settings: Settings, deadline: float) -> None:
-    port, called = settings.receiver.port, settings.receiver.ae_title
-    web = settings.web.port if settings.web.enabled else None
+def _wait_ready(started: _Started, home: Home, deadline: float) -> None:
+    """Until the part answers: an Orthanc ``GET /system``; PostgreSQL a connection; a
+    router (or HAProxy, through to one) a C-ECHO, then ``GET /healthz``."""
+    if started.orthanc is not None:
+        started.orthanc.wait_ready(timeout=max(deadline - time.monotonic(), 0.0))
+    elif started.part.kind is PartKind.POSTGRESQL:
+        _wait_postgres(started, home, deadline)
+    else:
+        _wait_router(started, deadline)
+
+
+def _wait_postgres(started: _Started, home: Home, deadline: float) -> None:
+    began = time.monotonic()
+    while not postgres_ready(home):
+        code = started.popen.poll()
+        if code is not None:
+            raise started.failure(f"exited with code {code} while starting")
+        if time.monotonic() >= deadline:
+            raise started.failure(f"did not accept connections on {managed_url(home)} "
+                                  f"within {time.monotonic() - began:.0f} s")
+        time.sleep(POLL_SECONDS)
+
+
+def _wait_router(started: _Started, deadline: float) -> None:
+    part = started.part
+    port, called, web = part.dicom_port, part.ae_title, part.web_port
     began = time.monotonic()
     echoed = False
     while True:
@@ -291,7 +314,7 @@ def _wait_router(started: _Started, settings: Settings, deadline: float) -> None
         time.sleep(POLL_SECONDS)
 
 
-def _start(part: Part, home: Home) -> _Started:
+def _start(part: Part, home: Home, settings: Settings) -> _Started:
     offset = log_size(part.log)
     orthanc: OrthancProcess | None = None
     if part.orthanc is not None:
@@ -300,8 +323,18 @@ def _start(part: Part, home: Home) -> _Started:
                                  part.orthanc.dicom_port, name=part.name)
         argv = orthanc.argv
         popen = orthanc.start()
+    elif part.kind is PartKind.POSTGRESQL:
+        argv, user = prepare_postgres(home)
+        popen = spawn(argv, part.log, cwd=postgres_folder(home), user=user)
+    elif part.kind is PartKind.HAPROXY:
+        nodes = [p for p in stack_parts(home, settings) if p.kind is PartKind.ROUTER]
+        argv = haproxy_argv(home, settings, nodes)
+        popen = spawn(argv, part.log)
     else:
-        argv = [sys.executable, "-m", "dde", "--home", str(home.root), "serve"]
+        router_home = part.home or home.root
+        if router_home != home.root:
+            write_node_home(home, settings, part)
+        argv = [sys.executable, "-m", "dde", "--home", str(router_home), "serve"]
         popen = spawn(argv, part.log)
     record = PidRecord.now(popen.pid, argv)
     write_pid_file(part.pid_file, record)
@@ -341,8 +374,9 @@ def up(
 
     With ``detach`` it returns once they are up. Without, it stays in the foreground,
     printing the parts' new log lines, until Ctrl-C, SIGTERM or ``stop`` is set; then it
-    stops what it started (router first) and returns. ``on_ready`` is called with the
-    started and already running parts once everything answers (in both modes).
+    stops what it started (the entry first, the ledger last) and returns. ``on_ready`` is
+    called with the started and already running parts once everything answers (in both
+    modes).
     """
     home.ensure()
     selected = _select(home, settings, parts)
@@ -362,18 +396,16 @@ def up(
 
     follower = LogFollower(selected, out, start_at_end=True)
     started: list[_Started] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout + NODE_START_SECONDS * (settings.stack.nodes - 1)
     interrupted = False
     with _sigterm_interrupts(enabled=not detach):
         try:
-            for part in (p for p in to_start if not p.is_router):
-                started.append(_start(part, home))
-            for one in started:
-                assert one.orthanc is not None
-                one.orthanc.wait_ready(timeout=max(deadline - time.monotonic(), 0.0))
-            for part in (p for p in to_start if p.is_router):
-                started.append(_start(part, home))
-                _wait_router(started[-1], settings, deadline)
+            for kind in START_ORDER:  # a kind starts together, once the ones before answer
+                batch = len(started)
+                for part in (p for p in to_start if p.kind is kind):
+                    started.append(_start(part, home, settings))
+                for one in started[batch:]:
+                    _wait_ready(one, home, deadline)
         except KeyboardInterrupt:
             if detach:
                 _stop_started(started)
