@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from dde.config import EndpointSettings
+from dde.config import DeliverySettings, EndpointSettings
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
@@ -34,9 +34,10 @@ from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 600.0
-"""How long a claim holds a delivery for its worker (renewed while the batch lasts); a
-crashed worker's claims are also cleared when the dispatcher starts."""
+LEASE_SECONDS: float = DeliverySettings.model_fields["lease_seconds"].default
+"""How long a claim holds a delivery for its worker (renewed while the batch lasts): the
+default of ``delivery.lease_seconds``, one figure for both; a crashed worker's claims are
+also cleared when the dispatcher starts."""
 
 
 GATHER_SECONDS = 0.02
