@@ -55,7 +55,7 @@ class Backend(Protocol):
 
     def connection(self) -> Any: ...
 
-    def transaction(self, durable: bool = True) -> Any: ...
+    def transaction(self, durable: bool = True, serialised: bool = True) -> Any: ...
 
     def checkpoint(self) -> None: ...
 
@@ -215,10 +215,12 @@ class Database:
         return self._connections.count()
 
     @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def transaction(self, durable: bool = True,
+                    serialised: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction: committed when the block ends, rolled back on an error.
         ``durable=False``: its commit skips the WAL fsync (the next durable commit makes it
-        durable too).
+        durable too). ``serialised`` is ignored: SQLite has one writer at a time whatever
+        is asked (``BEGIN IMMEDIATE``); only PostgreSQL can let a writer skip the queue.
 
         A database error (locked past the busy timeout, disk full, I/O error) leaves as
         :class:`~dde.store.errors.LedgerError`; any other exception passes unchanged."""

@@ -3,11 +3,14 @@ and SQL as on SQLite, through psycopg 3.
 
 The repositories write SQLite's dialect with ``?`` placeholders; :class:`PgConnection`
 translates the placeholders (and escapes ``%``) once per statement text. Every write
-transaction takes one transaction-level advisory lock first, so that writers are serialised
-exactly as SQLite's ``BEGIN IMMEDIATE`` serialises them (a study pinned, the deliveries
-claimed and the outcomes recorded see the same rules on both backends). Commits are durable
-(``synchronous_commit`` on) unless a transaction is opened with ``durable=False`` (claims),
-which sets ``synchronous_commit = off`` for that transaction only.
+transaction but the claims takes one transaction-level advisory lock first, so that writers
+are serialised exactly as SQLite's ``BEGIN IMMEDIATE`` serialises them (an ingest's routing
+decision, the outcomes recorded and the moves see the same rules on both backends). Claims
+skip it (``serialised=False``): their rows guard themselves (``FOR UPDATE SKIP LOCKED`` and a
+conditional claim insert), so the workers of all nodes claim beside each other instead of
+queueing behind every ingest commit. Commits are durable (``synchronous_commit`` on) unless
+a transaction is opened with ``durable=False`` (claims, outcomes), which sets
+``synchronous_commit = off`` for that transaction only.
 
 One connection per thread (autocommit, explicit ``BEGIN``/``COMMIT``), opened again when the
 server has closed it (a restart of PostgreSQL): the next call after the server is back
@@ -119,14 +122,27 @@ class PostgresDatabase:
         return self._connections.count()
 
     @contextmanager
-    def transaction(self, durable: bool = True) -> Iterator[PgConnection]:
+    def transaction(self, durable: bool = True,
+                    serialised: bool = True) -> Iterator[PgConnection]:
         """A write transaction: committed when the block ends, rolled back on an error;
-        writers one at a time (the advisory lock)."""
+        writers one at a time (the advisory lock).
+
+        ``serialised=False`` skips the advisory lock: for a writer whose rows guard
+        themselves (a claim locks its delivery rows ``FOR UPDATE SKIP LOCKED`` and writes
+        its claim rows only where no live claim stands), so that claims of all nodes run
+        beside each other and beside the ingest commits. Such a writer takes row locks in
+        an order the serialised writers can not close into a cycle with (see
+        :meth:`~dde.store.queue.DeliveryQueue.claim`); should PostgreSQL still report a
+        deadlock, it leaves as :class:`~dde.store.errors.LedgerError` like any database
+        error."""
         connection = self.connection()
         after = "" if durable else "; SET LOCAL synchronous_commit = off"
-        begin = [f"BEGIN; SET LOCAL statement_timeout = {LOCK_WAIT_MS}",
-                 f"SELECT pg_advisory_xact_lock({WRITER_LOCK});"
-                 f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}{after}"]
+        if serialised:
+            begin = [f"BEGIN; SET LOCAL statement_timeout = {LOCK_WAIT_MS}",
+                     f"SELECT pg_advisory_xact_lock({WRITER_LOCK});"
+                     f" SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}{after}"]
+        else:
+            begin = [f"BEGIN; SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}{after}"]
         with committed(connection, begin, self.errors, self.path, _first_line):
             yield connection
 

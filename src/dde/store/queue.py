@@ -5,13 +5,15 @@ delivered delivery changes nothing (delivered is final).
 
 Several workers deliver to one endpoint: each *claims* the deliveries it is about to send
 (a lease with an owner and an expiry, in ``delivery_claims``), so two workers never hold
-the same delivery. A claim ends with the outcome, with :meth:`DeliveryQueue.release`, when
-it expires, or at once for all on :meth:`DeliveryQueue.release_all_claims` (the dispatcher's
-start: after a crash no claim blocks anything). Claims, renewals, releases and outcomes are
-committed without waiting for the disk (``durable=False``): a lost one only means a second
-send, and the spool janitor's durable commit comes before any file is removed. A delivery
-the destination never answered is *suspect* (``delivery_suspects``): it is claimed only by
-the endpoint's suspect lane, one at a time, until it is delivered.
+the same delivery, even on different nodes of one PostgreSQL ledger, where claims take no
+writer lock (:meth:`DeliveryQueue.claim` says how they guard themselves). A claim ends with
+the outcome, with :meth:`DeliveryQueue.release`, when it expires, or at once for all on
+:meth:`DeliveryQueue.release_all_claims` (the dispatcher's start: after a crash no claim
+blocks anything). Claims, renewals, releases and outcomes are committed without waiting
+for the disk (``durable=False``): a lost one only means a second send, and the spool
+janitor's durable commit comes before any file is removed. A delivery the destination
+never answered is *suspect* (``delivery_suspects``): it is claimed only by the endpoint's
+suspect lane, one at a time, until it is delivered.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from dde.store.database import Backend, database_errors_as_ledger_errors
+from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
 from dde.store.intake import queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
@@ -28,6 +30,10 @@ _QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at ")
 """The columns of a :class:`QueuedDelivery`, in its field order (``d``: deliveries,
 ``i``: instances)."""
+_LOCK_CANDIDATES = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}
+"""What the claim's candidate query ends with, per dialect: PostgreSQL locks the chosen
+delivery rows and passes over those another claimer holds. SQLite needs nothing (its one
+writer at a time claims alone)."""
 
 
 @database_errors_as_ledger_errors
@@ -50,7 +56,21 @@ class DeliveryQueue:
         """Claim up to ``limit`` due deliveries of ``endpoint`` no one else holds, for
         ``lease`` seconds: the plain ones in queue order, or (``suspects``) the suspect ones.
         ``taken_over`` gets the ids of those whose previous claim (another owner's) had
-        expired rather than ended: a node died holding them, so they may be sent twice."""
+        expired rather than ended: a node died holding them, so they may be sent twice.
+
+        On PostgreSQL a claim does not take the writer lock: the workers of every node claim
+        at once. The candidates are locked ``FOR UPDATE SKIP LOCKED`` (a candidate another
+        claimer holds now is passed over, not waited for), and the claim rows are written by
+        :meth:`_take`, which writes none over a live claim: under READ COMMITTED the
+        ``NOT EXISTS`` of the candidate query is judged on the statement's snapshot, so a
+        claim committed just before the row lock was won is seen only by the insert.
+
+        Deadlocks: a claim waits only for claim rows (never for a delivery row), and only
+        for those of deliveries it has locked itself; the serialised writers lock a
+        delivery's claim row after its delivery row (outcomes, moves) or claim rows alone in
+        id order (renew, release), as :meth:`_take` does, so no cycle forms. Should
+        PostgreSQL report one all the same, the claim leaves as
+        :class:`~dde.store.errors.LedgerError`, which the worker survives (it retries)."""
         if suspects:
             source = ("FROM delivery_suspects s JOIN deliveries d ON d.id = s.delivery_id"
                       " JOIN instances i ON i.id = d.instance_id WHERE")
@@ -64,42 +84,70 @@ class DeliveryQueue:
                  " WHERE c.delivery_id = d.id AND c.expires_at > ?)"
                  " ORDER BY d.next_attempt_at, d.id LIMIT ?")
         parameters = (endpoint, now, now, limit)
-        # A plain read first: an idle worker's look never takes the write lock.
+        # A plain read first: an idle worker's look opens no write transaction.
         if not self._database.connection().execute(query, parameters).fetchone():
             return []
-        with self._database.transaction(durable=False) as connection:
-            rows = connection.execute(query, parameters).fetchall()
-            if taken_over is not None and rows:  # claims left behind: all expired here
-                ids = [row[0] for row in rows]
-                taken_over.extend(int(found[0]) for found in connection.execute(
-                    "SELECT delivery_id FROM delivery_claims WHERE owner != ? AND delivery_id"
-                    f" IN ({', '.join('?' * len(ids))})", (owner, *ids)).fetchall())
-            connection.executemany(
-                "INSERT INTO delivery_claims(delivery_id, owner, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT(delivery_id) DO UPDATE SET owner = excluded.owner,"
-                " expires_at = excluded.expires_at",
-                [(row[0], owner, now + lease) for row in rows],
-            )
-        return [QueuedDelivery(*row) for row in rows]
+        locking = _LOCK_CANDIDATES.get(self._database.dialect, "")
+        with self._database.transaction(durable=False, serialised=False) as connection:
+            rows = connection.execute(query + locking, parameters).fetchall()
+            ids = [int(row[0]) for row in rows]
+            expired = set(self._claimed_by_others(connection, owner, ids)) if (
+                taken_over is not None and ids) else set()
+            won = self._take(connection, ids, owner, now, now + lease)
+        if taken_over is not None:
+            taken_over.extend(i for i in ids if i in won and i in expired)
+        return [QueuedDelivery(*row) for row in rows if int(row[0]) in won]
+
+    @staticmethod
+    def _claimed_by_others(connection: Connection, owner: str, ids: list[int]) -> list[int]:
+        """Which of ``ids`` another owner's claim row stands on (the candidates have no live
+        claim: those are expired ones, left behind)."""
+        return [int(found[0]) for found in connection.execute(
+            "SELECT delivery_id FROM delivery_claims WHERE owner != ? AND delivery_id"
+            f" IN ({', '.join('?' * len(ids))})", (owner, *ids)).fetchall()]
+
+    @staticmethod
+    def _take(connection: Connection, ids: Sequence[int], owner: str, now: float,
+              until: float) -> set[int]:
+        """Write ``owner``'s claims on ``ids`` until ``until``, except over a claim still
+        live at ``now`` (another claimer's, committed after the candidates were chosen);
+        the ids claimed. Rows in id order: the order every claim-row writer keeps."""
+        if not ids:
+            return set()
+        ordered = sorted(ids)
+        rows = connection.execute(
+            "INSERT INTO delivery_claims(delivery_id, owner, expires_at) VALUES "
+            + ", ".join("(?, ?, ?)" for _ in ordered)
+            + " ON CONFLICT(delivery_id) DO UPDATE SET owner = excluded.owner,"
+            " expires_at = excluded.expires_at WHERE delivery_claims.expires_at <= ?"
+            " RETURNING delivery_id",
+            (*(value for i in ordered for value in (i, owner, until)), now),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
 
     def renew(self, owner: str, delivery_ids: Iterable[int], until: float) -> None:
-        """Extend ``owner``'s claims on ``delivery_ids`` until ``until``."""
+        """Extend ``owner``'s claims on ``delivery_ids`` until ``until``.
+
+        Still behind the writer lock: a renewal locks claim rows without their delivery
+        rows, which a serialised writer deleting deliveries (a move) locks the other way
+        round; the lock keeps the two apart. In id order, so that it and a claim taking
+        over expired claims wait for each other in one direction only."""
         with self._database.transaction(durable=False) as connection:
             connection.executemany(
                 "UPDATE delivery_claims SET expires_at = ? WHERE delivery_id = ? AND owner = ?",
-                [(until, i, owner) for i in delivery_ids],
+                [(until, i, owner) for i in sorted(delivery_ids)],
             )
 
     def release(self, owner: str, delivery_ids: Iterable[int] | None = None) -> None:
         """End ``owner``'s claims (on ``delivery_ids``, or all of them): others may take
-        those deliveries at once."""
+        those deliveries at once. Behind the writer lock and in id order, as :meth:`renew`."""
         with self._database.transaction(durable=False) as connection:
             if delivery_ids is None:
-                connection.execute("DELETE FROM delivery_claims WHERE owner = ?", (owner,))
+                _delete_claims_in_order(connection, "owner = ?", (owner,))
             else:
                 connection.executemany(
                     "DELETE FROM delivery_claims WHERE delivery_id = ? AND owner = ?",
-                    [(i, owner) for i in delivery_ids],
+                    [(i, owner) for i in sorted(delivery_ids)],
                 )
 
     def release_all_claims(self) -> int:
@@ -112,9 +160,8 @@ class DeliveryQueue:
         now), leaving other nodes' alone; how many."""
         prefix = f"{node}/"
         with self._database.transaction() as connection:
-            return int(connection.execute(
-                "DELETE FROM delivery_claims WHERE substr(owner, 1, ?) = ?",
-                (len(prefix), prefix)).rowcount)
+            return _delete_claims_in_order(connection, "substr(owner, 1, ?) = ?",
+                                           (len(prefix), prefix))
 
     def claims(self, endpoint: str | None = None) -> dict[int, str]:
         """{delivery id: owner} of the claims held now (of ``endpoint``'s deliveries)."""
@@ -161,18 +208,23 @@ class DeliveryQueue:
         # on it before a synced commit: the janitor commits its spool-removal marks with
         # the WAL's fsync (which makes every earlier commit durable) before it unlinks a
         # delivered instance's file.
+        # In id order, each delivery row before its claim row: the order a claim (which
+        # takes no writer lock) locks them in, so the two never wait for each other in a
+        # cycle (see claim).
         with self._database.transaction(durable=False) as connection:
-            for outcome in outcomes:
+            for outcome in sorted(outcomes, key=lambda o: o.delivery_id):
                 row = connection.execute(
                     "SELECT state FROM deliveries WHERE id = ?", (outcome.delivery_id,)
                 ).fetchone()
                 if row is None:
                     continue
-                connection.execute("DELETE FROM delivery_claims WHERE delivery_id = ?",
-                                   (outcome.delivery_id,))
                 previous = DeliveryState(row[0])
                 if previous is DeliveryState.DELIVERED:
-                    continue  # delivered is final; a late duplicate outcome changes nothing
+                    # final: a late duplicate outcome changes nothing. No claim can be
+                    # starting on it, so its claim row may go without its delivery row.
+                    connection.execute("DELETE FROM delivery_claims WHERE delivery_id = ?",
+                                       (outcome.delivery_id,))
+                    continue
                 check_transition(previous, outcome.state)
                 connection.execute(
                     "UPDATE deliveries SET state = ?, attempts = attempts + ?, last_error = ?,"
@@ -185,6 +237,8 @@ class DeliveryQueue:
                         outcome.state.value, now, outcome.delivery_id,
                     ),
                 )
+                connection.execute("DELETE FROM delivery_claims WHERE delivery_id = ?",
+                                   (outcome.delivery_id,))
                 if outcome.suspect:
                     connection.execute(
                         "INSERT INTO delivery_suspects(delivery_id, since, reason)"
@@ -222,3 +276,18 @@ class DeliveryQueue:
     def queued_counts(self) -> dict[str, int]:
         """Pending deliveries per endpoint."""
         return queued_counts(self._database.connection())
+
+
+def _delete_claims_in_order(connection: Connection, where: str,
+                            parameters: tuple[object, ...]) -> int:
+    """Delete the claims matching ``where`` one by one in id order (a single ``DELETE``
+    locks its rows in whatever order it finds them, which could close a cycle with a claim
+    taking over some of them); how many."""
+    ids = [int(row[0]) for row in connection.execute(
+        f"SELECT delivery_id FROM delivery_claims WHERE {where} ORDER BY delivery_id",
+        parameters).fetchall()]
+    if not ids:
+        return 0
+    return int(connection.executemany(
+        f"DELETE FROM delivery_claims WHERE delivery_id = ? AND {where}",
+        [(i, *parameters) for i in ids]).rowcount)
