@@ -1,5 +1,10 @@
 """The ingest write: one instance, its deliveries and its study pins, in one transaction.
 
+A study's pin is unique per group (the primary key of ``study_pins``): a new pin is written
+only where none stands, a re-pin only over the pin its decision read, and a decision that
+lost is made again over the winner (:func:`_pin`), so two nodes receiving one new study at
+once pin it to one storage even apart from the writer lock every ingest still takes.
+
 The routing decision runs inside that transaction (it reads pins and queue depths through
 :class:`IngestView`), so what it read cannot change before the rows it implies are written.
 The store knows a decision only by the shape of :class:`Placement`.
@@ -11,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
+from dde.store.errors import LedgerError
 from dde.store.group_commit import GroupCommit
 from dde.store.records import NewInstance
 
@@ -34,10 +40,14 @@ P = TypeVar("P", bound=Placement)
 
 
 class IngestView:
-    """Pins and queue depths as one connection sees them (a routing ``PinView``)."""
+    """Pins and queue depths as one connection sees them (a routing ``PinView``). It
+    remembers each pin it was asked for: a new pin is written only over the one its
+    decision saw."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self.pins_seen: dict[tuple[str, str], str | None] = {}
+        """{(study, group): the endpoint pinned, or None} as :meth:`pin_for` read them."""
 
     def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
         if group is None:
@@ -45,15 +55,47 @@ class IngestView:
                 "SELECT endpoint FROM study_pins WHERE study_instance_uid = ? ORDER BY grp",
                 (study_instance_uid,),
             ).fetchone()
-        else:
-            row = self._connection.execute(
-                "SELECT endpoint FROM study_pins WHERE study_instance_uid = ? AND grp = ?",
-                (study_instance_uid, group),
-            ).fetchone()
-        return None if row is None else str(row[0])
+            return None if row is None else str(row[0])
+        found = _pinned(self._connection, study_instance_uid, group)
+        self.pins_seen[(study_instance_uid, group)] = found
+        return found
 
     def queued_counts(self) -> dict[str, int]:
         return queued_counts(self._connection)
+
+
+PIN_ATTEMPTS = 3
+"""Routing decisions tried for one instance whose new pin lost to another's: the second
+sees the winner and follows it; a third is for a winner moved again meanwhile."""
+
+
+def _pinned(connection: Connection, study_instance_uid: str, group: str) -> str | None:
+    row = connection.execute(
+        "SELECT endpoint FROM study_pins WHERE study_instance_uid = ? AND grp = ?",
+        (study_instance_uid, group),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _pin(connection: Connection, pin: tuple[str, str, str], seen: str | None,
+         at: float) -> bool:
+    """Write ``pin`` (study, endpoint, group) unless the study's pin in that group is no
+    longer ``seen`` (what the decision read; None: no pin); whether the study is now pinned
+    there.
+
+    The unique key decides, not the writer lock alone: of two nodes pinning one new study
+    at once, the second's insert meets the first's row (waiting for its commit) and leaves
+    it, and its decision is made again over the winner. A re-pin (failover) replaces only
+    the pin its decision saw."""
+    study, endpoint, group = pin
+    written = connection.execute(
+        "INSERT INTO study_pins(study_instance_uid, endpoint, grp, pinned_at)"
+        " VALUES (?, ?, ?, ?) ON CONFLICT(study_instance_uid, grp)"
+        " DO UPDATE SET endpoint = excluded.endpoint, pinned_at = excluded.pinned_at"
+        " WHERE study_pins.endpoint = CAST(? AS TEXT) RETURNING endpoint",
+        (study, endpoint, group, at, seen),
+    ).fetchone()
+    return written is not None or _pinned(connection, study, group) == endpoint
 
 
 def queued_counts(connection: Connection) -> dict[str, int]:
@@ -83,14 +125,15 @@ class IngestRecords:
     @staticmethod
     def _write(connection: Connection, instance: NewInstance,
                decide: Callable[[IngestView], P]) -> tuple[int, P]:
-        route = decide(IngestView(connection))
-        for pin in route.all_pins():
-            connection.execute(
-                "INSERT INTO study_pins(study_instance_uid, endpoint, grp, pinned_at)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT(study_instance_uid, grp)"
-                " DO UPDATE SET endpoint = excluded.endpoint, pinned_at = excluded.pinned_at",
-                (*pin, instance.received_at),
-            )
+        for _ in range(PIN_ATTEMPTS):
+            view = IngestView(connection)
+            route = decide(view)
+            if all(_pin(connection, pin, view.pins_seen.get((pin[0], pin[2])),
+                        instance.received_at) for pin in route.all_pins()):
+                break
+        else:
+            raise LedgerError(f"study pins of {instance.study_instance_uid} kept changing"
+                              f" while {instance.sop_instance_uid} was routed")
         row = connection.execute(
             "INSERT INTO instances(sop_instance_uid, sop_class_uid, transfer_syntax_uid,"
             " study_instance_uid, series_instance_uid, patient_id, accession_number,"
