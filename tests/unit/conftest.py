@@ -45,5 +45,14 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
 
 
 @pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database of its own on the session's PostgreSQL server: for tests that open
+    several ledgers on it (nodes) or connect beside the ledger."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")

@@ -5,10 +5,7 @@ is made again over the winner, so one study's instances never split between stor
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
-import pytest
-from tests.support.postgres import PostgresServer
 from tests.support.unitkit import delivery_rows, ingest_to, new_instance
 
 from dde.routing.route import Route
@@ -79,13 +76,6 @@ def test_a_re_pin_over_the_pin_it_read_is_written(ledger: Ledger) -> None:
     ledger.intake.ingest(new_instance(), fail_over)
 
     assert pins(ledger) == {(STUDY, "storage"): "B"}
-
-
-@pytest.fixture
-def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create_database()
-    yield url
-    postgres_server.drop_database(url)
 
 
 def test_two_nodes_pinning_one_new_study_at_once_pin_it_to_one_storage(pg_url: str) -> None:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
-from tests.support.postgres import PostgresServer
 from tests.unit.test_store_queue import LEASE, queue_of
 
 from dde.store.ledger import Ledger
@@ -19,13 +17,6 @@ from dde.store.postgres import WRITER_LOCK
 from dde.store.queue import DeliveryQueue
 from dde.store.records import DeliveryOutcome
 from dde.store.states import DeliveryState
-
-
-@pytest.fixture
-def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
-    url = postgres_server.create_database()
-    yield url
-    postgres_server.drop_database(url)
 
 
 def test_the_claim_insert_never_writes_over_a_live_claim(ledger: Ledger) -> None:
