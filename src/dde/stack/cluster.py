@@ -29,13 +29,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import yaml
 
 from dde.config import Home, Settings, StoreBackend, load_settings, settings_to_data
 from dde.config_store import ConfigStore, _write_atomically, rewrite_yaml
 from dde.stack.errors import StackError
 from dde.stack.parts import HAPROXY, POSTGRESQL, Part, PartKind
+from dde.store.postgres import database_exists
 from dde.web.auth import load_token, token_file
 
 HAPROXY_BINARY = Path("/usr/sbin/haproxy")
@@ -231,17 +231,7 @@ def _let_server_reach(home: Home, folder: Path, user: tuple[str, str]) -> None:
 
 def postgres_ready(home: Home) -> bool:
     """Whether the stack's server accepts connections; creates the ``dde`` database once."""
-    url = managed_url(home)
-    admin = url.replace(f"/{DATABASE}?", "/postgres?")
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
-            found = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                       (DATABASE,)).fetchone()
-            if found is None:
-                connection.execute(f'CREATE DATABASE "{DATABASE}"'.encode())
-        return True
-    except psycopg.Error:
-        return False
+    return database_exists(managed_url(home), create=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from dde.store.database import ThreadConnections, committed
 from dde.store.errors import LedgerError
@@ -169,3 +171,20 @@ def _close_quietly(connection: PgConnection) -> None:
         connection.raw.close()
     except psycopg.Error:
         pass
+
+
+def database_exists(url: str, create: bool = False) -> bool:
+    """Whether the server at ``url`` answers and has its database (``create``: made when
+    absent, through the server's ``postgres`` database); False while it does not answer."""
+    name = str(conninfo_to_dict(url).get("dbname") or "")
+    admin = make_conninfo(url, dbname="postgres")
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=2) as connection:
+            found = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                       (name,)).fetchone()
+            if found is None and create:
+                connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                found = (1,)
+        return found is not None
+    except psycopg.Error:
+        return False
