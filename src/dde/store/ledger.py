@@ -11,6 +11,7 @@ published endpoint status — one database, one repository per kind of use.
 | ``event_log`` (:class:`EventLog`) | moves, the dashboard | what happened |
 | ``status_board`` (:class:`EndpointStatusBoard`) | router, receivers, explain | health and load |
 | ``diagnostics`` (:class:`Diagnostics`) | tests, benchmarks, readiness | counts, rows as records |
+| ``shared_documents`` (:class:`SharedDocuments`) | config store | shared endpoints, rules |
 
 The repositories are the seam a second database backend implements; SQL lives in them and
 in :mod:`dde.store.database`, nowhere else.
@@ -28,6 +29,7 @@ from dde.store.intake import IngestRecords
 from dde.store.moves import StudyMoves
 from dde.store.operators import OperatorQueries
 from dde.store.queue import DeliveryQueue
+from dde.store.shared_documents import SharedDocuments
 from dde.store.spool_index import SpoolIndex
 from dde.store.status_board import EndpointStatusBoard
 
@@ -56,6 +58,7 @@ class Ledger:
         self.event_log = EventLog(self.database)
         self.status_board = EndpointStatusBoard(self.database)
         self.diagnostics = Diagnostics(self.database)
+        self.shared_documents = SharedDocuments(self.database)
 
     def close(self) -> None:
         self.database.close()

@@ -4,7 +4,10 @@ Version 1 is the first schema. A migration is a function from the version before
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
 and refuses a ledger written by a newer version of dde. Tables added later without touching
 an existing one (``delivery_claims``, ``delivery_suspects``) are created by :data:`SCHEMA`
-itself at every open, so they need no version step (an older dde simply ignores them).
+itself at every open, so they need no version step (an older dde simply ignores them;
+on a ledger several nodes share, a node not yet upgraded keeps working beside upgraded
+ones, where a version step would make it refuse the ledger). ``shared_documents`` (the
+configuration the nodes share, :mod:`dde.store.shared_documents`) is one of them.
 
 One schema text serves both backends: it is written for SQLite, and :func:`schema_for`
 renders it for PostgreSQL (identity keys, 64-bit integers, double-precision times).
@@ -100,6 +103,13 @@ CREATE TABLE IF NOT EXISTS study_pins (
     endpoint TEXT NOT NULL,
     pinned_at REAL NOT NULL,
     PRIMARY KEY (study_instance_uid, grp)
+);
+CREATE TABLE IF NOT EXISTS shared_documents (
+    name TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    updated_by TEXT
 );
 """
 
