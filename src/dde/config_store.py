@@ -9,6 +9,16 @@ same way, and an invalid one is refused (logged) while the old configuration sta
 A change rewrites only what changed in ``dde.yaml`` (:func:`rewrite_yaml`, round-trip
 YAML): the user's comments, the order of keys and endpoints, and the values left to their
 defaults stay as they were.
+
+Shared mode (``store.backend: postgresql``, several nodes on one ledger): the database is the
+source of truth for the endpoint list and the rules (:mod:`dde.shared_config`); the rest of
+``dde.yaml`` stays the node's own. The node's ``endpoints:`` and ``rules.yaml`` are its
+copies: they seed a cluster that has none yet; a change made on this node writes the
+database, then them; and a running router (:class:`~dde.config_watch.ConfigWatch`) brings
+them up to date when another node changed the database. So a hand edit of a node's endpoints
+or rules is replaced by the shared ones: change them with ``dde endpoints …``, ``dde rules
+apply``, the API or the pages. The watch polls the documents' versions beside the files'
+stat, so a change on one node is applied on every node within about a second.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,12 +45,19 @@ from dde.config import (
     EndpointSettings,
     Home,
     Settings,
+    StoreBackend,
     load_settings,
     parse_settings,
     settings_to_data,
     settings_to_yaml,
 )
 from dde.routing.rules import RulesError, RuleSet, default_ruleset, parse_rules
+from dde.shared_config import (
+    Endpoints,
+    SharedConfig,
+    names_and_groups,
+    with_endpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -199,16 +217,28 @@ class ConfigStore:
         self.path = config_file or home.config_file
         self._explicit = config_file is not None
         self.rules_path = home.rules_file
+        self._shared: SharedConfig | None = None
+        self._resolved = False
+        self._shared_lock = threading.Lock()
 
     # -- reading -------------------------------------------------------------------------
     def settings(self) -> Settings:
-        return load_settings(self.home, self.path if self._explicit else None)
+        local = load_settings(self.home, self.path if self._explicit else None)
+        shared = self._shared_config(local)
+        if shared is None:
+            return local
+        return with_endpoints(local, shared.read(self._own_copy).endpoints, str(self.path))
 
     def fingerprint(self) -> tuple[object, ...]:
-        return (_stat(self.path), _stat(self.rules_path))
+        files = (_stat(self.path), _stat(self.rules_path))
+        shared = self._shared_config()
+        return files if shared is None else (*files, shared.versions())
 
     def rules_text(self, settings: Settings) -> str | None:
         """The active rules document, or None when the default rule applies."""
+        shared = self._shared_config()
+        if shared is not None:
+            return shared.read(self._own_copy).rules
         try:
             return self.rules_path.read_text()
         except FileNotFoundError:
@@ -223,7 +253,65 @@ class ConfigStore:
             return parse_rules(text, [e.name for e in settings.endpoints],
                                {g for e in settings.endpoints for g in e.groups})
         except RulesError as exc:
-            raise ConfigError(f"{self.rules_path}: {exc}") from None
+            raise ConfigError(f"{self._rules_source()}: {exc}") from None
+
+    # -- shared mode ---------------------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """Whether the endpoints and rules are the cluster's (``store.backend: postgresql``)."""
+        return self._shared_config() is not None
+
+    def _shared_config(self, local: Settings | None = None) -> SharedConfig | None:
+        """The shared documents when ``store`` (of ``local``, else of the settings read
+        last) names PostgreSQL; opened at the first use, kept while the section stays."""
+        with self._shared_lock:
+            if local is None:
+                if self._resolved:
+                    return self._shared
+                try:
+                    local = self._store_settings()
+                except ConfigError:
+                    return None  # the reading of the settings reports it
+            store = local.store
+            if self._shared is not None and self._shared.store != store:
+                self._shared.close()
+                self._shared = None
+            if store.backend is StoreBackend.POSTGRESQL and self._shared is None:
+                self._shared = SharedConfig(store)
+            self._resolved = True
+            return self._shared
+
+    def _store_settings(self) -> Settings:
+        """The settings, for their ``store`` section, without writing a missing file."""
+        if self._explicit or self.path.exists():
+            return load_settings(self.home, self.path if self._explicit else None)
+        return parse_settings({}, str(self.path))
+
+    def _own_copy(self) -> tuple[Endpoints, str | None]:
+        """This node's endpoints and rules (None: no rules.yaml), checked: the seed of a
+        cluster's shared configuration."""
+        own = load_settings(self.home, self.path if self._explicit else None,
+                            environment=False)
+        try:
+            rules = self.rules_path.read_text()
+        except FileNotFoundError:
+            rules = None
+        if rules is not None:
+            try:
+                parse_rules(rules, [e.name for e in own.endpoints],
+                            {g for e in own.endpoints for g in e.groups})
+            except RulesError as exc:
+                raise ConfigError(f"{self.rules_path}: {exc}") from None
+        return settings_to_data(own)["endpoints"], rules
+
+    def _rules_source(self) -> str:
+        return "the shared rules" if self.shared else str(self.rules_path)
+
+    def close(self) -> None:
+        """Close the shared documents' connections, if any (opened again if used again)."""
+        with self._shared_lock:
+            if self._shared is not None:
+                self._shared.close()
 
     # -- changing ------------------------------------------------------------------------
     @contextmanager
@@ -241,11 +329,15 @@ class ConfigStore:
         """Apply ``change`` to the current settings, validate, and write them atomically.
 
         ``change`` may raise ConfigError to refuse; nothing is written then. The rules must
-        stay valid against the changed endpoints.
+        stay valid against the changed endpoints. Shared mode: the endpoint list goes to the
+        database (one transaction), then to this node's ``dde.yaml``.
         """
         with self.locked():
             current = load_settings(self.home, self.path if self._explicit else None,
                                     environment=False)
+            shared = self._shared_config()
+            if shared is not None:
+                return self._update_shared(shared, current, change)
             changed = change(current)
             validated = parse_settings(changed.model_dump(mode="python"), str(self.path),
                                        environment=False)
@@ -259,6 +351,29 @@ class ConfigStore:
                                       f"{self.rules_path}: {exc}") from None
             _write_atomically(self.path, self._rewritten(current, validated))
             return validated
+
+    def _update_shared(self, shared: SharedConfig, current: Settings,
+                       change: Callable[[Settings], Settings]) -> Settings:
+        done: list[Settings] = []
+
+        def edit(endpoints: Endpoints, rules: str | None) -> Endpoints:
+            changed = change(with_endpoints(current, endpoints, str(self.path)))
+            validated = parse_settings(changed.model_dump(mode="python"), str(self.path),
+                                       environment=False)
+            if rules is not None:
+                try:
+                    parse_rules(rules, *names_and_groups(settings_to_data(validated)
+                                                         ["endpoints"]))
+                except RulesError as exc:
+                    raise ConfigError(f"the change would break the shared rules: {exc}") \
+                        from None
+            done.append(validated)
+            endpoints_after: Endpoints = settings_to_data(validated)["endpoints"]
+            return endpoints_after
+
+        shared.change_endpoints(edit, self._own_copy)
+        _write_atomically(self.path, self._rewritten(current, done[-1]))
+        return done[-1]
 
     def _rewritten(self, current: Settings, changed: Settings) -> str:
         """The text of ``dde.yaml`` with ``changed`` in place of ``current``: only what
@@ -279,32 +394,61 @@ class ConfigStore:
         """Validate ``text`` against the configured endpoints and make it the active rules.
 
         Raises :class:`RulesError` (with the line) and leaves the old rules in place.
+        Shared mode: the rules go to the database (one transaction), then to this node's
+        ``rules.yaml``.
         """
+        text = text if text.endswith("\n") else text + "\n"
         with self.locked():
+            shared = self._shared_config()
+            if shared is not None:
+                checked: list[RuleSet] = []
+
+                def edit(endpoints: Endpoints) -> str:
+                    checked.append(parse_rules(text, *names_and_groups(endpoints)))
+                    return text
+
+                shared.change_rules(edit, self._own_copy)
+                _write_atomically(self.rules_path, text)
+                return checked[-1]
             settings = self.settings()
             ruleset = parse_rules(text, [e.name for e in settings.endpoints],
                                   {g for e in settings.endpoints for g in e.groups})
-            _write_atomically(self.rules_path, text if text.endswith("\n") else text + "\n")
+            _write_atomically(self.rules_path, text)
             return ruleset
 
-
-class ConfigWatch:
-    """Notices changes of the configuration files (by their fingerprint) for a running
-    process; an invalid change is logged and skipped, the previous configuration stays."""
-
-    def __init__(self, store: ConfigStore) -> None:
-        self._store = store
-        self._fingerprint = store.fingerprint()
-
-    def changed(self) -> tuple[Settings, RuleSet] | None:
-        """The new settings and rules if the files changed and are valid, else None."""
-        fingerprint = self._store.fingerprint()
-        if fingerprint == self._fingerprint:
-            return None
-        self._fingerprint = fingerprint
+    def refresh_own_copy(self) -> None:
+        """Shared mode: bring this node's ``endpoints:`` in ``dde.yaml`` and its
+        ``rules.yaml`` up to the shared configuration (each written only if it differs).
+        Never raises: a failure is logged, the files stay as they are."""
+        shared = self._shared_config()
+        if shared is None:
+            return
         try:
-            settings = self._store.settings()
-            return settings, self._store.ruleset(settings)
-        except ConfigError as exc:
-            log.error("configuration change refused, the previous one stays: %s", exc)
-            return None
+            with self.locked():
+                state = shared.read(self._own_copy)
+                own = load_settings(self.home, self.path if self._explicit else None,
+                                    environment=False)
+                wanted = with_endpoints(own, state.endpoints, str(self.path))
+                if settings_to_data(wanted)["endpoints"] != settings_to_data(own)["endpoints"]:
+                    _write_atomically(self.path, self._rewritten(own, wanted))
+                    log.info("%s: endpoints updated from the shared configuration", self.path)
+                self._refresh_rules(state.rules)
+        except (ConfigError, OSError) as exc:
+            log.warning("could not update this node's copy of the shared configuration: %s",
+                        exc)
+
+    def _refresh_rules(self, shared: str | None) -> None:
+        try:
+            own: str | None = self.rules_path.read_text()
+        except FileNotFoundError:
+            own = None
+        if own == shared:
+            return
+        if shared is not None:
+            _write_atomically(self.rules_path, shared)
+            log.info("%s: updated from the shared configuration", self.rules_path)
+            return
+        aside = self.rules_path.with_name(self.rules_path.name + ".not-shared")
+        os.replace(self.rules_path, aside)
+        log.warning("%s: the cluster has no rules document (the default rule applies); "
+                    "this node's rules were moved to %s", self.rules_path, aside)

@@ -15,8 +15,9 @@ LAYERS: dict[str, int] = {
     "config": 0, "dicom": 0, "telemetry": 0, "logs": 0, "synthetic": 0,
     # the only place with SQL and files
     "store": 1, "reports": 2,
-    # pure decisions; the configuration files (validated with the rules); destinations
-    "routing": 2, "config_store": 3, "endpoints": 4,
+    # pure decisions and the configuration nodes share; the configuration files (validated
+    # with the rules); their watch and the destinations
+    "routing": 2, "shared_config": 2, "config_store": 3, "config_watch": 4, "endpoints": 4,
     # the stages
     "receiving": 5, "delivery": 5, "sending": 5, "reconcile": 6,
     # the web face (given the running router's parts), the one assembly, the stack

@@ -34,8 +34,11 @@ def verbose(ctx: click.Context) -> bool:
 
 
 def config_store(ctx: click.Context) -> ConfigStore:
-    """The configuration files (``dde.yaml``, ``rules.yaml``) of the state folder."""
-    return ConfigStore(home_of(ctx))
+    """The configuration files (``dde.yaml``, ``rules.yaml``) of the state folder (and in
+    shared mode the cluster's endpoints and rules; closed when the command ends)."""
+    store = ConfigStore(home_of(ctx))
+    ctx.call_on_close(store.close)
+    return store
 
 
 def settings_if_any(ctx: click.Context) -> Settings:

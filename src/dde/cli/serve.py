@@ -14,7 +14,7 @@ import click
 
 from dde import logs
 from dde.cli.context import home_of, verbose
-from dde.config import load_settings
+from dde.config_store import ConfigStore
 
 
 @click.command()
@@ -28,6 +28,10 @@ def serve(ctx: click.Context, config_file: str | None) -> None:
     logs.configure(verbose(ctx))
     home = home_of(ctx)
     config = Path(config_file) if config_file else None
-    settings = load_settings(home, config)
+    store = ConfigStore(home, config)  # in shared mode: the cluster's endpoints and rules
+    try:
+        settings = store.settings()
+    finally:
+        store.close()
     app = RouterApp(home, settings, config, verbose=verbose(ctx))
     app.serve_forever()

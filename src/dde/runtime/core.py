@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from dde.config import Settings, StoreBackend
-from dde.config_store import ConfigStore, ConfigWatch
+from dde.config_store import ConfigStore
+from dde.config_watch import ConfigWatch
 from dde.receiving.ingest import IngestPipeline
 from dde.routing.published import PublishedEndpoints
 from dde.routing.router import HealthView, LoadView, Router
@@ -76,7 +77,7 @@ class RouterCore:
         self.home = home_config.home
         self.settings = settings
         self.ruleset = ruleset
-        self._watch = ConfigWatch(home_config)
+        self._watch = ConfigWatch(home_config, (settings, ruleset))
         self.ledger = open_ledger(settings.store, self.home.database)
         self.node = node_name(settings)
         folder = Path(settings.spool.folder) if settings.spool.folder else self.home.spool_dir
@@ -127,4 +128,5 @@ class RouterCore:
 
     def close(self) -> None:
         self.ledger.close()
+        self.config.close()
 

@@ -98,8 +98,11 @@ class ReceiverWorker:
 
 def _current(home: Home, config_file: Path | None) -> tuple[Settings, RuleSet]:
     store = ConfigStore(home, config_file)
-    settings = store.settings()
-    return settings, store.ruleset(settings)
+    try:
+        settings = store.settings()
+        return settings, store.ruleset(settings)
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
