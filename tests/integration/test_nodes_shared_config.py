@@ -25,6 +25,7 @@ from tests.support.fixtures import OrthancFactory
 from tests.support.orthanc import RunningOrthanc, free_port, storescu, wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.router import ROUTER_AET, RouterProcess
+from tests.support.unitkit import MR_RULES as RULES
 
 from dde.config import Home
 from dde.store.ledger import Ledger
@@ -35,17 +36,6 @@ pytestmark = pytest.mark.integration
 
 SHARED_WITHIN_SECONDS = 3.0
 """2 s promised, plus 1 s of margin for the test's own polling (see the module docstring)."""
-
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: default
-    route: {group: storage}
-mirror: [ORTHANC-PROBE]
-"""
-
 
 def dde(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python -m dde --home HOME ARGS`` as a user runs it."""

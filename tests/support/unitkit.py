@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 
-from dde.config import EndpointSettings
+from dde.config import EndpointSettings, Settings
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import SendResult, Shipment
 from dde.receiving.ingest import Incoming
@@ -252,3 +252,34 @@ def run_coroutine(coroutine: Any) -> Any:
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
     return outcome[0]
+
+
+MR_RULES = """\
+rules:
+  - name: mr-to-orthanc2
+    when: {Modality: MR}
+    route: [ORTHANC2]
+  - name: default
+    route: {group: storage, strategy: round-robin}
+mirror: [ORTHANC-PROBE]
+"""
+"""A rules document for the default endpoints: MR to ORTHANC2, the rest to the group."""
+
+Change = Callable[[Settings], Settings]
+"""A change of the settings, as :meth:`dde.config_store.ConfigStore.update` takes it."""
+
+
+def add(name: str, groups: tuple[str, ...] = ("storage",)) -> Change:
+    """The change that adds endpoint ``name`` (port 4300) to ``groups``."""
+    def change(settings: Settings) -> Settings:
+        endpoint = EndpointSettings(name=name, aet=name, port=4300, groups=list(groups))
+        return settings.model_copy(update={"endpoints": [*settings.endpoints, endpoint]})
+    return change
+
+
+def without(name: str) -> Change:
+    """The change that removes endpoint ``name``."""
+    def change(settings: Settings) -> Settings:
+        return settings.model_copy(
+            update={"endpoints": [e for e in settings.endpoints if e.name != name]})
+    return change

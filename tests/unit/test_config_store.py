@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
-from tests.support.unitkit import generated
+from tests.support.unitkit import MR_RULES as RULES
+from tests.support.unitkit import Change, add, generated, without
 
-from dde.config import ConfigError, EndpointSettings, Home, Settings, Strategy
+from dde.config import ConfigError, Home, Settings, Strategy
 from dde.config_store import ConfigStore
 from dde.routing.rules import RulesError
 from dde.runtime.core import RouterCore
-
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: default
-    route: {group: storage, strategy: round-robin}
-mirror: [ORTHANC-PROBE]
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -37,23 +27,6 @@ def store(tmp_path: Path) -> ConfigStore:
     store = ConfigStore(Home(tmp_path / "home"))
     store.settings()  # first use writes the defaults
     return store
-
-
-Change = Callable[[Settings], Settings]
-
-
-def add(name: str, groups: tuple[str, ...] = ("storage",)) -> Change:
-    def change(settings: Settings) -> Settings:
-        endpoint = EndpointSettings(name=name, aet=name, port=4300, groups=list(groups))
-        return settings.model_copy(update={"endpoints": [*settings.endpoints, endpoint]})
-    return change
-
-
-def without(name: str) -> Change:
-    def change(settings: Settings) -> Settings:
-        return settings.model_copy(
-            update={"endpoints": [e for e in settings.endpoints if e.name != name]})
-    return change
 
 
 def test_update_writes_the_change_and_it_reads_back(store: ConfigStore) -> None:

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.postgres import PostgresServer
+from tests.support.unitkit import MR_RULES as RULES
+from tests.support.unitkit import add, without
 
 from dde.config import (
     ConfigError,
-    EndpointSettings,
     Home,
     Settings,
     parse_settings,
@@ -30,16 +31,6 @@ from dde.shared_config import SharedConfigUnavailable
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.shared_documents import SharedDocuments
-
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: default
-    route: {group: storage, strategy: round-robin}
-mirror: [ORTHANC-PROBE]
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -86,20 +77,6 @@ def versions(url: str) -> dict[str, int]:
 
 def names(settings: Settings) -> list[str]:
     return [e.name for e in settings.endpoints]
-
-
-def add(name: str) -> Any:
-    def change(settings: Settings) -> Settings:
-        endpoint = EndpointSettings(name=name, aet=name, port=4300, groups=["storage"])
-        return settings.model_copy(update={"endpoints": [*settings.endpoints, endpoint]})
-    return change
-
-
-def without(name: str) -> Any:
-    def change(settings: Settings) -> Settings:
-        return settings.model_copy(
-            update={"endpoints": [e for e in settings.endpoints if e.name != name]})
-    return change
 
 
 def watching(store: ConfigStore) -> ConfigWatch:

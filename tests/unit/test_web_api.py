@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
+from tests.support.unitkit import MR_RULES as RULES
 from tests.support.unitkit import delivery_rows, ingest_to
 from tests.support.webkit import AUTH, TOKEN, WebKit, dicom_bytes, make_webkit
 
@@ -19,16 +20,6 @@ from dde.cli import main
 from dde.config_store import ConfigStore
 from dde.store.records import DeliveryOutcome
 from dde.store.states import DeliveryState
-
-RULES = """\
-rules:
-  - name: mr-to-orthanc2
-    when: {Modality: MR}
-    route: [ORTHANC2]
-  - name: default
-    route: {group: storage, strategy: least-loaded}
-mirror: [ORTHANC-PROBE]
-"""
 
 
 @pytest.fixture(autouse=True)
