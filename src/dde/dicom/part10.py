@@ -27,29 +27,36 @@ class Part10:
     """The encoded dataset after the file meta, exactly as in the file."""
 
 
+def _read_meta_uids(stream: BinaryIO) -> tuple[str, str, str]:
+    """(SOP class, SOP instance, transfer syntax) UIDs of the file meta of the Part-10 file
+    in ``stream`` (left after the file meta); raise :class:`NotPart10` when it has none or
+    one is missing."""
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception:
+        raise NotPart10("no DICM preamble or file meta") from None
+    values = []
+    for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
+                    "TransferSyntaxUID"):
+        value = str(getattr(meta, keyword, "") or "").strip()
+        if not value:
+            raise NotPart10(f"the file meta has no {keyword}")
+        values.append(value)
+    return values[0], values[1], values[2]
+
+
 def split_part10(raw: bytes) -> Part10:
     """Split a Part-10 file; raise :class:`NotPart10` unless it has a preamble, a file
     meta with SOP class, SOP instance and transfer syntax UIDs, and a dataset after it."""
     if not raw:
         raise NotPart10("the file is empty")
     stream = io.BytesIO(raw)
-    try:
-        read_preamble(stream, False)
-        meta = _read_file_meta_info(stream)
-    except Exception:
-        raise NotPart10("no DICM preamble or file meta") from None
-    values = {}
-    for keyword in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
-                    "TransferSyntaxUID"):
-        value = str(getattr(meta, keyword, "") or "").strip()
-        if not value:
-            raise NotPart10(f"the file meta has no {keyword}")
-        values[keyword] = value
+    sop_class_uid, sop_instance_uid, transfer_syntax_uid = _read_meta_uids(stream)
     dataset = raw[stream.tell():]
     if not dataset:
         raise NotPart10("the file has a file meta but no dataset")
-    return Part10(values["MediaStorageSOPClassUID"], values["MediaStorageSOPInstanceUID"],
-                  values["TransferSyntaxUID"], dataset)
+    return Part10(sop_class_uid, sop_instance_uid, transfer_syntax_uid, dataset)
 
 
 _GROUP_LENGTH_ELEMENT = b"\x02\x00\x00\x00UL\x04\x00"
@@ -76,6 +83,52 @@ def dataset_offset(stream: BinaryIO) -> int:
     except Exception:
         raise NotPart10("no DICM preamble or file meta") from None
     return stream.tell()
+
+
+MAX_FILE_META = 64 * 1024
+"""Largest preamble plus file meta :func:`read_file_meta` waits for (a real one is a few
+hundred bytes): what a streamed file's head may cost in memory."""
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    """What the file meta at the head of a Part-10 file says, and where its dataset begins."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    dataset_offset: int
+
+
+def read_file_meta(head: bytes, complete: bool) -> FileMeta | None:
+    """The file meta of a Part-10 file that arrives in pieces, ``head`` being its first
+    bytes: None while more are needed (never when ``complete``: ``head`` is the whole
+    file); raise :class:`NotPart10` when it is not one. A file meta that starts with its
+    group length (every writer's does) is known as soon as its last byte is in; one without
+    waits for :data:`MAX_FILE_META` bytes (or the end of the file)."""
+    if len(head) >= _META_START and head[128:132] != b"DICM":
+        raise NotPart10("no DICM preamble")
+    if len(head) < _META_START + 12:
+        if complete:
+            raise NotPart10("the file ends inside its preamble or file meta")
+        return None
+    end = None
+    if head[132:140] == _GROUP_LENGTH_ELEMENT:
+        end = _META_START + 12 + int.from_bytes(head[140:144], "little")
+        if end > MAX_FILE_META:
+            raise NotPart10(f"a file meta of more than {MAX_FILE_META} bytes")
+        if len(head) < end + 2 and not complete:
+            return None
+        if head[end:end + 2] == b"\x02\x00":  # the group length lies: parse it all
+            end = None
+    if end is None and len(head) < MAX_FILE_META and not complete:
+        return None
+    stream = io.BytesIO(head[:end] if end is not None else head)
+    sop_class_uid, sop_instance_uid, transfer_syntax_uid = _read_meta_uids(stream)
+    offset = end if end is not None else stream.tell()
+    if complete and offset >= len(head):
+        raise NotPart10("the file has a file meta but no dataset")
+    return FileMeta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, offset)
 
 
 _FILE_META_VERSION = b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"

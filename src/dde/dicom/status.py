@@ -19,6 +19,11 @@ WARNING_ATTRIBUTE_LIST_ERROR: Final = 0x0107
 OUT_OF_RESOURCES: Final = 0xA700
 """Refused: out of resources (spool or database could not take the instance)."""
 DATASET_DOES_NOT_MATCH_SOP_CLASS: Final = 0xA900
+STUDY_INSTANCE_UID_MISMATCH: Final = DATASET_DOES_NOT_MATCH_SOP_CLASS
+"""STOW-RS Failure Reason (0008,1197) of an instance sent to ``/studies/{uid}`` of another
+study: PS3.18 names no code of its own for it (Table I.2-2 lets implementations add codes);
+the A9xx range (the instance does not conform to what the request's target resource
+requires) is what implementations use, so 0xA900."""
 CANNOT_UNDERSTAND: Final = 0xC000
 """Refused: the dataset could not be parsed (truncated, unparsable)."""
 CANNOT_UNDERSTAND_NO_ROUTE: Final = 0xC001

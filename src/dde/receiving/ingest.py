@@ -64,6 +64,9 @@ class Incoming:
     """Why writing ``dataset_file`` stopped short (disk full …): the instance is refused."""
     route: Route | None = None
     """A placement decided by the caller (a reconcile repair): the router is not asked."""
+    study_instance_uid: str | None = None
+    """The study the sender requires the instance to be of (STOW-RS to
+    ``/studies/{uid}``): an instance of another study is refused, not stored."""
 
     @property
     def size(self) -> int:
@@ -146,6 +149,14 @@ class IngestPipeline:
             return IngestResult(dimse.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                 "SOP Instance UID of the dataset differs from the request",
                                 reason="uid_mismatch")
+
+        wanted_study = incoming.study_instance_uid
+        if wanted_study is not None and header.study_instance_uid != wanted_study:
+            log.warning("refused an instance from %s: its Study Instance UID is not the "
+                        "request's", incoming.calling_aet)
+            return IngestResult(dimse.STUDY_INSTANCE_UID_MISMATCH,
+                                "Study Instance UID of the dataset differs from the request",
+                                reason="study_mismatch")
 
         try:
             spooled = self._spool_write(incoming)

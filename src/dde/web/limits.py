@@ -20,19 +20,32 @@ def _too_large(limit: int) -> str:
 
 
 class BodyLimitMiddleware:
-    """``limits`` maps (method, path) to its limit; other requests get ``default``."""
+    """``limits`` maps (method, path) to its limit, ``prefixes`` (method, path) to the limit
+    of that path and every path under it (``/dicom-web/studies/{uid}``); other requests get
+    ``default``."""
 
     def __init__(self, app: ASGIApp, default: int,
-                 limits: Mapping[tuple[str, str], int] | None = None) -> None:
+                 limits: Mapping[tuple[str, str], int] | None = None,
+                 prefixes: Mapping[tuple[str, str], int] | None = None) -> None:
         self.app = app
         self.default = default
         self.limits = dict(limits or {})
+        self.prefixes = dict(prefixes or {})
+
+    def limit_of(self, method: str, path: str) -> int:
+        limit = self.limits.get((method, path))
+        if limit is not None:
+            return limit
+        for (prefix_method, prefix), value in self.prefixes.items():
+            if method == prefix_method and (path == prefix or path.startswith(prefix + "/")):
+                return value
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get((scope["method"], scope["path"]), self.default)
+        limit = self.limit_of(scope["method"], scope["path"])
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             response = error_response(413, "payload_too_large", _too_large(limit),

@@ -33,8 +33,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created serie
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DELIVERY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     900.0, 3600.0)
-REFUSAL_REASONS = ("broken_dataset", "no_sop_instance_uid", "uid_mismatch", "spool_error",
-                   "spool_full", "no_route", "ledger_error", "internal_error")
+REFUSAL_REASONS = ("broken_dataset", "no_sop_instance_uid", "uid_mismatch", "study_mismatch",
+                   "spool_error", "spool_full", "no_route", "ledger_error", "internal_error")
 
 
 class WebMetrics(Telemetry):

@@ -28,13 +28,14 @@ from dde.web.health import health_router
 from dde.web.limits import BodyLimitMiddleware
 from dde.web.metrics import WebMetrics
 from dde.web.services import WebServices
+from dde.web.stow import STOW_PREFIX, stow_router
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = ("/healthz", "/metrics", "/login", "/logout", docs.DOCS_PATH, "/openapi.json")
 PUBLIC_PREFIXES = ("/static/", docs.ASSETS_PATH + "/")
 DEFAULT_BODY_LIMIT = 1024 * 1024
-"""Largest request body except uploads (``web.max_upload_bytes``)."""
+"""Largest request body except uploads and STOW-RS (``web.max_upload_bytes``)."""
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 
@@ -50,7 +51,7 @@ def build_app(services: WebServices, metrics: WebMetrics, authenticator: Authent
     app.add_middleware(BodyLimitMiddleware, default=DEFAULT_BODY_LIMIT, limits={
         ("POST", "/api/instances"): web.max_upload_bytes,
         ("POST", "/api/route/explain"): MAX_EXPLAIN_BYTES,
-    })
+    }, prefixes={("POST", STOW_PREFIX): web.max_upload_bytes})
     app.add_middleware(AuthMiddleware, authenticator=authenticator,
                        public_paths=PUBLIC_PATHS, public_prefixes=PUBLIC_PREFIXES)
     metrics.watch(services)
@@ -67,6 +68,7 @@ def build_app(services: WebServices, metrics: WebMetrics, authenticator: Authent
     app.include_router(rules_router(services))
     app.include_router(instances_router(services, web))
     app.include_router(queue_router(services))
+    app.include_router(stow_router(services))
     pages.install(app)
     docs.install(app)
     return app
