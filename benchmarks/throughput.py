@@ -31,6 +31,12 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 mode, round robin) to 1, 2 and 3 router nodes sharing one PostgreSQL ledger
                 and one spool folder (``nodes_N_ack``, ``nodes_N_e2e``), beside one node on
                 SQLite and direct (4 senders)
+* ``stow``      the CT batch to the router by STOW-RS (``POST /dicom-web/studies``,
+                ``--stow-per-request`` instances per request over one kept-alive HTTP
+                connection, each request answered only after its instances are durable) and
+                by C-STORE (storescu, one association), each to a fresh deployment:
+                ``stow_ack``/``stow_e2e`` beside ``stow_cstore_ack``/``stow_cstore_e2e``;
+                "× direct" of the STOW rows is their speed against C-STORE's
 * ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
                 CT) to the router, once with ``delivery.associations: 1`` and once with the
                 default: the probe's pending deliveries and the spool sampled every
@@ -66,12 +72,13 @@ from typing import Any
 
 import httpx
 
-from dde.config import parse_settings
+from dde.config import Home, parse_settings
 from dde.stack.orthanc import OrthancProcess, render_orthanc_config
 from dde.stack.process import port_in_use
 from dde.store.ledger import Ledger
 from dde.store.records import NewInstance, SeedDelivery, SeedInstance
 from dde.synthetic import write_large_instance, write_series
+from dde.web.auth import load_token
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,7 +105,7 @@ RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
 CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone", "cpu",
-         "nodes", "sustained")
+         "nodes", "stow", "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -443,6 +450,58 @@ def case_small(folder: Path, data: Data, args: argparse.Namespace) -> Times:
         "small_direct_1": direct_time(folder / "direct-1", small),
         "small_direct_par": direct_time(folder / "direct-n", small, parallel=senders),
     }
+
+
+STOW_BOUNDARY = "dde-benchmark-boundary"
+STOW_TYPE = f'multipart/related; type="application/dicom"; boundary={STOW_BOUNDARY}'
+
+
+def stow_body(files: Sequence[Path]) -> Iterator[bytes]:
+    """A STOW-RS body of these Part-10 files, read as it is sent."""
+    for path in files:
+        yield f"\r\n--{STOW_BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        yield path.read_bytes()
+    yield f"\r\n--{STOW_BOUNDARY}--\r\n".encode()
+
+
+def stow_times(folder: Path, batch: Batch, per_request: int) -> tuple[float, float]:
+    """STOW-RS → router, ``per_request`` instances per request, one request after the
+    other on one connection: (seconds until the last answer, until all arrived)."""
+    with contextlib.ExitStack() as stack:
+        deployment = start_deployment(stack, folder)
+        token = load_token(Home(deployment.home), create=False)
+        client = httpx.Client(base_url=f"http://127.0.0.1:{deployment.web_port}",
+                              trust_env=False, timeout=600.0,
+                              headers={"Authorization": f"Bearer {token}"})
+        stack.callback(client.close)
+
+        def web_ready() -> bool:
+            try:
+                return client.get("/healthz").status_code == 200
+            except httpx.TransportError:  # not listening yet: C-ECHO answers first
+                return False
+
+        wait_for(web_ready, 30, "the router's web side")
+        counter = Counter()
+        stack.callback(counter.close)
+        started = time.perf_counter()
+        for first in range(0, batch.count, per_request):
+            response = client.post("/dicom-web/studies", headers={"Content-Type": STOW_TYPE},
+                                   content=stow_body(batch.files[first:first + per_request]))
+            if response.status_code != 200:
+                raise RuntimeError(f"STOW-RS answered {response.status_code}: "
+                                   f"{response.text[:2000]}")
+        ack = time.perf_counter() - started
+        wait_for(lambda: deployment.arrived(counter, batch.count), ARRIVAL_TIMEOUT,
+                 f"{batch.count} instances in a storage and the probe")
+        return ack, time.perf_counter() - started
+
+
+def case_stow(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    stow_ack, stow_e2e = stow_times(folder / "stow", data.ct, args.stow_per_request)
+    cstore_ack, cstore_e2e = router_times(folder / "c-store", data.ct)
+    return {"stow_ack": stow_ack, "stow_e2e": stow_e2e,
+            "stow_cstore_ack": cstore_ack, "stow_cstore_e2e": cstore_e2e}
 
 
 def alone_time(folder: Path, batch: Batch) -> float:
@@ -1027,6 +1086,7 @@ CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
     "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu, "nodes": case_nodes,
+    "stow": case_stow,
 }
 
 
@@ -1082,6 +1142,10 @@ TIMED: dict[str, Timed] = {
     "small_e2e_par": Timed("small", "small_direct_par"),
     "alone_ack": Timed("ct", "direct"),
     "alone_small_ack": Timed("small", "small_direct_1"),
+    "stow_cstore_ack": Timed("ct", None),
+    "stow_cstore_e2e": Timed("ct", None),
+    "stow_ack": Timed("ct", "stow_cstore_ack"),
+    "stow_e2e": Timed("ct", "stow_cstore_e2e"),
     **{f"nodes_{n}_{kind}": Timed("small", "small_direct_par")
        for n in NODE_COUNTS for kind in ("ack", "e2e")},
 }
@@ -1255,6 +1319,13 @@ def print_report(summary: dict[str, Any], data: Data, args: argparse.Namespace) 
         print(f"{key:<17} {row['median_s']:>9.2f} {span:>15} {row['mb_per_s']:>7.1f} "
               f"{row['instances_per_s']:>8.1f} {fmt(row['speed_vs_direct']):>9} "
               f"{fmt(row['speed_vs_peer']):>7}")
+    times = summary["times"]
+    for kind in ("ack", "e2e"):
+        stow_row, cstore_row = times.get(f"stow_{kind}"), times.get(f"stow_cstore_{kind}")
+        if stow_row and cstore_row:
+            print(f"\nSTOW-RS {kind} ({args.stow_per_request} instances per request): "
+                  f"{stow_row['instances_per_s']:.1f} instances/s against C-STORE's "
+                  f"{cstore_row['instances_per_s']:.1f} (× {fmt(stow_row['speed_vs_direct'])})")
     latency = summary["latency"]
     if latency:
         print("\nC-STORE ack latency, 0.5 MB instances (storescu's log; medians of rounds)")
@@ -1367,6 +1438,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "comma-separated; 'default': the router's default (1,default)")
     parser.add_argument("--sample-seconds", type=float, default=5.0,
                         help="how often the probe's backlog is sampled (sustained)")
+    parser.add_argument("--stow-per-request", type=int, default=20,
+                        help="instances per STOW-RS request (stow)")
     parser.add_argument("--only", type=parse_cases, default=list(CASES),
                         help=f"comma-separated subset of: {', '.join(CASES)}")
     parser.add_argument("--json", type=Path, help="also write the JSON here")
@@ -1406,7 +1479,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                            "ct_megabytes": data.ct.megabytes, "small": args.small,
                            "small_megabytes": data.small.megabytes, "senders": args.senders,
                            "gigabyte_mb": args.gigabyte_mb, "backlog": args.backlog,
-                           "cases": cases},
+                           "stow_per_request": args.stow_per_request, "cases": cases},
             "rounds": rounds,
             "summary": summary,
         }
