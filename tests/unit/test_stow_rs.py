@@ -325,3 +325,16 @@ def test_too_many_parts_is_413(kit: WebKit, monkeypatch: pytest.MonkeyPatch) -> 
     assert response.status_code == 413, response.text
     assert "more than 2 parts" in response.json()["detail"]
     assert_nothing_stored(kit)
+
+
+def test_a_part_that_cannot_be_written_is_refused_out_of_resources(
+        kit: WebKit, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(kit.services.spool.prepared, "take",
+                        lambda: tmp_path / "no-such-folder" / "part.dcm")
+    raw, uid = dicom_bytes()
+
+    response = post(kit, related([raw]))
+
+    assert response.status_code == 409, response.text
+    assert failed(response) == [(uid, dimse.OUT_OF_RESOURCES)]
+    assert_nothing_stored(kit)
