@@ -31,7 +31,7 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 mode, round robin) to 1, 2 and 3 router nodes sharing one PostgreSQL ledger
                 and one spool folder (``nodes_N_ack``, ``nodes_N_e2e``), beside one node on
                 SQLite and direct (4 senders)
-* ``stow``      the CT batch to the router by STOW-RS (``POST /dicom-web/studies``,
+* ``stow-in``   the CT batch to the router by STOW-RS (``POST /dicom-web/studies``,
                 ``--stow-per-request`` instances per request over one kept-alive HTTP
                 connection, each request answered only after its instances are durable) and
                 by C-STORE (storescu, one association), each to a fresh deployment:
@@ -105,7 +105,7 @@ RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
 CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone", "cpu",
-         "nodes", "stow", "sustained")
+         "nodes", "stow-in", "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -1086,7 +1086,7 @@ CASE_FUNCTIONS: dict[str, Case] = {
     "direct": case_direct, "router": case_router, "peer": case_peer, "small": case_small,
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
     "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu, "nodes": case_nodes,
-    "stow": case_stow,
+    "stow-in": case_stow,
 }
 
 
