@@ -17,7 +17,7 @@ run: deps
 # The browser tests drive Debian's Chromium (Playwright never downloads a browser here);
 # the store tests run on a PostgreSQL server they start (package postgresql); promtool
 # (package prometheus) checks the alert rules, docker-compose and haproxy the deployment files.
-test unit integration: SYSTEM_PACKAGES += chromium postgresql prometheus docker-compose haproxy
+test unit integration: SYSTEM_PACKAGES += chromium postgresql prometheus docker-compose haproxy orthanc-dicomweb
 
 test: deps
 	$(BIN)/ruff check src tests benchmarks
@@ -31,7 +31,7 @@ integration: deps
 	$(BIN)/pytest -m integration
 
 # The nodes case runs PostgreSQL and HAProxy from Debian's packages.
-bench: SYSTEM_PACKAGES += postgresql haproxy
+bench: SYSTEM_PACKAGES += postgresql haproxy orthanc-dicomweb
 bench: deps
 	$(BIN)/python benchmarks/throughput.py
 

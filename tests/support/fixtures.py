@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -15,7 +15,8 @@ from tests.support.router import InProcessRouter, router_settings, start_router
 
 
 class OrthancFactory(Protocol):
-    def __call__(self, name: str = "ORTHANC1", aet: str | None = None) -> RunningOrthanc: ...
+    def __call__(self, name: str = "ORTHANC1", aet: str | None = None,
+                 extra: dict[str, Any] | None = None) -> RunningOrthanc: ...
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +37,10 @@ def orthanc_factory(tmp_path: Path) -> Iterator[OrthancFactory]:
     """
     started: list[RunningOrthanc] = []
 
-    def factory(name: str = "ORTHANC1", aet: str | None = None) -> RunningOrthanc:
+    def factory(name: str = "ORTHANC1", aet: str | None = None,
+                extra: dict[str, Any] | None = None) -> RunningOrthanc:
         folder = tmp_path / "orthancs" / f"{len(started):02d}-{name}"
-        orthanc = start_orthanc(folder, name, aet)
+        orthanc = start_orthanc(folder, name, aet, extra=extra)
         started.append(orthanc)
         return orthanc
 

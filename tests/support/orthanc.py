@@ -7,6 +7,7 @@ deadline and a poll), never with bare sleeps.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import socket
@@ -151,9 +152,19 @@ class RunningOrthanc:
         self.process.wait_ready(timeout)
 
 
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+"""Debian's ``orthanc-dicomweb`` package: STOW-RS/QIDO-RS under ``/dicom-web/``."""
+
+
+def dicomweb_config() -> dict[str, Any]:
+    """Orthanc configuration keys that load the DICOMweb plugin (root ``/dicom-web/``)."""
+    return {"Plugins": [DICOMWEB_PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+
+
 def start_orthanc(folder: Path, name: str = "ORTHANC1", aet: str | None = None,
-                  attempts: int = 3) -> RunningOrthanc:
-    """Start an Orthanc on free loopback ports, storage and logs under ``folder``.
+                  attempts: int = 3, extra: dict[str, Any] | None = None) -> RunningOrthanc:
+    """Start an Orthanc on free loopback ports, storage and logs under ``folder``;
+    ``extra`` is merged into its configuration (plugins, Lua scripts…).
 
     A port taken between ``free_port`` and Orthanc's bind makes Orthanc exit: it is then
     tried again on other ports.
@@ -167,6 +178,8 @@ def start_orthanc(folder: Path, name: str = "ORTHANC1", aet: str | None = None,
         dicom_port, http_port = free_port(), free_port()
         config.unlink(missing_ok=True)
         write_orthanc_config(config, name, aet, dicom_port, http_port, storage)
+        if extra:
+            config.write_text(json.dumps({**json.loads(config.read_text()), **extra}))
         process = OrthancProcess(config, base / "orthanc.log", http_port, dicom_port)
         process.start()
         try:

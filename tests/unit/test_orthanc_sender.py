@@ -83,13 +83,13 @@ def test_the_client_is_reused_until_released(shipment: Shipment) -> None:
     sender = sender_for(orthanc)
 
     first = sender.send(shipment)
-    client = sender._client
+    client = sender._http.current
     second = sender.send(shipment)
 
     assert first.status is second.status is SendStatus.DELIVERED
-    assert client is not None and sender._client is client
+    assert client is not None and sender._http.current is client
     sender.release()
-    assert sender._client is None and client.is_closed
+    assert sender._http.current is None and client.is_closed
     sender.release()  # twice is harmless
     assert sender.send(shipment).status is SendStatus.DELIVERED
     assert len(orthanc.requests) == 3
@@ -162,7 +162,7 @@ def test_connection_errors_are_unreachable(shipment: Shipment, error: httpx.HTTP
 
     assert result.status is SendStatus.UNREACHABLE
     assert type(error).__name__ in result.detail
-    assert sender._client is None  # the broken connection is dropped
+    assert sender._http.current is None  # the broken connection is dropped
 
 
 def test_missing_spool_file_is_a_permanent_refusal(shipment: Shipment) -> None:

@@ -114,3 +114,20 @@ def test_a_destination_down_for_days_still_gets_a_capped_delay(failures: int) ->
     assert 150.0 <= delay <= 300.0
     assert policy.after_failure(failures, permanent=False).give_up  # > max_attempts
     assert not RetryPolicy(max_attempts=10**7).after_failure(failures, permanent=False).give_up
+
+
+def test_a_throttle_waits_as_long_as_the_destination_asked() -> None:
+    policy = RetryPolicy(base=1.0, cap=300.0)
+
+    assert policy.after_throttle(42.0, FixedDraw(0.5)) == 42.0
+    assert policy.after_throttle(900.0, FixedDraw(0.5)) == 900.0  # beyond the cap: honoured
+
+
+def test_a_throttle_is_bounded_both_ways() -> None:
+    from dde.delivery.retry import RETRY_AFTER_LIMIT_SECONDS
+
+    policy = RetryPolicy(base=2.0, cap=300.0)
+
+    assert policy.after_throttle(0.0, FixedDraw(0.0)) == 1.0  # never a busy loop
+    assert policy.after_throttle(None, FixedDraw(0.0)) == 1.0  # no figure: the first backoff
+    assert policy.after_throttle(10 * 86400.0, FixedDraw(0.0)) == RETRY_AFTER_LIMIT_SECONDS

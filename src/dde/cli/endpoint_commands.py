@@ -7,6 +7,7 @@ within a second (no restart, associations in progress untouched).
 from __future__ import annotations
 
 import json
+import os
 
 import click
 from rich.markup import escape
@@ -15,7 +16,7 @@ from rich.table import Table
 from dde.cli.boundary import CommandGroup
 from dde.cli.context import config_store, ledger_if_any
 from dde.cli.output import console
-from dde.config import EndpointKind, EndpointSettings, EndpointState
+from dde.config import HTTP_KINDS, EndpointKind, EndpointSettings, EndpointState
 from dde.endpoints import registry
 
 
@@ -38,7 +39,8 @@ def endpoints_list(ctx: click.Context, as_json: bool) -> None:
                   "queued", "failed")
     for r in rows:
         table.add_row(escape(r["name"]), r["kind"], escape(r["aet"]),
-                      f"{escape(r['host'])}:{r['port']}", escape(",".join(r["groups"])),
+                      escape(r["url"] if r["kind"] in HTTP_KINDS and r["url"]
+                             else f"{r['host']}:{r['port']}"), escape(",".join(r["groups"])),
                       r["state"], r["health"], "" if r["load"] is None else str(r["load"]),
                       str(r["queued"]), str(r["failed"]))
     console().print(table)
@@ -46,22 +48,44 @@ def endpoints_list(ctx: click.Context, as_json: bool) -> None:
 
 @endpoints.command("add")
 @click.argument("name")
-@click.option("--aet", required=True, help="The PACS's AE title.")
-@click.option("--host", required=True)
-@click.option("--port", required=True, type=int)
-@click.option("--url", default=None, help="HTTP root (Orthanc REST: load, orthanc-rest kind).")
+@click.option("--aet", default=None, help="The PACS's AE title (dicom; default for HTTP "
+              "kinds: the name).")
+@click.option("--host", default=None, help="The PACS's host (dicom).")
+@click.option("--port", default=None, type=int, help="The PACS's DICOM port (dicom).")
+@click.option("--url", default=None, help="HTTP root: Orthanc REST (load, orthanc-rest kind) "
+              "or the DICOMweb service root (dicomweb kind).")
 @click.option("--group", "groups", multiple=True, help="Group(s), e.g. storage. Repeatable.")
 @click.option("--kind", type=click.Choice([k.value for k in EndpointKind]), default="dicom",
               show_default=True)
 @click.option("--weight", type=float, default=1.0, show_default=True)
+@click.option("--username", default=None, help="HTTP basic user (with --password-file).")
+@click.option("--password-file", default=None, type=click.Path(dir_okay=False),
+              help="File holding the HTTP basic password; read by the router, never copied.")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              help="File holding an HTTP bearer token; read by the router, never copied.")
+@click.option("--no-qido-load", is_flag=True,
+              help="dicomweb: do not count studies by QIDO-RS (load unknown).")
 @click.pass_context
-def endpoints_add(ctx: click.Context, name: str, aet: str, host: str, port: int,
-                  url: str | None, groups: tuple[str, ...], kind: str, weight: float) -> None:
+def endpoints_add(ctx: click.Context, name: str, aet: str | None, host: str | None,
+                  port: int | None, url: str | None, groups: tuple[str, ...], kind: str,
+                  weight: float, username: str | None, password_file: str | None,
+                  token_file: str | None, no_qido_load: bool) -> None:
     """Add an endpoint; it takes part in routing at once (no restart)."""
-    endpoint = EndpointSettings(name=name, aet=aet, host=host, port=port, url=url,
-                                groups=list(groups), kind=EndpointKind(kind), weight=weight)
+    endpoint_kind = EndpointKind(kind)
+    if endpoint_kind not in HTTP_KINDS and (aet is None or host is None or port is None):
+        raise click.UsageError("a dicom endpoint needs --aet, --host and --port")
+    for option, path in (("--password-file", password_file), ("--token-file", token_file)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise click.UsageError(f"{option} {path}: not a readable file")
+    fields = {"aet": aet, "host": host, "port": port, "url": url, "username": username,
+              "password_file": password_file, "token_file": token_file}
+    endpoint = EndpointSettings.model_validate({
+        "name": name, "groups": list(groups), "kind": endpoint_kind, "weight": weight,
+        "qido_load": not no_qido_load, **{k: v for k, v in fields.items() if v is not None}})
     registry.add_endpoint(config_store(ctx), endpoint)
-    click.echo(f"added {name} ({aet} at {host}:{port}, groups: {', '.join(groups) or 'none'})")
+    where = (endpoint.url if endpoint_kind in HTTP_KINDS
+             else f"{endpoint.aet} at {endpoint.host}:{endpoint.port}")
+    click.echo(f"added {name} ({kind}: {where}, groups: {', '.join(groups) or 'none'})")
 
 
 def _set_state(ctx: click.Context, name: str, state: EndpointState, message: str) -> None:

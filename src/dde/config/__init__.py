@@ -11,6 +11,7 @@ Everything a caller needs is importable from ``dde.config``.
 from dde.config.base import (
     CONFIG_FILE_NAME,
     DEFAULT_HOME,
+    HTTP_KINDS,
     ConfigError,
     EndpointKind,
     EndpointState,
@@ -43,7 +44,7 @@ from dde.config.settings import (
 )
 
 __all__ = [
-    "CONFIG_FILE_NAME", "DEFAULT_HOME", "TRANSFER_SYNTAX_NAMES", "ConfigError",
+    "CONFIG_FILE_NAME", "DEFAULT_HOME", "HTTP_KINDS", "TRANSFER_SYNTAX_NAMES", "ConfigError",
     "DeliverySettings", "EndpointKind", "EndpointSettings", "EndpointState", "HealthSettings",
     "Home", "ReceiverSettings", "ReceiverTlsSettings", "ReconcileSettings", "RoutingSettings",
     "SecuritySettings", "Settings", "SpoolSettings", "StackOrthanc", "StackSettings",

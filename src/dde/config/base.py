@@ -24,6 +24,12 @@ class _Strict(BaseModel):
 class EndpointKind(StrEnum):
     DICOM = "dicom"
     ORTHANC_REST = "orthanc-rest"
+    DICOMWEB = "dicomweb"
+    """STOW-RS to a DICOMweb service root (``url``), e.g. Orthanc's ``…/dicom-web``."""
+
+
+HTTP_KINDS = frozenset({EndpointKind.ORTHANC_REST, EndpointKind.DICOMWEB})
+"""Kinds delivered over HTTP to ``url`` (host, port and AE title are not used to send)."""
 
 
 class StoreBackend(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import socket
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from dde.config.base import EndpointKind, EndpointState, _Strict
+from dde.config.base import HTTP_KINDS, EndpointKind, EndpointState, _Strict
 
 
 class TlsSettings(_Strict):
@@ -52,21 +52,60 @@ class EndpointSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=104, ge=1, le=65535)
     url: str | None = None
-    """Orthanc's HTTP root: load statistics, and the target of ``orthanc-rest`` deliveries."""
+    """Orthanc's HTTP root (load statistics, the target of ``orthanc-rest`` deliveries), or
+    a ``dicomweb`` endpoint's DICOMweb service root (``POST {url}/studies``)."""
     groups: list[Annotated[str, Field(pattern=r"^\S+$")]] = Field(default_factory=list)
     weight: float = Field(default=1.0, gt=0)
     state: EndpointState = EndpointState.ENABLED
     username: str | None = None
     password: SecretStr | None = None
+    password_file: str | None = None
+    """A file holding the HTTP basic password (a mounted secret): read when a connection is
+    made, never copied into ``dde.yaml``; with ``username``."""
+    token: SecretStr | None = None
+    """An HTTP bearer token (``Authorization: Bearer …``); never shown or logged."""
+    token_file: str | None = None
+    """A file holding the bearer token (a mounted secret), read when a connection is made."""
+    qido_load: bool = True
+    """``dicomweb``: the load for least-loaded is the count of studies QIDO-RS lists
+    (``GET {url}/studies``); false: the load is unknown (only its queue counts)."""
     tls: TlsSettings = Field(default_factory=TlsSettings)
     associations: int | None = Field(default=None, ge=1, le=16)
     """Associations (or HTTP connections) delivering to it at once; None:
     ``delivery.associations``."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _http_aet_from_name(cls, data: Any) -> Any:
+        """An HTTP endpoint sends no association: its AE title (a label in listings) is
+        its name unless given."""
+        if (isinstance(data, dict) and data.get("kind") in HTTP_KINDS
+                and data.get("aet") is None and isinstance(data.get("name"), str)):
+            return {**data, "aet": data["name"][:16]}
+        return data
+
     @model_validator(mode="after")
-    def _rest_needs_url(self) -> EndpointSettings:
+    def _http_needs_url(self) -> EndpointSettings:
         if self.kind is EndpointKind.ORTHANC_REST and not self.url:
             raise ValueError("an orthanc-rest endpoint needs a url (Orthanc's HTTP root)")
+        if self.kind is EndpointKind.DICOMWEB and not self.url:
+            raise ValueError("a dicomweb endpoint needs a url (the DICOMweb service root, "
+                             "e.g. http://host:8042/dicom-web)")
+        return self
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> EndpointSettings:
+        basic = self.password is not None or self.password_file is not None
+        bearer = self.token is not None or self.token_file is not None
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("password or password_file, not both")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("token or token_file, not both")
+        if basic and bearer:
+            raise ValueError("basic credentials (username, password) or a bearer token, "
+                             "not both")
+        if self.password_file is not None and not self.username:
+            raise ValueError("password_file needs a username")
         return self
 
     @field_validator("host", "url")

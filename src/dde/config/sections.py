@@ -116,6 +116,11 @@ class DeliverySettings(_Strict):
     response_timeout_seconds: float = Field(default=20.0, gt=0)
     """A C-STORE with no response this long makes its delivery suspect: retried alone, on
     its own association and schedule, while the queue goes on over a fresh association."""
+    stow_max_bytes: int = Field(default=64 << 20, ge=1)
+    """A STOW-RS request (``dicomweb`` endpoints) carries instances of one study up to this
+    many bytes of Part-10 files (an instance larger than this goes alone)."""
+    stow_max_instances: int = Field(default=100, ge=1)
+    """…and at most this many instances (also bounded by ``batch_size``)."""
     lease_seconds: float = Field(default=60.0, ge=2.0)
     """How long a claimed delivery is a worker's (renewed while it sends): when a node dies,
     another node sends its claimed deliveries once their lease has expired."""

@@ -179,15 +179,16 @@ def parse_settings(raw: object, source: str = "configuration",
 
 
 def settings_to_data(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data to write to ``dde.yaml`` (passwords in clear, never
-    masked)."""
+    """The settings as plain data to write to ``dde.yaml`` (passwords and tokens in clear,
+    never masked)."""
     data = settings.model_dump(mode="json", exclude_none=True)
-    for endpoint in data["endpoints"]:
-        # SecretStr dumps as "**********"; never write a masked placeholder as a password.
-        endpoint.pop("password", None)
     for endpoint, model in zip(data["endpoints"], settings.endpoints, strict=True):
-        if model.password is not None:
-            endpoint["password"] = model.password.get_secret_value()
+        # SecretStr dumps as "**********"; never write a masked placeholder as a secret.
+        for key in ("password", "token"):
+            endpoint.pop(key, None)
+            secret = getattr(model, key)
+            if secret is not None:
+                endpoint[key] = secret.get_secret_value()
     return data
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+RETRY_AFTER_LIMIT_SECONDS = 3600.0
+"""The longest wait a destination's ``Retry-After`` can impose: a wrong or hostile header
+cannot park deliveries for days."""
+
 
 @dataclass(frozen=True)
 class RetryDecision:
@@ -35,3 +39,15 @@ class RetryPolicy:
         if permanent or attempts >= self.max_attempts:
             return RetryDecision(give_up=True, delay=0.0)
         return RetryDecision(give_up=False, delay=self.backoff(attempts, rng))
+
+    def after_throttle(self, retry_after: float | None,
+                       rng: random.Random | None = None) -> float:
+        """Delay before sending again to a destination that asked us to wait (HTTP 429, 503
+        with ``Retry-After``): the wait it asked for, bounded by
+        :data:`RETRY_AFTER_LIMIT_SECONDS`, and never less than the first backoff (a
+        ``Retry-After: 0`` must not make a busy loop); without a figure, the first backoff.
+        Spends no attempt: the destination did not judge the instances."""
+        floor = self.backoff(1, rng)
+        if retry_after is None:
+            return floor
+        return max(floor, min(retry_after, RETRY_AFTER_LIMIT_SECONDS))

@@ -2,8 +2,10 @@
 sends them over its own association (or HTTP connection) and records the outcomes.
 
 A batch is claimed (a lease in the ledger: the endpoint's other workers take other
-deliveries), sent in order over one reused association, and its outcomes are written in one
-transaction. A destination that cannot be reached parks this worker (backoff on the
+deliveries), sent in order over one reused association (or, to a sender that bundles — STOW-RS
+— study by study, one request per bundle), and its outcomes are written in one
+transaction. A destination that asks to wait (HTTP 429) defers the rest of the batch, no
+attempt spent. A destination that cannot be reached parks this worker (backoff on the
 endpoint, no attempt spent). A C-STORE that gets no answer makes its delivery *suspect*:
 the stuck association is dropped, the rest of the batch goes on at once over a fresh one,
 and the suspect delivery is from then on sent only by the endpoint's suspect lane (a worker
@@ -24,7 +26,7 @@ from dde.config import DeliverySettings, EndpointSettings
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
-from dde.endpoints.sending import Sender, SendStatus, Shipment
+from dde.endpoints.sending import BundleSender, Sender, SendResult, SendStatus, Shipment
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.records import DeliveryOutcome, QueuedDelivery
@@ -238,53 +240,54 @@ class EndpointWorker:
                  settled: set[int]) -> bool:
         """Send ``batch``; add to ``settled`` each delivery whose outcome is recorded or whose
         claim is already given back (what :meth:`_one_batch` need not release)."""
-        shipments = {item.id: self._shipment(item) for item in batch}
-        self._sender.prepare([s for s in shipments.values() if s is not None])
+        shipments = {item.id: s for item in batch if (s := self._shipment(item)) is not None}
+        self._sender.prepare(list(shipments.values()))
+        bundles = self._bundles(batch, shipments)
         outcomes: list[DeliveryOutcome] = []
         unreachable: str | None = None
         delivered = 0
         received_at = {item.id: item.received_at for item in batch}
         with self._state_lock:
-            self._rest = [item.id for item in batch]
+            self._rest = [item.id for bundle in bundles for item in bundle]
             self._handed_back = False
-        for item in batch:
+        for bundle in bundles:
             with self._state_lock:
                 if self._stop.is_set() or self._handed_back:
                     break
-                self._rest = self._rest[1:]
+                self._rest = self._rest[len(bundle):]
                 rest = list(self._rest)
-            shipment = shipments[item.id]
-            if shipment is None:
-                outcomes.append(DeliveryOutcome(item.id, DeliveryState.FAILED,
+            if bundle[0].id not in shipments:
+                outcomes.append(DeliveryOutcome(bundle[0].id, DeliveryState.FAILED,
                                                 "spool file is missing"))
                 continue
             if time.time() > lease_until - self._lease / 2:
                 lease_until = time.time() + self._lease
-                self._ledger.queue.renew(self.owner, [item.id, *rest], lease_until)
-            with self._state_lock:
-                self._sending_since = time.monotonic()
-            try:
-                result = self._sender.send(shipment)
-            finally:
-                with self._state_lock:
-                    self._sending_since = None
+                self._ledger.queue.renew(self.owner, [*(i.id for i in bundle), *rest],
+                                         lease_until)
+            results = self._send([shipments[item.id] for item in bundle])
             if self._suspects:
                 self._sender.release()  # a suspect is sent alone: its association ends here
-            if self._health is not None:
-                self._health.report(self.name, result.status is not SendStatus.UNREACHABLE,
-                                    result.detail)
-            if result.status is SendStatus.DELIVERED:
-                outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
-                delivered += 1
-                log.info("delivered instance #%d to %s (attempt %d)", item.instance_id,
-                         self.name, item.attempts + 1)
-            elif result.status is SendStatus.UNREACHABLE:
-                unreachable = result.detail
-                self._ledger.queue.note_endpoint_error(self.name, result.detail)
+            self._report_health(results)
+            throttled: list[tuple[QueuedDelivery, SendResult]] = []
+            for item, result in zip(bundle, results, strict=True):
+                if result.status is SendStatus.DELIVERED:
+                    outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
+                    delivered += 1
+                    log.info("delivered instance #%d to %s (attempt %d)", item.instance_id,
+                             self.name, item.attempts + 1)
+                elif result.status is SendStatus.UNREACHABLE:
+                    unreachable = result.detail
+                elif result.retry_after is not None:
+                    throttled.append((item, result))
+                else:
+                    outcomes.append(self._refused(item, result.detail, result.permanent,
+                                                  result.suspect))
+            if unreachable is not None:
+                self._ledger.queue.note_endpoint_error(self.name, unreachable)
                 break
-            else:
-                outcomes.append(self._refused(item, result.detail, result.permanent,
-                                              result.suspect))
+            if throttled:
+                outcomes.extend(self._throttled(throttled))
+                break
         self._ledger.queue.record_outcomes(outcomes)
         settled.update(outcome.delivery_id for outcome in outcomes)
         self._report(outcomes, received_at)
@@ -311,6 +314,54 @@ class EndpointWorker:
         self.last_error = None
         return bool(outcomes)
 
+    def _bundles(self, batch: list[QueuedDelivery],
+                 shipments: dict[int, Shipment]) -> list[list[QueuedDelivery]]:
+        """The batch in sending order, as the deliveries sent in one request each: one per
+        instance, or as a :class:`BundleSender` groups them (not on the suspect lane).
+        Deliveries whose spool file is missing come first, alone."""
+        present = [item for item in batch if item.id in shipments]
+        missing = [[item] for item in batch if item.id not in shipments]
+        if self._suspects or not isinstance(self._sender, BundleSender) or not present:
+            return [*missing, *([item] for item in present)]
+        plan = self._sender.bundles([shipments[item.id] for item in present])
+        return [*missing, *([present[position] for position in bundle] for bundle in plan)]
+
+    def _send(self, bundle: list[Shipment]) -> list[SendResult]:
+        with self._state_lock:
+            self._sending_since = time.monotonic()
+        try:
+            if len(bundle) > 1 and isinstance(self._sender, BundleSender):
+                return self._sender.send_bundle(bundle)
+            return [self._sender.send(bundle[0])]
+        finally:
+            with self._state_lock:
+                self._sending_since = None
+
+    def _report_health(self, results: list[SendResult]) -> None:
+        """One health report per request: down if it found no usable connection."""
+        if self._health is None or not results:
+            return
+        failed = [r for r in results if r.status is SendStatus.UNREACHABLE]
+        self._health.report(self.name, not failed, (failed or results)[0].detail)
+
+    def _throttled(self, throttled: list[tuple[QueuedDelivery, SendResult]]
+                   ) -> list[DeliveryOutcome]:
+        """The destination asked us to wait: these deliveries, and the rest of the batch
+        not handed to other workers, wait that long, spending no attempt."""
+        retry_after = max(result.retry_after or 0.0 for _, result in throttled)
+        detail = throttled[0][1].detail
+        wait = self._policy.after_throttle(retry_after)
+        with self._state_lock:
+            later = [] if self._handed_back else list(self._rest)
+            self._rest = []
+        deferred = [item.id for item, _ in throttled] + later
+        log.info("%s asks to wait (%s): %d deliveries deferred %.1f s", self.name, detail,
+                 len(deferred), wait)
+        not_before = time.time() + wait
+        return [DeliveryOutcome(delivery_id, DeliveryState.PENDING, detail,
+                                counts_as_attempt=False, next_attempt_at=not_before)
+                for delivery_id in deferred]
+
     def _report(self, outcomes: list[DeliveryOutcome],
                 received_at: dict[int, float | None]) -> None:
         now = time.time()
@@ -334,9 +385,9 @@ class EndpointWorker:
                         item.instance_id, self.name, attempts, detail)
             return DeliveryOutcome(item.id, DeliveryState.FAILED, detail, suspect=suspect)
         if suspect:
-            log.warning("instance #%d got no answer from %s (attempt %d): %s; it is retried "
-                        "alone in %.1f s, the queue goes on over a fresh association",
-                        item.instance_id, self.name, attempts, detail, decision.delay)
+            log.warning("instance #%d to %s (attempt %d): %s; it is retried alone in %.1f s, "
+                        "the queue goes on", item.instance_id, self.name, attempts, detail,
+                        decision.delay)
         else:
             log.info("delivery of instance #%d to %s refused (attempt %d), retry in %.1f s: "
                      "%s", item.instance_id, self.name, attempts, decision.delay, detail)
@@ -350,4 +401,4 @@ class EndpointWorker:
         if not path.exists():
             return None
         return Shipment(path, item.sop_class_uid, item.sop_instance_uid,
-                        item.transfer_syntax_uid)
+                        item.transfer_syntax_uid, item.study_instance_uid)

@@ -1,6 +1,7 @@
 """Health of every endpoint: background probes and the dispatcher's results feed a breaker.
 
-A DICOM endpoint is probed with C-ECHO, an ``orthanc-rest`` one with ``GET {url}/system``.
+A DICOM endpoint is probed with C-ECHO, an ``orthanc-rest`` one with ``GET {url}/system``, a
+``dicomweb`` one with QIDO-RS ``GET {url}/studies?limit=1``.
 The breaker of each endpoint decides whether it is up (gets new studies) or down, and for how
 long it has been down (failover). An endpoint is ``unknown`` until it first answers (or its
 breaker opens): a new one is probed at once, before the others, and a group gives new
@@ -21,7 +22,7 @@ import httpx
 from dde.config import EndpointKind, EndpointSettings, HealthSettings
 from dde.endpoints.breaker import Breaker
 from dde.endpoints.dicom_sender import c_echo
-from dde.endpoints.http import http_client
+from dde.endpoints.http import CredentialsError, http_client
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,29 @@ def http_system(endpoint: EndpointSettings, timeout: float) -> str | None:
     try:
         with http_client(endpoint, timeout=timeout) as client:
             response = client.get(f"{endpoint.url}/system")
+    except CredentialsError as exc:
+        return str(exc)
     except httpx.HTTPError as exc:
         return f"GET /system failed: {type(exc).__name__}"
     if response.status_code != 200:
         return f"GET /system: HTTP {response.status_code}"
+    return None
+
+
+def qido_studies(endpoint: EndpointSettings, timeout: float) -> str | None:
+    """A DICOMweb service is up when QIDO-RS answers a search for one study (200, or 204:
+    none), with the endpoint's credentials: a cheap request that also checks them."""
+    try:
+        with http_client(endpoint, timeout=timeout) as client:
+            response = client.get(f"{(endpoint.url or '').rstrip('/')}/studies",
+                                  params={"limit": "1"},
+                                  headers={"Accept": "application/dicom+json"})
+    except CredentialsError as exc:
+        return str(exc)
+    except httpx.HTTPError as exc:
+        return f"GET /studies failed: {type(exc).__name__}"
+    if response.status_code not in (200, 204):
+        return f"GET /studies: HTTP {response.status_code}"
     return None
 
 
@@ -72,6 +92,8 @@ class HealthMonitor:
         timeout = self.settings.probe_timeout_seconds
         if endpoint.kind is EndpointKind.ORTHANC_REST:
             return http_system(endpoint, timeout)
+        if endpoint.kind is EndpointKind.DICOMWEB:
+            return qido_studies(endpoint, timeout)
         return c_echo(endpoint, self._calling_aet, timeout)
 
     def configure(self, settings: HealthSettings, endpoints: Iterable[EndpointSettings]) -> None:

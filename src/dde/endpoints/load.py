@@ -1,8 +1,12 @@
-"""Live load of each PACS: Orthanc's instance count, cached and refreshed in the background.
+"""Live load of each PACS, cached and refreshed in the background: Orthanc's instance count,
+or for a ``dicomweb`` endpoint the number of studies QIDO-RS lists.
 
 The routing decision must not make an HTTP call per instance, so a background thread polls
-``GET {url}/statistics`` every ``refresh`` seconds. Deliveries that complete between two
-polls are added to the cached count so the figure does not dip until the next poll.
+``GET {url}/statistics`` (or ``GET {url}/studies``) every ``refresh`` seconds. Instances
+delivered between two polls are added to an instance count so the figure does not dip until
+the next poll (not to a study count: an instance may join a study already counted). A
+``dicomweb`` endpoint with ``qido_load: false`` is not polled: its load is unknown (0), only
+its queue counts.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from dde.config import EndpointSettings
-from dde.endpoints.http import http_client
+from dde.config import EndpointKind, EndpointSettings
+from dde.endpoints.http import CredentialsError, http_client
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,9 @@ class LoadBook:
 
     def note_delivered(self, name: str, count: int = 1) -> None:
         with self._lock:
+            endpoint = self._endpoints.get(name)
+            if endpoint is not None and endpoint.kind is EndpointKind.DICOMWEB:
+                return  # its figure counts studies
             entry = self._loads.setdefault(name, _Load())
             entry.delivered_since_poll += count
 
@@ -69,15 +76,14 @@ class LoadBook:
 
     def poll_once(self) -> None:
         with self._lock:
-            endpoints = [e for e in self._endpoints.values() if e.url]
+            endpoints = [e for e in self._endpoints.values() if e.url and (
+                e.kind is not EndpointKind.DICOMWEB or e.qido_load)]
         for endpoint in endpoints:
             started = time.time()
             try:
-                client = self._client_for(endpoint)
-                response = client.get(f"{endpoint.url}/statistics")
-                response.raise_for_status()
-                count = int(response.json()["CountInstances"])
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                count = _poll(self._client_for(endpoint), endpoint)
+            except (httpx.HTTPError, CredentialsError, ValueError, KeyError,
+                    TypeError) as exc:
                 with self._lock:
                     entry = self._loads.setdefault(endpoint.name, _Load())
                     entry.error = type(exc).__name__
@@ -119,6 +125,24 @@ class LoadBook:
                 self.poll_once()
             except Exception:  # never let the poller die
                 log.exception("load poll failed")
+
+
+def _poll(client: httpx.Client, endpoint: EndpointSettings) -> int:
+    """The endpoint's load figure: instances (Orthanc ``/statistics``), or studies listed by
+    QIDO-RS for a ``dicomweb`` endpoint (an origin server may cap a search's results)."""
+    if endpoint.kind is EndpointKind.DICOMWEB:
+        response = client.get(f"{(endpoint.url or '').rstrip('/')}/studies",
+                              headers={"Accept": "application/dicom+json"})
+        response.raise_for_status()
+        if response.status_code == 204:  # no study matches
+            return 0
+        studies = response.json()
+        if not isinstance(studies, list):
+            raise TypeError("a QIDO-RS answer is a list")
+        return len(studies)
+    response = client.get(f"{endpoint.url}/statistics")
+    response.raise_for_status()
+    return int(response.json()["CountInstances"])
 
 
 def _default_client(endpoint: EndpointSettings) -> httpx.Client:

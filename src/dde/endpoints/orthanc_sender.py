@@ -9,7 +9,7 @@ from __future__ import annotations
 import httpx
 
 from dde.config import DeliverySettings, EndpointSettings
-from dde.endpoints.http import http_client
+from dde.endpoints.http import CredentialsError, KeptClient
 from dde.endpoints.sending import SendResult, Shipment
 
 _RETRY_LATER = (408, 429)
@@ -22,23 +22,21 @@ class OrthancRestSender:
         if not endpoint.url:
             raise ValueError(f"endpoint {endpoint.name} of kind orthanc-rest needs a url")
         self.endpoint = endpoint
-        self._timeout = delivery.dimse_timeout
-        self._client: httpx.Client | None = None
-        self._transport = transport
+        self._http = KeptClient(endpoint, delivery.dimse_timeout, transport)
 
     def prepare(self, shipments: list[Shipment]) -> None:
         return None
 
     def send(self, shipment: Shipment) -> SendResult:
-        if self._client is None:
-            self._client = http_client(self.endpoint, timeout=self._timeout,
-                                       transport=self._transport)
         try:
+            client = self._http.get()
             with shipment.path.open("rb") as body:
-                response = self._client.post(
+                response = client.post(
                     f"{self.endpoint.url}/instances", content=body,
                     headers={"Content-Type": "application/dicom"},
                 )
+        except CredentialsError as exc:
+            return SendResult.unreachable(str(exc))
         except FileNotFoundError:
             return SendResult.refused("spool file is missing", permanent=True)
         except httpx.TransportError as exc:
@@ -63,11 +61,7 @@ class OrthancRestSender:
         return SendResult.refused(detail, permanent=permanent)
 
     def abort(self) -> None:
-        client = self._client
-        if client is not None:
-            client.close()
+        self._http.abort()
 
     def release(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        self._http.release()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 class SendStatus(Enum):
@@ -25,6 +25,10 @@ class SendResult:
     suspect: bool = False
     """The destination took the instance (or part of it) and never answered: something in
     this instance may hang it, so it is retried alone; the connection was dropped."""
+    retry_after: float | None = None
+    """The destination asked to be left alone this many seconds (HTTP 429 or 503 with
+    ``Retry-After``): the instance was not judged, so no attempt is spent, and nothing more
+    is sent to it from this batch."""
 
     @classmethod
     def delivered(cls, detail: str = "") -> SendResult:
@@ -40,8 +44,19 @@ class SendResult:
         return cls(SendStatus.REFUSED, detail, suspect=True)
 
     @classmethod
+    def retry_alone(cls, detail: str) -> SendResult:
+        """Refused with others in one request, the destination not saying which: each is
+        retried alone, by the suspect lane, to get a verdict of its own."""
+        return cls(SendStatus.REFUSED, detail, suspect=True)
+
+    @classmethod
     def unreachable(cls, detail: str) -> SendResult:
         return cls(SendStatus.UNREACHABLE, detail)
+
+    @classmethod
+    def throttled(cls, detail: str, retry_after: float) -> SendResult:
+        """Not now, and not before ``retry_after`` seconds (the destination's own words)."""
+        return cls(SendStatus.REFUSED, detail, retry_after=max(0.0, retry_after))
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,8 @@ class Shipment:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    study_instance_uid: str | None = None
+    """Known for spooled instances: senders that send a study in one request group by it."""
 
 
 class Sender(Protocol):
@@ -65,3 +82,16 @@ class Sender(Protocol):
 
     def abort(self) -> None:
         """From another thread, when stopping: make a send blocked on the peer return now."""
+
+
+@runtime_checkable
+class BundleSender(Sender, Protocol):
+    """A sender that carries several instances in one request (STOW-RS): the worker asks it
+    how to bundle a claimed batch, then sends bundle by bundle."""
+
+    def bundles(self, shipments: list[Shipment]) -> list[list[int]]:
+        """The positions in ``shipments`` of the instances sent together, bundle by bundle
+        (every position exactly once)."""
+
+    def send_bundle(self, shipments: list[Shipment]) -> list[SendResult]:
+        """Send one bundle; one result per shipment, in order."""

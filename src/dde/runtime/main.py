@@ -18,6 +18,7 @@ from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.dicom_sender import DicomSender
+from dde.endpoints.dicomweb_sender import DicomWebSender
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.orthanc_sender import OrthancRestSender
@@ -110,6 +111,8 @@ class RouterApp:
     def _sender_for(self, endpoint: EndpointSettings) -> Sender:
         if endpoint.kind is EndpointKind.ORTHANC_REST:
             return OrthancRestSender(endpoint, self.settings.delivery)
+        if endpoint.kind is EndpointKind.DICOMWEB:
+            return DicomWebSender(endpoint, self.settings.delivery)
         return DicomSender(endpoint, self.settings.delivery, self.settings.receiver.ae_title)
 
     # -- live configuration ------------------------------------------------------------

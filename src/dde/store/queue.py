@@ -27,7 +27,8 @@ from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
 
 _QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
-           " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at ")
+           " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at,"
+           " i.study_instance_uid ")
 """The columns of a :class:`QueuedDelivery`, in its field order (``d``: deliveries,
 ``i``: instances)."""
 _LOCK_CANDIDATES = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}

@@ -36,6 +36,7 @@ class QueuedDelivery:
     sop_instance_uid: str
     transfer_syntax_uid: str
     received_at: float | None = None
+    study_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from dde.config import (
     ConfigError,
@@ -43,17 +43,24 @@ MAX_EXPLAIN_BYTES = 64 * 1024 * 1024
 
 
 class EndpointCreate(BaseModel):
-    """A new endpoint, as ``dde endpoints add`` takes it."""
+    """A new endpoint, as ``dde endpoints add`` takes it. ``aet``, ``host`` and ``port`` are
+    required for ``dicom``; an HTTP kind needs ``url``. Credentials are given as values (never
+    answered back); secret files (``*_file``) only through ``dde.yaml`` or the CLI, so the API
+    cannot make the router read a file of its choosing."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
-    aet: str
-    host: str
-    port: int
+    aet: str | None = None
+    host: str | None = None
+    port: int | None = None
     url: str | None = None
     groups: list[str] = Field(default_factory=list)
     kind: EndpointKind = EndpointKind.DICOM
     weight: float = 1.0
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="An HTTP bearer token")
+    qido_load: bool = True
 
 
 class EndpointChange(BaseModel):
@@ -121,7 +128,7 @@ def endpoints_router(services: WebServices) -> APIRouter:
                      409: "An endpoint of that name exists already"}))
     def add_endpoint(body: EndpointCreate) -> dict[str, Any]:
         try:
-            endpoint = EndpointSettings(**body.model_dump())
+            endpoint = EndpointSettings(**body.model_dump(exclude_none=True))
         except ValidationError as exc:
             raise _invalid(exc) from None
         _check_address(services, endpoint)

@@ -65,10 +65,11 @@
     error.hidden = true;
     const f = form.elements;
     const body = {
-      name: f.name.value.trim(), aet: f.aet.value.trim(), host: f.host.value.trim(),
+      name: f.name.value.trim(), host: f.host.value.trim(),
       port: Number(f.port.value), kind: f.kind.value, weight: Number(f.weight.value || 1),
       groups: f.groups.value.split(",").map((g) => g.trim()).filter(Boolean),
     };
+    if (f.aet.value.trim()) body.aet = f.aet.value.trim();
     if (f.url.value.trim()) body.url = f.url.value.trim();
     const result = await DDE.api("POST", "/api/endpoints", body);
     if (!result.ok) {
