@@ -37,6 +37,11 @@ loopback ports; all paths of a run send the same generated data. Cases (``--only
                 by C-STORE (storescu, one association), each to a fresh deployment:
                 ``stow_ack``/``stow_e2e`` beside ``stow_cstore_ack``/``stow_cstore_e2e``;
                 "× direct" of the STOW rows is their speed against C-STORE's
+* ``stow-out``  the CT batch through a router to one Orthanc with the DICOMweb plugin, once
+                delivered by STOW-RS (kind ``dicomweb``: ``stow_out_e2e``) and once by C-STORE
+                (kind ``dicom``: ``stow_out_cstore_e2e``); the "× direct" column of
+                ``stow_out_e2e`` is its speed against ``stow_out_cstore_e2e`` (the STOW-RS out
+                rate against C-STORE)
 * ``sustained`` ``--sustained-seconds`` of continuous sending (two storescu loops of 128×128
                 CT) to the router, once with ``delivery.associations: 1`` and once with the
                 default: the probe's pending deliveries and the spool sampled every
@@ -83,7 +88,12 @@ from dde.web.auth import load_token
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.orthanc import RunningOrthanc, free_port, start_orthanc  # noqa: E402
+from tests.support.orthanc import (  # noqa: E402
+    RunningOrthanc,
+    dicomweb_config,
+    free_port,
+    start_orthanc,
+)
 from tests.support.postgres import (  # noqa: E402
     PostgresServer,
     remove_postgres,
@@ -105,7 +115,7 @@ RSS_SAMPLE_SECONDS = 0.05
 ARRIVAL_TIMEOUT = 600.0
 GIGABYTE_TIMEOUT = 1800.0
 CASES = ("direct", "router", "peer", "small", "latency", "gigabyte", "backlog", "alone", "cpu",
-         "nodes", "stow-in", "sustained")
+         "nodes", "stow-in", "stow-out", "sustained")
 LUA_MARKER = "dde-benchmark: Lua routing is running"
 BACKLOG_ENDPOINT = "ARCHIVE"
 MB = 1e6
@@ -497,11 +507,45 @@ def stow_times(folder: Path, batch: Batch, per_request: int) -> tuple[float, flo
         return ack, time.perf_counter() - started
 
 
+def one_destination_times(folder: Path, batch: Batch,
+                          endpoint_of: Callable[[RunningOrthanc], dict[str, Any]]
+                          ) -> tuple[float, float]:
+    """storescu → a router whose only endpoint is ``endpoint_of(orthanc)``, an Orthanc with
+    the DICOMweb plugin: (seconds until storescu exits, until all arrived)."""
+    with contextlib.ExitStack() as stack:
+        target = start_orthanc(folder, "ORTHANC1", extra=dicomweb_config())
+        stack.callback(target.kill)
+        port, home = free_port(), folder / "router-home"
+        write_router_home(home, router_settings([], None, port=port,
+                                                endpoints=[endpoint_of(target)]))
+        router = RouterProcess(home, port, folder / "router.log")
+        stack.callback(stop_router, router)
+        router.start(timeout=120)
+        counter = Counter()
+        stack.callback(counter.close)
+        started = time.perf_counter()
+        ack = send(batch.files, port, ROUTER_AET)
+        wait_for(lambda: counter.count(target) >= batch.count, ARRIVAL_TIMEOUT,
+                 f"{batch.count} instances in the destination")
+        return ack, time.perf_counter() - started
+
+
 def case_stow(folder: Path, data: Data, args: argparse.Namespace) -> Times:
     stow_ack, stow_e2e = stow_times(folder / "stow", data.ct, args.stow_per_request)
     cstore_ack, cstore_e2e = router_times(folder / "c-store", data.ct)
     return {"stow_ack": stow_ack, "stow_e2e": stow_e2e,
             "stow_cstore_ack": cstore_ack, "stow_cstore_e2e": cstore_e2e}
+
+
+def case_stow_out(folder: Path, data: Data, args: argparse.Namespace) -> Times:
+    def dicomweb(target: RunningOrthanc) -> dict[str, Any]:
+        return {"name": "WEB1", "kind": "dicomweb", "url": f"{target.url}/dicom-web",
+                "groups": ["storage"]}
+
+    _, stow = one_destination_times(folder / "stow", data.ct, dicomweb)
+    _, cstore = one_destination_times(folder / "cstore", data.ct,
+                                      lambda target: endpoint_for(target, ["storage"]))
+    return {"stow_out_e2e": stow, "stow_out_cstore_e2e": cstore}
 
 
 def alone_time(folder: Path, batch: Batch) -> float:
@@ -1087,6 +1131,7 @@ CASE_FUNCTIONS: dict[str, Case] = {
     "latency": case_latency, "gigabyte": case_gigabyte, "backlog": case_backlog,
     "alone": case_alone, "sustained": case_sustained, "cpu": case_cpu, "nodes": case_nodes,
     "stow-in": case_stow,
+    "stow-out": case_stow_out,
 }
 
 
@@ -1146,6 +1191,8 @@ TIMED: dict[str, Timed] = {
     "stow_cstore_e2e": Timed("ct", None),
     "stow_ack": Timed("ct", "stow_cstore_ack"),
     "stow_e2e": Timed("ct", "stow_cstore_e2e"),
+    "stow_out_cstore_e2e": Timed("ct", "direct"),
+    "stow_out_e2e": Timed("ct", "stow_out_cstore_e2e"),
     **{f"nodes_{n}_{kind}": Timed("small", "small_direct_par")
        for n in NODE_COUNTS for kind in ("ack", "e2e")},
 }

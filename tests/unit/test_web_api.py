@@ -108,6 +108,27 @@ def test_add_an_endpoint(kit: WebKit) -> None:
     assert "ORTHANC3" in [e["name"] for e in get(kit, "/api/endpoints")]
 
 
+def test_add_a_dicomweb_endpoint_with_a_token_never_answered_back(kit: WebKit) -> None:
+    token = "api-token-for-stow-7c1d2e"
+    body = {"name": "WEB1", "kind": "dicomweb", "url": "http://10.0.0.9:8042/dicom-web",
+            "groups": ["storage"], "token": token}
+    response = kit.client.post("/api/endpoints", json=body, headers=AUTH)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["kind"] == "dicomweb" and response.json()["aet"] == "WEB1"
+    listing = kit.client.get("/api/endpoints", headers=AUTH).text
+    assert token not in response.text and token not in listing
+    added = file_settings(kit).endpoint("WEB1")
+    assert added is not None and added.token is not None
+    assert added.token.get_secret_value() == token
+
+
+def test_the_api_takes_no_secret_file_path(kit: WebKit) -> None:
+    body = {"name": "WEB1", "kind": "dicomweb", "url": "http://10.0.0.9/dicom-web",
+            "token_file": "/etc/shadow"}
+    assert kit.client.post("/api/endpoints", json=body, headers=AUTH).status_code == 422
+
+
 def test_adding_an_existing_name_is_409(kit: WebKit) -> None:
     body = {"name": "ORTHANC1", "aet": "X", "host": "h", "port": 1}
     assert_error(kit.client.post("/api/endpoints", json=body, headers=AUTH), 409, "conflict",
