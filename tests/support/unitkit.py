@@ -86,11 +86,12 @@ def endpoint(name: str, groups: Iterable[str] = ("storage",), **extra: Any) -> E
 def new_instance(spool_path: str = "ab/cd.dcm", *, sop_instance_uid: str | None = None,
                  study_instance_uid: str | None = "1.2.3.4", received_at: float | None = None,
                  size: int = 100, patient_id: str | None = "DDE-TEST-1",
-                 accession_number: str | None = "ACC1") -> NewInstance:
+                 accession_number: str | None = "ACC1",
+                 transfer_syntax_uid: str = "1.2.840.10008.1.2.1") -> NewInstance:
     return NewInstance(
         sop_instance_uid=sop_instance_uid or generate_uid(),
         sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        transfer_syntax_uid=transfer_syntax_uid,
         study_instance_uid=study_instance_uid,
         series_instance_uid="1.2.3.4.5",
         patient_id=patient_id,

@@ -10,6 +10,7 @@ published endpoint status — one database, one repository per kind of use.
 | ``moves`` (:class:`StudyMoves`) | failover, forced removal | move a study's rest, re-pin |
 | ``event_log`` (:class:`EventLog`) | moves, the dashboard | what happened |
 | ``status_board`` (:class:`EndpointStatusBoard`) | router, receivers, explain | health and load |
+| ``capabilities`` (:class:`EndpointCapabilities`) | senders, receivers | what a PACS accepts |
 | ``diagnostics`` (:class:`Diagnostics`) | tests, benchmarks, readiness | counts, rows as records |
 | ``shared_documents`` (:class:`SharedDocuments`) | config store | shared endpoints, rules |
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dde.config import StoreBackend, StoreSettings
+from dde.store.capabilities import EndpointCapabilities
 from dde.store.database import Backend, Database
 from dde.store.diagnostics import Diagnostics
 from dde.store.events import EventLog
@@ -57,6 +59,7 @@ class Ledger:
         self.moves = StudyMoves(self.database)
         self.event_log = EventLog(self.database)
         self.status_board = EndpointStatusBoard(self.database)
+        self.capabilities = EndpointCapabilities(self.database)
         self.diagnostics = Diagnostics(self.database)
         self.shared_documents = SharedDocuments(self.database)
 

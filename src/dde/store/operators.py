@@ -34,9 +34,11 @@ class OperatorQueries:
         records = [InstanceRecord(*row) for row in rows]
         for record in records:
             deliveries = connection.execute(
-                "SELECT id, endpoint, role, state, attempts, last_error, next_attempt_at,"
-                " created_at, updated_at, delivered_at FROM deliveries WHERE instance_id = ?"
-                " ORDER BY role DESC, id",
+                "SELECT d.id, d.endpoint, d.role, d.state, d.attempts, d.last_error,"
+                " d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
+                " t.transfer_syntax_uid, t.transcoded_from FROM deliveries d"
+                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id"
+                " WHERE d.instance_id = ? ORDER BY d.role DESC, d.id",
                 (record.id,),
             ).fetchall()
             record.deliveries = [DeliveryRecord(*d) for d in deliveries]
@@ -77,9 +79,11 @@ class OperatorQueries:
         if by_id:
             marks = ",".join("?" for _ in by_id)
             deliveries = connection.execute(
-                "SELECT instance_id, id, endpoint, role, state, attempts, last_error,"
-                " next_attempt_at, created_at, updated_at, delivered_at FROM deliveries"
-                f" WHERE instance_id IN ({marks}) ORDER BY role DESC, id",
+                "SELECT d.instance_id, d.id, d.endpoint, d.role, d.state, d.attempts,"
+                " d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
+                " t.transfer_syntax_uid, t.transcoded_from FROM deliveries d"
+                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id"
+                f" WHERE d.instance_id IN ({marks}) ORDER BY d.role DESC, d.id",
                 tuple(by_id),
             ).fetchall()
             for instance_id, *delivery in deliveries:

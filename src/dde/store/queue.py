@@ -240,6 +240,14 @@ class DeliveryQueue:
                 )
                 connection.execute("DELETE FROM delivery_claims WHERE delivery_id = ?",
                                    (outcome.delivery_id,))
+                if outcome.transcoded_from and outcome.transfer_syntax_uid:
+                    connection.execute(
+                        "INSERT INTO delivery_transcodings(delivery_id, transfer_syntax_uid,"
+                        " transcoded_from) VALUES (?, ?, ?) ON CONFLICT(delivery_id) DO UPDATE"
+                        " SET transfer_syntax_uid = excluded.transfer_syntax_uid,"
+                        " transcoded_from = excluded.transcoded_from",
+                        (outcome.delivery_id, outcome.transfer_syntax_uid,
+                         outcome.transcoded_from))
                 if outcome.suspect:
                     connection.execute(
                         "INSERT INTO delivery_suspects(delivery_id, since, reason)"

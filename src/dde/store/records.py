@@ -48,6 +48,10 @@ class DeliveryOutcome:
     next_attempt_at: float = 0.0
     suspect: bool = False
     """The destination never answered this instance: from now on it is retried alone."""
+    transfer_syntax_uid: str | None = None
+    """Delivered in this syntax after transcoding (None: as received)."""
+    transcoded_from: str | None = None
+    """The syntax it was received in, when it was transcoded for the destination."""
 
 
 @dataclass
@@ -62,6 +66,9 @@ class DeliveryRecord:
     created_at: float
     updated_at: float
     delivered_at: float | None
+    transfer_syntax_uid: str | None = None
+    """The syntax delivered in, when transcoded for the destination."""
+    transcoded_from: str | None = None
 
 
 @dataclass

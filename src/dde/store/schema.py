@@ -3,11 +3,12 @@
 Version 1 is the first schema. A migration is a function from the version before to its
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
 and refuses a ledger written by a newer version of dde. Tables added later without touching
-an existing one (``delivery_claims``, ``delivery_suspects``) are created by :data:`SCHEMA`
-itself at every open, so they need no version step (an older dde simply ignores them;
-on a ledger several nodes share, a node not yet upgraded keeps working beside upgraded
-ones, where a version step would make it refuse the ledger). ``shared_documents`` (the
-configuration the nodes share, :mod:`dde.store.shared_documents`) is one of them.
+an existing one (``delivery_claims``, ``delivery_suspects``, ``delivery_transcodings``,
+``endpoint_capabilities``) are created by :data:`SCHEMA` itself at every open, so they need
+no version step (an older dde simply ignores them; on a ledger several nodes share, a node
+not yet upgraded keeps working beside upgraded ones, where a version step would make it
+refuse the ledger). ``shared_documents`` (the configuration the nodes share,
+:mod:`dde.store.shared_documents`) is one of them.
 
 One schema text serves both backends: it is written for SQLite, and :func:`schema_for`
 renders it for PostgreSQL (identity keys, 64-bit integers, double-precision times).
@@ -78,6 +79,19 @@ CREATE TABLE IF NOT EXISTS delivery_suspects (
     delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
     since REAL NOT NULL,
     reason TEXT
+);
+CREATE TABLE IF NOT EXISTS delivery_transcodings (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+    transfer_syntax_uid TEXT NOT NULL,
+    transcoded_from TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS endpoint_capabilities (
+    endpoint TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax_uid TEXT NOT NULL,
+    accepted INTEGER NOT NULL,
+    learned_at REAL NOT NULL,
+    PRIMARY KEY (endpoint, sop_class_uid, transfer_syntax_uid)
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
