@@ -22,11 +22,18 @@ def iso(timestamp: float | None) -> str | None:
     )
 
 
-def delivery_document(d: DeliveryRecord) -> dict[str, Any]:
+def delivery_document(d: DeliveryRecord, received_syntax: str | None = None
+                      ) -> dict[str, Any]:
+    """One delivery; ``transfer_syntax_uid`` is what the destination got (the received
+    syntax unless ``transcoded_from`` says it was transcoded; null while not delivered
+    or, without ``received_syntax``, unknown here)."""
+    delivered_syntax = d.transfer_syntax_uid or (
+        received_syntax if d.state == "delivered" else None)
     return {"id": d.id, "endpoint": d.endpoint, "role": d.role, "state": d.state,
             "attempts": d.attempts, "last_error": d.last_error,
             "delivered_at": iso(d.delivered_at),
-            "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None}
+            "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
+            "transfer_syntax_uid": delivered_syntax, "transcoded_from": d.transcoded_from}
 
 
 def where_document(records: Sequence[InstanceRecord]) -> dict[str, Any]:
@@ -44,7 +51,8 @@ def where_document(records: Sequence[InstanceRecord]) -> dict[str, Any]:
         "rule": latest.rule,
         "size": latest.size,
         "receptions": len(records),
-        "deliveries": [delivery_document(d) for d in latest.deliveries],
+        "deliveries": [delivery_document(d, latest.transfer_syntax_uid)
+                       for d in latest.deliveries],
     }
 
 

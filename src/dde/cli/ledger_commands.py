@@ -19,6 +19,7 @@ from dde.cli.boundary import CommandGroup
 from dde.cli.context import ledger
 from dde.cli.errors import CliError
 from dde.cli.output import console, quiet_pydicom
+from dde.dicom.uids import uid_name
 from dde.store.states import DeliveryState
 
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
@@ -64,8 +65,12 @@ def _print_where(document: dict[str, Any]) -> None:
         return
     table = Table("id", "endpoint", "role", "state", "attempts", "last error")
     for d in document["deliveries"]:
+        state = str(d["state"])
+        if d["transcoded_from"]:
+            state += (f" as {uid_name(d['transfer_syntax_uid'] or '')}, transcoded from "
+                      f"{uid_name(d['transcoded_from'])}")
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
-                      str(d["state"]), str(d["attempts"]), escape(str(d["last_error"] or "")))
+                      escape(state), str(d["attempts"]), escape(str(d["last_error"] or "")))
     out.print(table)
 
 

@@ -63,6 +63,11 @@ class ReceiverSettings(_Strict):
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0
     network_timeout: float = 60.0
+    refuse_undeliverable: bool = True
+    """Answer a failure (SOP Class not supported, with the reason in Error Comment) for an
+    instance a chosen destination is known to refuse and no transcoding can make acceptable,
+    instead of a success the modality would take for "archived". Off: acknowledge it and
+    let the delivery fail in the ledger."""
     transfer_syntax_preference: list[str] = Field(
         default_factory=lambda: ["explicit-le", "implicit-le", "sender"])
     """Of the transfer syntaxes a context proposes, the first listed here is accepted (names
@@ -124,6 +129,13 @@ class DeliverySettings(_Strict):
     lease_seconds: float = Field(default=60.0, ge=2.0)
     """How long a claimed delivery is a worker's (renewed while it sends): when a node dies,
     another node sends its claimed deliveries once their lease has expired."""
+    transcode_max_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """The largest decoded pixel data the router transcodes for a destination that does not
+    accept an instance's transfer syntax (decoding happens in memory); a larger instance
+    fails for that destination with the reason. 0: never transcode."""
+    capability_max_age_seconds: float = Field(default=86400.0, gt=0)
+    """How long what an association learned of a destination (which SOP class and transfer
+    syntax it accepts) is trusted before the next association learns it again."""
 
 
 class HealthSettings(_Strict):

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 from dde.config import DeliverySettings, EndpointSettings
 from dde.delivery.retry import RetryPolicy
+from dde.dicom.uids import uid_name
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
 from dde.endpoints.sending import BundleSender, Sender, SendResult, SendStatus, Shipment
@@ -271,10 +272,12 @@ class EndpointWorker:
             throttled: list[tuple[QueuedDelivery, SendResult]] = []
             for item, result in zip(bundle, results, strict=True):
                 if result.status is SendStatus.DELIVERED:
-                    outcomes.append(DeliveryOutcome(item.id, DeliveryState.DELIVERED, None))
+                    outcomes.append(DeliveryOutcome(
+                        item.id, DeliveryState.DELIVERED, None,
+                        transfer_syntax_uid=result.transfer_syntax_uid,
+                        transcoded_from=result.transcoded_from))
                     delivered += 1
-                    log.info("delivered instance #%d to %s (attempt %d)", item.instance_id,
-                             self.name, item.attempts + 1)
+                    self._log_delivered(item, result)
                 elif result.status is SendStatus.UNREACHABLE:
                     unreachable = result.detail
                 elif result.retry_after is not None:
@@ -375,6 +378,15 @@ class EndpointWorker:
                     self._telemetry.delivery_failed(self.name)
         except Exception:  # metrics must never stop delivery
             log.exception("telemetry failed")
+
+    def _log_delivered(self, item: QueuedDelivery, result: SendResult) -> None:
+        if result.transcoded_from:
+            log.info("delivered instance #%d to %s (attempt %d), transcoded from %s to %s",
+                     item.instance_id, self.name, item.attempts + 1,
+                     uid_name(result.transcoded_from), uid_name(result.transfer_syntax_uid or ""))
+        else:
+            log.info("delivered instance #%d to %s (attempt %d)", item.instance_id, self.name,
+                     item.attempts + 1)
 
     def _refused(self, item: QueuedDelivery, detail: str, permanent: bool,
                  suspect: bool = False) -> DeliveryOutcome:

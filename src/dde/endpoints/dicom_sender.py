@@ -2,10 +2,14 @@
 association while work lasts; and C-ECHO for health checks.
 
 The spool file's dataset is sent as it lies on disk (streamed in P-DATA fragments sized to
-the destination's maximum PDU, never decoded), which needs an accepted presentation context
-with exactly the instance's SOP class and transfer syntax. Each association proposes one
-context per (SOP class, transfer syntax) pair the queue is about to send; a pair the
-destination rejects is a permanent refusal for that instance, with the reason.
+the destination's maximum PDU, never decoded) when the destination accepted a presentation
+context with exactly the instance's SOP class and transfer syntax. Each association
+proposes one context per (SOP class, transfer syntax) pair the queue is about to send and,
+per SOP class, one with the uncompressed syntaxes (:mod:`dde.endpoints.syntax_fallback`):
+an instance whose own syntax was rejected is transcoded losslessly to one of those and sent
+as such (the delivery records both syntaxes); a SOP class the destination rejects, or a
+syntax nothing can decode, is a permanent refusal with the reason. What each association's
+answers say about the destination is handed to ``on_learned`` (the ledger keeps it).
 
 Senders are called from one delivery thread each: every sender runs its association on an
 event loop of its own, created for the association and closed with it. ``abort`` (from
@@ -17,7 +21,8 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -28,6 +33,7 @@ from dde.dicom.engine.blocking import BlockingLoop
 from dde.dicom.engine.commands import VERIFICATION_SOP_CLASS
 from dde.dicom.engine.negotiation import (
     MAX_CONTEXTS,
+    AcceptedContext,
     AssociationRejected,
     AssociationRequest,
     ProposedContext,
@@ -35,8 +41,10 @@ from dde.dicom.engine.negotiation import (
 from dde.dicom.engine.pdus import ProtocolError
 from dde.dicom.engine.requestor import AssociationAborted, NoResponse, Requestor, SendStalled
 from dde.dicom.part10 import NotPart10
-from dde.dicom.uids import uid_name
-from dde.endpoints.sending import SendResult, Shipment
+from dde.dicom.transcoding import TranscodeError
+from dde.endpoints import syntax_fallback
+from dde.endpoints.sending import SendResult, SendStatus, Shipment
+from dde.store.capabilities import LearnedPair
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +123,16 @@ def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str 
 
 class DicomSender:
     def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
-                 calling_aet: str) -> None:
+                 calling_aet: str, *, scratch: Path | None = None,
+                 on_learned: Callable[[list[LearnedPair]], None] | None = None) -> None:
+        """``scratch``: the folder for transcoded copies (the spool's incoming folder, so
+        that a crash's leftovers are swept); ``on_learned``: what each association says
+        about the destination."""
         self.endpoint = endpoint
         self._calling_aet = calling_aet
+        self._scratch = scratch
+        self._on_learned = on_learned
+        self._transcode_max = delivery.transcode_max_bytes
         self._connect_timeout = delivery.connect_timeout
         self._send_timeout = delivery.dimse_timeout
         # The wait for one C-STORE response: shorter than the association's idle limit, so
@@ -150,10 +165,10 @@ class DicomSender:
 
     def _associate(self, needed: Pair) -> SendResult | None:
         self._end_association()
-        pairs = ([needed] + [p for p in self._upcoming if p != needed])[:MAX_CONTEXTS]
-        request = request_for(self.endpoint, self._calling_aet,
-                              [ProposedContext(sop_class, (syntax,))
-                               for sop_class, syntax in pairs])
+        contexts, pairs = syntax_fallback.proposals(
+            [needed] + [p for p in self._upcoming if p != needed], MAX_CONTEXTS,
+            self._transcode_max > 0)
+        request = request_for(self.endpoint, self._calling_aet, contexts)
         try:
             assoc = self._run(Requestor.open(
                 self.endpoint.host, self.endpoint.port, request,
@@ -167,7 +182,12 @@ class DicomSender:
         with self._lock:
             self._assoc = assoc
         log.debug("associated with %s: %d of %d contexts accepted", self.endpoint.name,
-                  len(assoc.negotiated.accepted), len(pairs))
+                  len(assoc.negotiated.accepted), len(contexts))
+        if self._on_learned is not None:
+            try:
+                self._on_learned(syntax_fallback.learned(contexts, assoc.negotiated))
+            except Exception as exc:  # what is learned is a hint; delivery goes on
+                log.warning("could not record what %s accepts: %s", self.endpoint.name, exc)
         return None
 
     def send(self, shipment: Shipment) -> SendResult:
@@ -180,16 +200,34 @@ class DicomSender:
                 return problem
         assoc = self._assoc
         assert assoc is not None
-        context = assoc.negotiated.context_for(*pair)
-        if context is None:
-            return SendResult.refused(
-                f"{self.endpoint.name} does not accept {uid_name(pair[0])} "
-                f"in {uid_name(pair[1])} (presentation context rejected)",
-                permanent=True,
-            )
+        route = syntax_fallback.plan(assoc.negotiated, self.endpoint.name, *pair,
+                                     transcoding=self._transcode_max > 0)
+        if route.context is None:
+            return SendResult.refused(route.reason, permanent=True)
+        if route.target_syntax is None:
+            return self._store(assoc, shipment.path, route.context, shipment)
         try:
-            response = self._run(assoc.c_store(shipment.path, context,
-                                               shipment.sop_instance_uid,
+            with syntax_fallback.transcoded_copy(shipment.path, route.target_syntax,
+                                                 self._scratch, self._transcode_max) as copy:
+                result = self._store(assoc, copy, route.context, shipment)
+        except FileNotFoundError:
+            return SendResult.refused("spool file is missing", permanent=True)
+        except TranscodeError as exc:
+            return SendResult.refused(
+                f"{self.endpoint.name} does not accept {pair[1]} and it cannot be "
+                f"transcoded: {exc}", permanent=True)
+        except OSError as exc:
+            return SendResult.refused(f"transcoded copy could not be written: {exc}")
+        if result.status is not SendStatus.DELIVERED:
+            return result
+        return SendResult.delivered(result.detail, transfer_syntax_uid=route.target_syntax,
+                                    transcoded_from=pair[1])
+
+    def _store(self, assoc: Requestor, path: Path, context: AcceptedContext,
+               shipment: Shipment) -> SendResult:
+        """One C-STORE of the dataset in ``path`` over ``context``."""
+        try:
+            response = self._run(assoc.c_store(path, context, shipment.sop_instance_uid,
                                                response_timeout=self._response_timeout))
         except FileNotFoundError:
             return SendResult.refused("spool file is missing", permanent=True)

@@ -29,10 +29,15 @@ class SendResult:
     """The destination asked to be left alone this many seconds (HTTP 429 or 503 with
     ``Retry-After``): the instance was not judged, so no attempt is spent, and nothing more
     is sent to it from this batch."""
+    transfer_syntax_uid: str | None = None
+    """Delivered in this syntax after transcoding (None: as received)."""
+    transcoded_from: str | None = None
 
     @classmethod
-    def delivered(cls, detail: str = "") -> SendResult:
-        return cls(SendStatus.DELIVERED, detail)
+    def delivered(cls, detail: str = "", *, transfer_syntax_uid: str | None = None,
+                  transcoded_from: str | None = None) -> SendResult:
+        return cls(SendStatus.DELIVERED, detail, transfer_syntax_uid=transfer_syntax_uid,
+                   transcoded_from=transcoded_from)
 
     @classmethod
     def refused(cls, detail: str, *, permanent: bool = False) -> SendResult:

@@ -113,7 +113,10 @@ class RouterApp:
             return OrthancRestSender(endpoint, self.settings.delivery)
         if endpoint.kind is EndpointKind.DICOMWEB:
             return DicomWebSender(endpoint, self.settings.delivery)
-        return DicomSender(endpoint, self.settings.delivery, self.settings.receiver.ae_title)
+        capabilities, name = self.ledger.capabilities, endpoint.name
+        return DicomSender(endpoint, self.settings.delivery, self.settings.receiver.ae_title,
+                           scratch=self.spool.incoming_dir,
+                           on_learned=lambda pairs: capabilities.learn(name, pairs))
 
     # -- live configuration ------------------------------------------------------------
     def reload(self) -> bool:

@@ -29,6 +29,11 @@ class DeliveryDocument(BaseModel):
     last_error: str | None
     delivered_at: str | None
     next_attempt_at: str | None = Field(description="When it is tried next (pending only)")
+    transfer_syntax_uid: str | None = Field(
+        default=None, description="The transfer syntax the destination got (delivered only)")
+    transcoded_from: str | None = Field(
+        default=None, description="The syntax it was received in, when the router "
+                                  "transcoded it for this destination (losslessly)")
 
 
 class InstanceDocument(BaseModel):

@@ -28,7 +28,10 @@
   }
 
   function detail(d) {
-    if (d.state === "delivered") return [`at ${DDE.when(d.delivered_at).slice(11)}`, ""];
+    if (d.state === "delivered") {
+      const at = `at ${DDE.when(d.delivered_at).slice(11)}`;
+      return [d.transcoded_from ? `${at}, transcoded from ${d.transcoded_from} to ${d.transfer_syntax_uid}` : at, ""];
+    }
     if (d.state === "failed") return [DDE.text(d.last_error), "error"];
     const due = d.next_attempt_at ? `next attempt ${DDE.when(d.next_attempt_at).slice(11)}` : "queued";
     return [d.last_error ? `${due}; last error: ${d.last_error}` : due, d.last_error ? "error" : ""];
