@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from tests.support.unitkit import endpoint, generated, load_book, split_part10
 
 from dde.config import RoutingSettings
 from dde.dicom import status as dimse
+from dde.receiving.deliverability import Deliverability
 from dde.receiving.ingest import IngestPipeline, IngestResult
 from dde.routing.route import Route
 from dde.routing.router import Router
+from dde.store.capabilities import LearnedPair
 from dde.store.diagnostics import backend_error
 from dde.store.errors import LedgerError
 from dde.store.intake import IngestRecords, IngestView, P
@@ -289,3 +291,22 @@ def test_a_discarded_instance_is_acknowledged_and_keeps_no_spool_file(
     assert record.deliveries == [] and record.spool_path is None
     assert spool_files(spool.root) == []
     assert committed.calls == []
+
+
+def test_an_instance_a_destination_is_known_to_refuse_is_refused_and_nothing_kept(
+        ledger: Ledger, spool: Spool) -> None:
+    instance = generated()
+    incoming = instance.incoming()
+    ledger.capabilities.learn("ORTHANC-PROBE", [
+        LearnedPair(incoming.sop_class_uid, syntax, False)
+        for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)])
+    honest = IngestPipeline(ledger, spool, make_router(), Committed(),
+                            deliverability=Deliverability(ledger.capabilities, 60, True))
+
+    result = honest.ingest(incoming)
+
+    assert result.status == dimse.SOP_CLASS_NOT_SUPPORTED and result.reason == "undeliverable"
+    assert result.detail == "undeliverable: ORTHANC-PROBE refuses CT Image Storage"
+    assert_nothing_left(ledger, spool)
+    # receiver.refuse_undeliverable off: acknowledged, the delivery fails in the ledger
+    assert pipeline(ledger, spool).ingest(instance.incoming()).ok

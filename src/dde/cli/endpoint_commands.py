@@ -90,6 +90,10 @@ def endpoints_add(ctx: click.Context, name: str, aet: str | None, host: str | No
 
 def _set_state(ctx: click.Context, name: str, state: EndpointState, message: str) -> None:
     registry.set_state(config_store(ctx), name, state)
+    if state is EndpointState.ENABLED:  # it may accept more now: learn it again
+        opened = ledger_if_any(ctx)
+        if opened is not None:
+            opened.capabilities.forget(name)
     click.echo(message)
 
 

@@ -23,8 +23,9 @@ from dde.dicom.header import (
 )
 from dde.dicom.part10 import NotPart10, dataset_offset
 from dde.dicom.uids import uid_name
+from dde.receiving.deliverability import Deliverability, Undeliverable
 from dde.routing.decision import NoRoute
-from dde.routing.route import Route
+from dde.routing.route import PinView, Route
 from dde.routing.router import Origin, Router
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
@@ -96,8 +97,12 @@ class IngestResult:
 class IngestPipeline:
     def __init__(self, ledger: Ledger, spool: Spool, router: Router,
                  on_committed: Callable[[Iterable[str]], None],
-                 telemetry: Telemetry = NULL_TELEMETRY) -> None:
+                 telemetry: Telemetry = NULL_TELEMETRY,
+                 deliverability: Deliverability | None = None) -> None:
+        """``deliverability``: refuse what a chosen destination is known to refuse
+        (``receiver.refuse_undeliverable``); None: acknowledge it all."""
         self._ledger = ledger
+        self._deliverability = deliverability
         self._spool = spool
         self._router = router
         self._on_committed = on_committed
@@ -167,14 +172,29 @@ class IngestPipeline:
         try:
             origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
             fixed = incoming.route
-            instance_id, route = self._ledger.intake.ingest(
-                record, lambda view: fixed if fixed is not None
-                else self._router.route(header, view, origin))
+
+            def decide(view: PinView) -> Route:
+                if fixed is not None:
+                    return fixed
+                route = self._router.route(header, view, origin)
+                if self._deliverability is not None and not route.discard:
+                    self._deliverability.check(route.destinations + route.mirrors,
+                                               incoming.sop_class_uid,
+                                               incoming.transfer_syntax_uid)
+                return route
+
+            instance_id, route = self._ledger.intake.ingest(record, decide)
         except NoRoute as exc:
             self._spool.remove(spooled.relative_path)
             log.warning("refused an instance from %s: no route: %s", incoming.calling_aet, exc)
             return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}",
                                 reason="no_route")
+        except Undeliverable as exc:
+            self._spool.remove(spooled.relative_path)
+            log.warning("refused an instance from %s: undeliverable: %s",
+                        incoming.calling_aet, exc)
+            return IngestResult(dimse.SOP_CLASS_NOT_SUPPORTED, f"undeliverable: {exc}",
+                                reason="undeliverable")
         except LedgerError as exc:
             self._spool.remove(spooled.relative_path)
             log.error("refused an instance from %s: ledger write failed: %s",

@@ -23,6 +23,7 @@ from pathlib import Path
 from dde.config import Settings, StoreBackend
 from dde.config_store import ConfigStore
 from dde.config_watch import ConfigWatch
+from dde.receiving.deliverability import Deliverability
 from dde.receiving.ingest import IngestPipeline
 from dde.routing.published import PublishedEndpoints
 from dde.routing.router import HealthView, LoadView, Router
@@ -91,8 +92,13 @@ class RouterCore:
             self.published = published
             health, loads = health or published, loads or published
         self.router = Router(settings.routing, settings.endpoints, loads, health, ruleset)
+        deliverability = None
+        if settings.receiver.refuse_undeliverable:
+            deliverability = Deliverability(self.ledger.capabilities,
+                                            settings.delivery.capability_max_age_seconds,
+                                            transcoding=settings.delivery.transcode_max_bytes > 0)
         self.pipeline = IngestPipeline(self.ledger, self.spool, self.router, on_committed,
-                                       telemetry)
+                                       telemetry, deliverability)
         self.listeners: list[Listener] = []
 
     @classmethod

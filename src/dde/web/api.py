@@ -153,6 +153,8 @@ def endpoints_router(services: WebServices) -> APIRouter:
             _check_address(services, EndpointSettings.model_validate(
                 {**current.model_dump(mode="python"), **fields}))
             settings = registry.update_endpoint(services.store, name, **fields)
+            if fields.get("state") == EndpointState.ENABLED:  # learn what it accepts again
+                services.ledger.capabilities.forget(name)
         except ValidationError as exc:
             raise _invalid(exc) from None
         except registry.EndpointError as exc:
