@@ -113,6 +113,9 @@ class Refusal:
     """What the delivery's last_error must name."""
     acceptable_options: tuple[str, ...]
     """storescu options that make plain CT files acceptable to the restrictive Orthanc."""
+    router_changes: dict[str, Any]
+    """The router acknowledges every one (refuse_undeliverable off) and, for a syntax
+    refusal, does not transcode (the fallback has its own test): the ledger's failure path."""
 
 
 REFUSALS = {
@@ -121,10 +124,11 @@ REFUSALS = {
          **dict.fromkeys(SYNTAX_GROUPS, False)},
         lambda folder: write_series(folder, 3), _send_with_storescu,
         "Explicit VR Little Endian", ("-xi",),
+        {"receiver": {"refuse_undeliverable": False}, "delivery": {"transcode_max_bytes": 0}},
     ),
     "unknown-sop-class": Refusal(
         {"UnknownSopClassAccepted": False}, _private_class_files, _send_with_dde,
-        PRIVATE_SOP_CLASS, (),
+        PRIVATE_SOP_CLASS, (), {"receiver": {"refuse_undeliverable": False}},
     ),
 }
 
@@ -137,7 +141,7 @@ def test_permanent_refusal_is_failed_with_its_reason_and_can_be_retried(
     storage: RunningOrthanc = restrictive_orthanc(case.orthanc_changes)
     probe = orthanc_factory("ORTHANC-PROBE")
     home = tmp_path / "router-home"
-    settings = router_settings([storage], probe)
+    settings = router_settings([storage], probe, **case.router_changes)
     router: InProcessRouter | None = start_router(home, settings)
     try:
         assert router is not None

@@ -4,7 +4,6 @@ standard's 200 / 202 / 409, JSON errors (401, 400, 413, 415) that store nothing.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import struct
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage, generate_uid
-from tests.support.unitkit import bundled_file, split_part10
+from tests.support.unitkit import bundled_file, run_coroutine, split_part10
 from tests.support.webkit import (
     AUTH,
     ROUTER_AET,
@@ -245,7 +244,7 @@ def asgi_post(kit: WebKit, path: str, content_type: str,
         elif message["type"] == "http.response.body":
             answer["body"] += message.get("body", b"")
 
-    asyncio.run(kit.app(scope, receive, send))
+    run_coroutine(kit.app(scope, receive, send))
     return answer["status"], json.loads(answer["body"])
 
 

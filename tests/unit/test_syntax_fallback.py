@@ -71,7 +71,7 @@ def test_the_reason_names_the_sop_class_or_the_syntax() -> None:
     refused = syntax_fallback.plan(answered(contexts, {}), "PACS", CT, JPEG2000Lossless, True)
     assert refused.context is None
     assert refused.reason == ("PACS does not accept CT Image Storage in any transfer syntax "
-                              "proposed (SOP class refused)")
+                              "proposed (SOP class refused; presentation context rejected)")
     undecodable = syntax_fallback.plan(answered([ProposedContext(CT, (PRIVATE_SYNTAX,)),
                                                  ProposedContext(CT, UNCOMPRESSED)],
                                                 {1: ExplicitVRLittleEndian}),

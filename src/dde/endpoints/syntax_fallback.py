@@ -78,13 +78,15 @@ def plan(negotiated: Negotiated, endpoint: str, sop_class: str, syntax: str,
             if fallback is not None and target != syntax:
                 return Plan(fallback, target)
     accepts_class = any(c.abstract_syntax == sop_class for c in negotiated.accepted)
-    if accepts_class or not can_transcode(syntax):
-        how = ("and the router cannot transcode it" if not can_transcode(syntax)
-               else "nor uncompressed" if transcoding else "(transcoding is off)")
-        return Plan(None, reason=f"{endpoint} does not accept {uid_name(sop_class)} in "
-                                 f"{uid_name(syntax)} {how} (presentation context rejected)")
-    return Plan(None, reason=f"{endpoint} does not accept {uid_name(sop_class)} in any "
-                             "transfer syntax proposed (SOP class refused)")
+    decodable = can_transcode(syntax)
+    if not accepts_class and transcoding and decodable:  # uncompressed was refused too
+        return Plan(None, reason=f"{endpoint} does not accept {uid_name(sop_class)} in any "
+                                 "transfer syntax proposed (SOP class refused; presentation "
+                                 "context rejected)")
+    how = ("and the router cannot transcode it" if not decodable
+           else "nor uncompressed" if transcoding else "(transcoding is off)")
+    return Plan(None, reason=f"{endpoint} does not accept {uid_name(sop_class)} in "
+                             f"{uid_name(syntax)} {how} (presentation context rejected)")
 
 
 def learned(contexts: Sequence[ProposedContext], negotiated: Negotiated) -> list[LearnedPair]:
