@@ -2,17 +2,22 @@
 
 The running router publishes each endpoint's health and load to the ledger; the
 explanation uses those, the persisted study pins and the queue depths, and the active rules.
+The edits (``set``/``remove``) each matching rule would make are made on the file's bytes
+here too, and shown with the old values (the caller holds the file).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from dde.config import Settings
+from dde.dicom.edits import EditError, apply_edits
 from dde.dicom.header import BrokenDataset, parse_header
 from dde.dicom.part10 import NotPart10, split_part10
 from dde.routing.decision import NoRoute
 from dde.routing.published import PublishedEndpoints
+from dde.routing.route import Route
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet
 from dde.store.ledger import Ledger
@@ -74,4 +79,21 @@ def explain_dataset(dataset: bytes, syntax: str, label: str, settings: Settings,
                 "reason": f"no route: {exc} (the router answers a failure status)"}
     return {"rule": route.rule, "destinations": list(route.destinations + route.mirrors),
             "mirrors": list(route.mirrors), "discard": route.discard,
-            "reason": route.reason or f"rule {route.rule}"}
+            "reason": route.reason or f"rule {route.rule}",
+            "edits": edit_plan(route, dataset, syntax)}
+
+
+def edit_plan(route: Route, dataset: bytes, syntax: str) -> list[dict[str, object]]:
+    """Per rule with edits: the destinations that would get its bytes and what would change
+    in this dataset (``error``: the edits cannot be made, the router would refuse it)."""
+    plan: list[dict[str, object]] = []
+    for rule, edits in route.edits:
+        entry: dict[str, object] = {
+            "rule": rule, "destinations": [name for name, r in route.variants if r == rule],
+            "changes": [], "error": None}
+        try:
+            entry["changes"] = [asdict(a) for a in apply_edits(dataset, syntax, edits).applied]
+        except EditError as exc:
+            entry["error"] = f"the router would refuse it: {exc}"
+        plan.append(entry)
+    return plan

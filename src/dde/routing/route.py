@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from dde.dicom.edits import Edit
+
 Pin = tuple[str, str, str]
 """(study_instance_uid, endpoint, group)."""
 
@@ -35,6 +37,18 @@ class Route:
     """More pins of the same form (one per group the rules routed through)."""
     discard: bool = False
     reason: str = ""
+    variants: tuple[tuple[str, str], ...] = ()
+    """(destination or mirror, rule) for each one that gets a rule's edited bytes; the
+    others get the instance as received."""
+    edits: tuple[tuple[str, tuple[Edit, ...]], ...] = ()
+    """(rule, its edits) for each rule named in ``variants``."""
 
     def all_pins(self) -> tuple[Pin, ...]:
         return ((self.pin,) if self.pin is not None else ()) + self.pins
+
+    def variant_of(self, destination: str) -> str | None:
+        """The rule whose edited bytes ``destination`` gets (None: as received)."""
+        return next((rule for name, rule in self.variants if name == destination), None)
+
+    def edits_of(self, rule: str) -> tuple[Edit, ...]:
+        return next((edits for name, edits in self.edits if name == rule), ())

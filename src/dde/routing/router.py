@@ -18,7 +18,7 @@ from dde.dicom.header import InstanceHeader
 from dde.routing.conditions import Subject
 from dde.routing.decision import Candidate, NoRoute, decide_storage
 from dde.routing.route import PinView, Route
-from dde.routing.rules import RuleSet, default_ruleset, evaluate
+from dde.routing.rules import RuleSet, Verdict, default_ruleset, evaluate
 from dde.routing.strategies import StrategyState, choose
 
 
@@ -130,27 +130,38 @@ class Router:
         with self._lock:
             return tuple(m for m in self._ruleset.mirror if m in self._endpoints)
 
+    def verdict(self, header: InstanceHeader, origin: Origin = Origin()) -> Verdict:
+        """What the active rules say of an instance (no ledger needed): the ingest asks
+        first, to make the edited variants before its transaction, then routes with the
+        same verdict. Raises :class:`NoRoute`."""
+        return evaluate(self.ruleset, Subject(header.dataset, origin.calling_aet,
+                                              origin.called_aet, origin.source_ip))
+
     def route(self, header: InstanceHeader, view: PinView,
-              origin: Origin = Origin()) -> Route:
-        """Decide inside the ingest transaction. Raises :class:`NoRoute`."""
-        ruleset = self.ruleset
-        verdict = evaluate(ruleset, Subject(header.dataset, origin.calling_aet,
-                                            origin.called_aet, origin.source_ip))
+              origin: Origin = Origin(), verdict: Verdict | None = None) -> Route:
+        """Decide inside the ingest transaction (with ``verdict`` when it was asked for
+        before: the rules may have changed since). Raises :class:`NoRoute`."""
+        if verdict is None:
+            verdict = self.verdict(header, origin)
         if verdict.discard:
             return Route(verdict.rule, (), (), discard=True,
                          reason=f"discarded by rule {verdict.rule}")
         destinations: list[str] = []
+        rule_of: dict[str, str] = {}
         with self._lock:
             known = set(self._endpoints)
-        for name in verdict.endpoints:
+        for name, rule in zip(verdict.endpoints, verdict.endpoint_rules or
+                              (verdict.rule,) * len(verdict.endpoints), strict=True):
             if name in known and name not in destinations:
                 destinations.append(name)
+                rule_of[name] = rule
         pins: list[tuple[str, str, str]] = []
         reasons: list[str] = []
         study = header.study_instance_uid
         queued: dict[str, int] | None = None
         lost = self._lost()
-        for group_route in verdict.groups:
+        for group_route, group_rule in zip(verdict.groups, verdict.group_rules or
+                                           (verdict.rule,) * len(verdict.groups), strict=True):
             group = group_route.group
             pinned = view.pin_for(study, group) if study else None
             with self._lock:
@@ -169,14 +180,23 @@ class Router:
                                       lost=lost, choose=pick, strategy=strategy)
             if decision.destination not in destinations:
                 destinations.append(decision.destination)
+                rule_of[decision.destination] = group_rule
             if decision.new_pin and study:
                 pins.append((study, decision.destination, group))
             reasons.append(f"{group}: {decision.reason}")
         if not destinations:
             raise NoRoute(f"rule {verdict.rule} names no configured endpoint")
         mirrors = tuple(m for m in verdict.mirror if m in known and m not in destinations)
+        variants: tuple[tuple[str, str], ...] = ()
+        if verdict.edits:  # nothing to look up for rules without edits
+            rule_of.update((m, verdict.mirror_rule) for m in mirrors)
+            variants = tuple((name, rule_of[name]) for name in destinations + list(mirrors)
+                             if verdict.edits_of(rule_of[name]))
+        used = {rule for _, rule in variants}
         return Route(verdict.rule, tuple(destinations), mirrors, pins=tuple(pins),
-                     reason="; ".join(reasons) or f"rule {verdict.rule}")
+                     reason="; ".join(reasons) or f"rule {verdict.rule}", variants=variants,
+                     edits=tuple((rule, edits) for rule, edits in verdict.edits
+                                 if rule in used))
 
 
 __all__ = ["NoRoute", "Origin", "Router"]

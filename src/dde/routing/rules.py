@@ -12,12 +12,24 @@ rules:
   - name: drop-tests
     when: {PatientID: {in: ["TEST", "PHANTOM"]}}
     action: discard
+  - name: tag-site
+    when: {CallingAET: "CT_SCANNER_2"}
+    set: {InstitutionName: "North Campus", "(0008,1010)": "CT2"}   # tag coercion
+    remove: [OtherPatientIDs]
+    route: {group: storage, strategy: least-loaded}
   - name: default
     route: {group: storage, strategy: least-loaded}
 mirror: [ORTHANC-PROBE]
 ```
 
 Nothing is evaluated as code. Every problem is reported with the line it is on.
+
+``set``/``remove`` (:mod:`dde.dicom.edits`) belong to the rule that names them and apply to
+that rule's destinations only: with ``continue: true`` one instance may go as received to
+one place and edited to another. The global ``mirror`` gets the bytes of the first matching
+rule (the edits of that rule, if it has any). An endpoint two matching rules send to gets
+the bytes of the first. Each value is checked against its element's VR when the rules are
+parsed, so ``rules apply`` refuses a bad one with its line.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import yaml
 from pydicom.datadict import tag_for_keyword
 
 from dde.config import Strategy
+from dde.dicom.edits import Edit, EditError, SetElement, remove_element, set_element
 from dde.routing.conditions import (
     ALWAYS,
     CONTEXT_FIELDS,
@@ -51,7 +64,7 @@ from dde.routing.decision import NoRoute
 
 STRATEGIES = tuple(s.value for s in Strategy)
 _TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
-_RULE_KEYS = {"name", "when", "route", "action", "continue"}
+_RULE_KEYS = {"name", "when", "route", "action", "continue", "set", "remove"}
 
 
 class RulesError(Exception):
@@ -78,6 +91,8 @@ class Rule:
     discard: bool = False
     continue_: bool = False
     line: int | None = None
+    edits: tuple[Edit, ...] = ()
+    """``set``/``remove``: what this rule's destinations get changed (empty: as received)."""
 
 
 @dataclass(frozen=True)
@@ -104,10 +119,25 @@ class Verdict:
     groups: tuple[GroupRoute, ...]
     discard: bool
     mirror: tuple[str, ...]
+    endpoint_rules: tuple[str, ...] = ()
+    """The rule that named each of ``endpoints`` (the first, when several did)."""
+    group_rules: tuple[str, ...] = ()
+    """The rule that named each of ``groups``."""
+    edits: tuple[tuple[str, tuple[Edit, ...]], ...] = ()
+    """(rule, its edits) of each matching rule that has edits, in rule order."""
 
     @property
     def rule(self) -> str:
         return "+".join(self.rules)
+
+    def edits_of(self, rule: str) -> tuple[Edit, ...]:
+        """The edits of matching rule ``rule`` (empty: it sends the bytes as received)."""
+        return next((edits for name, edits in self.edits if name == rule), ())
+
+    @property
+    def mirror_rule(self) -> str:
+        """The rule whose bytes the mirror gets: the first that matched."""
+        return self.rules[0] if self.rules else ""
 
 
 def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
@@ -117,7 +147,10 @@ def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
     """
     matched: list[str] = []
     endpoints: list[str] = []
+    endpoint_rules: list[str] = []
     groups: list[GroupRoute] = []
+    group_rules: list[str] = []
+    edits: list[tuple[str, tuple[Edit, ...]]] = []
     for rule in ruleset.rules:
         if not matches(rule.when, subject):
             continue
@@ -127,13 +160,18 @@ def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
         for name in rule.endpoints:
             if name not in endpoints:
                 endpoints.append(name)
+                endpoint_rules.append(rule.name)
         if rule.group is not None and rule.group not in groups:
             groups.append(rule.group)
+            group_rules.append(rule.name)
+        if rule.edits:
+            edits.append((rule.name, rule.edits))
         if not rule.continue_:
             break
     if not matched:
         raise NoRoute("no rule matches and there is no default rule")
-    return Verdict(tuple(matched), tuple(endpoints), tuple(groups), False, ruleset.mirror)
+    return Verdict(tuple(matched), tuple(endpoints), tuple(groups), False, ruleset.mirror,
+                   tuple(endpoint_rules), tuple(group_rules), tuple(edits))
 
 
 def default_ruleset(group: str = "storage", strategy: Strategy = Strategy.LEAST_LOADED,
@@ -259,8 +297,8 @@ def _rule(node: yaml.Node, index: int) -> Rule:
     unknown = set(fields) - _RULE_KEYS
     if unknown:
         key = sorted(unknown)[0]
-        raise RulesError(f"unknown rule key {key!r} (name, when, route, action, continue)",
-                         _line(fields[key][0]))
+        raise RulesError(f"unknown rule key {key!r} (name, when, route, action, continue, "
+                         "set, remove)", _line(fields[key][0]))
     if "name" not in fields:
         raise RulesError(f"rule {index + 1} has no name", line)
     name = _scalar(fields["name"][1], "name")
@@ -280,7 +318,13 @@ def _rule(node: yaml.Node, index: int) -> Rule:
         if "route" in fields:
             raise RulesError(f"rule {name!r}: a discard rule has no route",
                              _line(fields["route"][0]))
+        for key in ("set", "remove"):
+            if key in fields:
+                raise RulesError(f"rule {name!r}: a discard rule sends nothing to edit "
+                                 f"('{key}' belongs on a rule that routes)",
+                                 _line(fields[key][0]))
         return Rule(name, when, discard=True, continue_=False, line=line)
+    edits = _edits(name, fields)
     if "route" not in fields:
         raise RulesError(f"rule {name!r} has neither a route nor action: discard", line)
     route_node = fields["route"][1]
@@ -295,9 +339,66 @@ def _rule(node: yaml.Node, index: int) -> Rule:
             raise RulesError(f"rule {name!r}: unknown strategy {strategy!r} "
                              f"({', '.join(STRATEGIES)})", _line(route_node))
         return Rule(name, when, group=GroupRoute(str(route["group"]), Strategy(strategy)),
-                    continue_=continue_, line=line)
+                    continue_=continue_, line=line, edits=edits)
     return Rule(name, when, endpoints=_names(route_node, f"rule {name!r}: route"),
-                continue_=continue_, line=line)
+                continue_=continue_, line=line, edits=edits)
+
+
+def _edit_tag(name: str, rule: str, line: int) -> int:
+    """The tag a ``set`` key or ``remove`` item names: a keyword or ``(gggg,eeee)``."""
+    match = _TAG.match(name)
+    if match:
+        return int(match.group(1) + match.group(2), 16)
+    tag = tag_for_keyword(name)
+    if tag is None:
+        raise RulesError(f"rule {rule!r}: unknown attribute {name!r} (use a DICOM keyword "
+                         'such as InstitutionName, or a tag in quotes such as "(0008,0080)")',
+                         line)
+    return int(tag)
+
+
+def _edits(rule: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> tuple[Edit, ...]:
+    """The rule's ``set`` and ``remove``, checked (tags, VRs, values), in the order
+    written: sets first."""
+    edits: list[Edit] = []
+    seen: dict[int, str] = {}
+
+    def add(edit: Edit, key: str, line: int) -> None:
+        if edit.tag in seen:
+            raise RulesError(f"rule {rule!r}: {key} is edited twice (in '{seen[edit.tag]}' "
+                             "and here)", line)
+        seen[edit.tag] = "set" if isinstance(edit, SetElement) else "remove"
+        edits.append(edit)
+
+    if "set" in fields:
+        node = fields["set"][1]
+        if not isinstance(node, yaml.MappingNode) or not node.value:
+            raise RulesError(f"rule {rule!r}: 'set' is a mapping of attribute: value",
+                             _line(node))
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, "an attribute name")
+            line = _line(key_node)
+            tag = _edit_tag(key, rule, line)
+            value = _plain(value_node)
+            if value is None:
+                raise RulesError(f"rule {rule!r}: {key} has no value (to empty it write "
+                                 "\"\"; to drop it use remove)", line)
+            try:
+                add(set_element(tag, value), key, line)
+            except EditError as exc:
+                raise RulesError(f"rule {rule!r}: {exc}", line) from None
+    if "remove" in fields:
+        node = fields["remove"][1]
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise RulesError(f"rule {rule!r}: 'remove' is a list of attributes", _line(node))
+        for item in node.value:
+            key = _scalar(item, "an attribute name")
+            line = _line(item)
+            try:
+                add(remove_element(_edit_tag(key, rule, line)), key, line)
+            except EditError as exc:
+                raise RulesError(f"rule {rule!r}: {exc}", line) from None
+    return tuple(edits)
 
 
 def parse_rules(text: str, endpoints: Iterable[str] | None = None,
