@@ -195,8 +195,11 @@ class Dispatcher:
             # since (less a margin for delivery batches committed a little late).
             self._cleaned_until = older_than - JANITOR_OVERLAP_SECONDS
             return 0
-        self._ledger.spool_index.mark_spool_removed([instance_id for instance_id, _ in removable])
-        for _, path in removable:
+        instance_ids = [instance_id for instance_id, _ in removable]
+        # the edited variants (a rule's set/remove) go with their original
+        variants = self._ledger.spool_index.variant_spool_files(instance_ids)
+        self._ledger.spool_index.mark_spool_removed(instance_ids)
+        for path in [*(path for _, path in removable), *variants]:
             self._spool.remove(path)
         return len(removable)
 

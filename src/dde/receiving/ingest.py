@@ -7,14 +7,16 @@ status; nothing here ever answers success for an instance that is not safe.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dde.dicom import status as dimse
+from dde.dicom.edits import EditError, apply_edits
 from dde.dicom.header import (
     BrokenDataset,
     InstanceHeader,
@@ -27,9 +29,10 @@ from dde.receiving.deliverability import Deliverability, Undeliverable
 from dde.routing.decision import NoRoute
 from dde.routing.route import PinView, Route
 from dde.routing.router import Origin, Router
+from dde.routing.rules import Verdict
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
-from dde.store.records import NewInstance
+from dde.store.records import NewInstance, NewVariant
 from dde.store.spool import (
     Spool,
     SpooledFile,
@@ -41,6 +44,14 @@ from dde.store.spool import (
 from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
+
+_REFUSALS: dict[type[Exception], tuple[int, str, str]] = {
+    NoRoute: (dimse.CANNOT_UNDERSTAND_NO_ROUTE, "no_route", "no route"),
+    EditError: (dimse.CANNOT_UNDERSTAND, "edit_failed", "edits cannot be made"),
+    Undeliverable: (dimse.SOP_CLASS_NOT_SUPPORTED, "undeliverable", "undeliverable"),
+}
+"""What the routing step may refuse an instance for: (status, metric reason, what the
+detail and the log say)."""
 
 
 @dataclass(frozen=True)
@@ -169,41 +180,49 @@ class IngestPipeline:
             return self._refused_by_spool(incoming, exc)
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
+        origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
+        fixed = incoming.route
+        made: list[tuple[NewVariant, str]] = []
         try:
-            origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
-            fixed = incoming.route
+            verdict = None if fixed is not None else self._router.verdict(header, origin)
+            if verdict is not None and verdict.edits and not verdict.discard:
+                made = self._variants(incoming, spooled, verdict)
 
             def decide(view: PinView) -> Route:
                 if fixed is not None:
                     return fixed
-                route = self._router.route(header, view, origin)
+                route = self._router.route(header, view, origin, verdict)
                 if self._deliverability is not None and not route.discard:
                     self._deliverability.check(route.destinations + route.mirrors,
                                                incoming.sop_class_uid,
                                                incoming.transfer_syntax_uid)
                 return route
 
-            instance_id, route = self._ledger.intake.ingest(record, decide)
-        except NoRoute as exc:
-            self._spool.remove(spooled.relative_path)
-            log.warning("refused an instance from %s: no route: %s", incoming.calling_aet, exc)
-            return IngestResult(dimse.CANNOT_UNDERSTAND_NO_ROUTE, f"no route: {exc}",
-                                reason="no_route")
-        except Undeliverable as exc:
-            self._spool.remove(spooled.relative_path)
-            log.warning("refused an instance from %s: undeliverable: %s",
-                        incoming.calling_aet, exc)
-            return IngestResult(dimse.SOP_CLASS_NOT_SUPPORTED, f"undeliverable: {exc}",
-                                reason="undeliverable")
+            instance_id, route = self._ledger.intake.ingest(
+                record, decide, [variant for variant, _ in made])
+        except (NoRoute, EditError, Undeliverable) as exc:
+            self._remove(spooled.relative_path, made)
+            status, reason, what = next(refusal for kind, refusal in _REFUSALS.items()
+                                        if isinstance(exc, kind))
+            log.warning("refused an instance from %s: %s: %s", incoming.calling_aet, what, exc)
+            return IngestResult(status, f"{what}: {exc}", reason=reason)
+        except SpoolError as exc:
+            self._remove(spooled.relative_path, made)
+            return self._refused_by_spool(incoming, exc)
         except LedgerError as exc:
-            self._spool.remove(spooled.relative_path)
+            self._remove(spooled.relative_path, made)
             log.error("refused an instance from %s: ledger write failed: %s",
                       incoming.calling_aet, exc)
             return IngestResult(dimse.OUT_OF_RESOURCES, "ledger write failed",
                                 reason="ledger_error")
         except Exception:
-            self._spool.remove(spooled.relative_path)
+            self._remove(spooled.relative_path, made)
             raise
+        if made:  # variants of rules whose destinations all got other bytes are not kept
+            used = {rule for _, rule in route.variants}
+            for variant, _ in made:
+                if variant.rule not in used:
+                    self._spool.remove(variant.spool_path)
 
         destinations = route.destinations + route.mirrors
         if route.discard:
@@ -220,6 +239,46 @@ class IngestPipeline:
         except Exception:  # committed is committed: the workers' poll finds it anyway
             log.exception("could not wake the delivery of instance #%d", instance_id)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
+
+    def _remove(self, relative_path: str, made: list[tuple[NewVariant, str]]) -> None:
+        """A refused instance's spool file and the variants made of it."""
+        self._spool.remove(relative_path)
+        for variant, _ in made:
+            self._spool.remove(variant.spool_path)
+
+    def _variants(self, incoming: Incoming, spooled: SpooledFile,
+                  verdict: Verdict) -> list[tuple[NewVariant, str]]:
+        """One edited copy per matching rule with edits, written durably to the spool
+        like the original (before the commit, so before the acknowledgement); with the
+        rule name. Raises :class:`EditError` or :class:`SpoolError`; what was made by then
+        is removed by the caller, which gets it through ``made`` only on success: here
+        the partial list is cleaned up before raising."""
+        dataset = incoming.dataset
+        if incoming.dataset_file is not None:  # streamed: read back what was spooled
+            dataset = self._spooled_dataset(spooled)
+        file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
+                                     incoming.transfer_syntax_uid, incoming.calling_aet)
+        made: list[tuple[NewVariant, str]] = []
+        try:
+            for rule, edits in verdict.edits:
+                edited = apply_edits(dataset, incoming.transfer_syntax_uid, edits)
+                written = self._spool.write(file_meta, edited.dataset)
+                applied = json.dumps([asdict(a) for a in edited.applied])
+                made.append((NewVariant(rule, written.relative_path, written.size,
+                                        applied), rule))
+        except (EditError, SpoolError):
+            for variant, _ in made:
+                self._spool.remove(variant.spool_path)
+            raise
+        return made
+
+    def _spooled_dataset(self, spooled: SpooledFile) -> bytes:
+        try:
+            with self._spool.path_of(spooled.relative_path).open("rb") as stream:
+                stream.seek(dataset_offset(stream))
+                return stream.read()
+        except (OSError, NotPart10) as exc:
+            raise EditError(f"the spooled instance cannot be read back: {exc}") from None
 
     @staticmethod
     def _refused_by_spool(incoming: Incoming, exc: SpoolError) -> IngestResult:

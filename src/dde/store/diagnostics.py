@@ -23,6 +23,7 @@ _COUNTS: dict[str, str] = {
     "deliveries": "SELECT COUNT(*) FROM deliveries",
     "study_pins": "SELECT COUNT(*) FROM study_pins",
     "events": "SELECT COUNT(*) FROM events",
+    "instance_variants": "SELECT COUNT(*) FROM instance_variants",
 }
 """The tables :meth:`Diagnostics.count` counts, each with its fixed statement."""
 

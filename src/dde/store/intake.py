@@ -8,6 +8,11 @@ once pin it to one storage even apart from the writer lock every ingest still ta
 The routing decision runs inside that transaction (it reads pins and queue depths through
 :class:`IngestView`), so what it read cannot change before the rows it implies are written.
 The store knows a decision only by the shape of :class:`Placement`.
+
+Edited variants (a rule's ``set``/``remove``) are files the ingest wrote to the spool
+before the transaction; the same transaction records them (``instance_variants``) and which
+delivery sends which (``delivery_variants``), so a delivery never sends the wrong bytes:
+its variant is committed with it or not at all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from typing import Protocol, TypeVar
 from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
 from dde.store.errors import LedgerError
 from dde.store.group_commit import GroupCommit
-from dde.store.records import NewInstance
+from dde.store.records import NewInstance, NewVariant
+
+VARIANT_JOIN = (" LEFT JOIN delivery_variants dv ON dv.delivery_id = d.id"
+                " LEFT JOIN instance_variants v ON v.id = dv.variant_id ")
+"""How a query on deliveries ``d`` reaches the edited variant ``v`` a delivery sends (its
+rule, spool file, edits); no row: the delivery sends the instance as received."""
 
 
 class Placement(Protocol):
@@ -34,6 +44,11 @@ class Placement(Protocol):
     def mirrors(self) -> Sequence[str]: ...
 
     def all_pins(self) -> Sequence[tuple[str, str, str]]: ...
+
+    @property
+    def variants(self) -> Sequence[tuple[str, str]]:
+        """(destination, rule) for each destination that gets a rule's edited bytes."""
+        ...
 
 
 P = TypeVar("P", bound=Placement)
@@ -112,19 +127,24 @@ class IngestRecords:
         self._database = database
         self._group = GroupCommit(database)
 
-    def ingest(self, instance: NewInstance, decide: Callable[[IngestView], P]) -> tuple[int, P]:
+    def ingest(self, instance: NewInstance, decide: Callable[[IngestView], P],
+               variants: Sequence[NewVariant] = ()) -> tuple[int, P]:
         """Commit one instance and its deliveries atomically; return its id and placement
-        once committed.
+        once committed. ``variants``: the edited copies made for the rules the placement
+        may name in its ``variants`` (those it names are recorded; the caller removes the
+        files of the others).
 
         ``decide`` runs inside the transaction. Instances ingested at the same moment (by
         several associations) share one transaction and one commit (group commit), each in
         a savepoint of its own: one refused by ``decide`` leaves the others written.
         """
-        return self._group.run(lambda connection: self._write(connection, instance, decide))
+        return self._group.run(
+            lambda connection: self._write(connection, instance, decide, variants))
 
     @staticmethod
     def _write(connection: Connection, instance: NewInstance,
-               decide: Callable[[IngestView], P]) -> tuple[int, P]:
+               decide: Callable[[IngestView], P],
+               variants: Sequence[NewVariant] = ()) -> tuple[int, P]:
         for _ in range(PIN_ATTEMPTS):
             view = IngestView(connection)
             route = decide(view)
@@ -150,6 +170,9 @@ class IngestRecords:
         ).fetchone()
         instance_id = int(row[0])
         now = instance.received_at
+        if route.variants:
+            _write_variant_deliveries(connection, instance_id, now, route, variants)
+            return instance_id, route
         connection.executemany(
             "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
             " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?)",
@@ -161,3 +184,32 @@ class IngestRecords:
     def view(self) -> IngestView:
         """A read-only view of pins and queue depths (for explaining a decision)."""
         return IngestView(self._database.connection())
+
+
+def _write_variant_deliveries(connection: Connection, instance_id: int, now: float,
+                              route: Placement, variants: Sequence[NewVariant]) -> None:
+    """The deliveries of a placement some of whose destinations get edited bytes, with the
+    variants they send. A destination whose variant was not made is an error (never sent
+    as received instead)."""
+    made = {variant.rule: variant for variant in variants}
+    rule_of = dict(route.variants)
+    variant_ids: dict[str, int] = {}
+    for rule in dict.fromkeys(rule_of.values()):
+        if rule not in made:
+            raise LedgerError(f"the edited variant of rule {rule} was not made")
+        variant = made[rule]
+        variant_ids[rule] = int(connection.execute(
+            "INSERT INTO instance_variants(instance_id, rule, spool_path, size, edits)"
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
+            (instance_id, rule, variant.spool_path, variant.size, variant.edits_json),
+        ).fetchone()[0])
+    for role, names in (("route", route.destinations), ("mirror", route.mirrors)):
+        for name in names:
+            delivery_id = int(connection.execute(
+                "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
+                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
+                (instance_id, name, role, now, now, now)).fetchone()[0])
+            if name in rule_of:
+                connection.execute(
+                    "INSERT INTO delivery_variants(delivery_id, variant_id) VALUES (?, ?)",
+                    (delivery_id, variant_ids[rule_of[name]]))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from dde.store.database import Backend, database_errors_as_ledger_errors
-from dde.store.intake import IngestView
+from dde.store.intake import VARIANT_JOIN, IngestView
 from dde.store.records import (
     DeliveryRecord,
     InstanceRecord,
@@ -36,9 +36,9 @@ class OperatorQueries:
             deliveries = connection.execute(
                 "SELECT d.id, d.endpoint, d.role, d.state, d.attempts, d.last_error,"
                 " d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
-                " t.transfer_syntax_uid, t.transcoded_from FROM deliveries d"
-                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id"
-                " WHERE d.instance_id = ? ORDER BY d.role DESC, d.id",
+                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits FROM deliveries d"
+                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id" + VARIANT_JOIN +
+                "WHERE d.instance_id = ? ORDER BY d.role DESC, d.id",
                 (record.id,),
             ).fetchall()
             record.deliveries = [DeliveryRecord(*d) for d in deliveries]
@@ -81,9 +81,9 @@ class OperatorQueries:
             deliveries = connection.execute(
                 "SELECT d.instance_id, d.id, d.endpoint, d.role, d.state, d.attempts,"
                 " d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
-                " t.transfer_syntax_uid, t.transcoded_from FROM deliveries d"
-                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id"
-                f" WHERE d.instance_id IN ({marks}) ORDER BY d.role DESC, d.id",
+                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits FROM deliveries d"
+                " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id" + VARIANT_JOIN +
+                f"WHERE d.instance_id IN ({marks}) ORDER BY d.role DESC, d.id",
                 tuple(by_id),
             ).fetchall()
             for instance_id, *delivery in deliveries:

@@ -22,15 +22,17 @@ import time
 from collections.abc import Iterable, Sequence
 
 from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
-from dde.store.intake import queued_counts
+from dde.store.intake import VARIANT_JOIN, queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState, check_transition
 
-_QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts, i.spool_path,"
+_QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts,"
+           " CASE WHEN dv.variant_id IS NULL THEN i.spool_path ELSE v.spool_path END,"
            " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at,"
            " i.study_instance_uid ")
 """The columns of a :class:`QueuedDelivery`, in its field order (``d``: deliveries,
-``i``: instances)."""
+``i``: instances, ``v``: the edited variant a delivery sends, when it sends one: then its
+spool file, never the original's)."""
 _LOCK_CANDIDATES = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}
 """What the claim's candidate query ends with, per dialect: PostgreSQL locks the chosen
 delivery rows and passes over those another claimer holds. SQLite needs nothing (its one
@@ -44,7 +46,7 @@ class DeliveryQueue:
 
     def due(self, endpoint: str, now: float, limit: int) -> list[QueuedDelivery]:
         rows = self._database.connection().execute(
-            _QUEUED + "FROM deliveries d JOIN instances i ON i.id = d.instance_id"
+            _QUEUED + "FROM deliveries d JOIN instances i ON i.id = d.instance_id" + VARIANT_JOIN +
             " WHERE d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
             " ORDER BY d.next_attempt_at, d.id LIMIT ?",
             (endpoint, now, limit),
@@ -74,10 +76,10 @@ class DeliveryQueue:
         :class:`~dde.store.errors.LedgerError`, which the worker survives (it retries)."""
         if suspects:
             source = ("FROM delivery_suspects s JOIN deliveries d ON d.id = s.delivery_id"
-                      " JOIN instances i ON i.id = d.instance_id WHERE")
+                      " JOIN instances i ON i.id = d.instance_id" + VARIANT_JOIN + "WHERE")
         else:
-            source = ("FROM deliveries d JOIN instances i ON i.id = d.instance_id WHERE"
-                      " NOT EXISTS (SELECT 1 FROM delivery_suspects s"
+            source = ("FROM deliveries d JOIN instances i ON i.id = d.instance_id" + VARIANT_JOIN +
+                      "WHERE NOT EXISTS (SELECT 1 FROM delivery_suspects s"
                       " WHERE s.delivery_id = d.id) AND")
         query = (_QUEUED + source +
                  " d.endpoint = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"

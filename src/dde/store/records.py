@@ -26,6 +26,18 @@ class NewInstance:
 
 
 @dataclass(frozen=True)
+class NewVariant:
+    """An edited copy of an instance, written to the spool before the ingest commit: the
+    rule whose ``set``/``remove`` made it, its spool file, and what changed (JSON: a list of
+    {tag, keyword, action, old, new})."""
+
+    rule: str
+    spool_path: str
+    size: int
+    edits_json: str
+
+
+@dataclass(frozen=True)
 class QueuedDelivery:
     id: int
     instance_id: int
@@ -69,6 +81,10 @@ class DeliveryRecord:
     transfer_syntax_uid: str | None = None
     """The syntax delivered in, when transcoded for the destination."""
     transcoded_from: str | None = None
+    variant_rule: str | None = None
+    """The rule whose edited bytes this delivery sends (None: as received)."""
+    edits_json: str | None = None
+    """What that rule changed in this instance (:class:`NewVariant`)."""
 
 
 @dataclass

@@ -4,10 +4,13 @@ Version 1 is the first schema. A migration is a function from the version before
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
 and refuses a ledger written by a newer version of dde. Tables added later without touching
 an existing one (``delivery_claims``, ``delivery_suspects``, ``delivery_transcodings``,
-``endpoint_capabilities``) are created by :data:`SCHEMA` itself at every open, so they need
-no version step (an older dde simply ignores them; on a ledger several nodes share, a node
-not yet upgraded keeps working beside upgraded ones, where a version step would make it
-refuse the ledger). ``shared_documents`` (the configuration the nodes share,
+``endpoint_capabilities``, ``instance_variants``, ``delivery_variants``) are created by
+:data:`SCHEMA` itself at every open, so they need no version step (an older dde simply
+ignores them; on a ledger several nodes share, a node not yet upgraded keeps working beside
+upgraded ones, where a version step would make it refuse the ledger). One caveat: a node
+older than ``instance_variants`` would send the received bytes for a delivery that should
+send a rule's edited variant, so every node is upgraded before rules use ``set``/``remove``.
+``shared_documents`` (the configuration the nodes share,
 :mod:`dde.store.shared_documents`) is one of them.
 
 One schema text serves both backends: it is written for SQLite, and :func:`schema_for`
@@ -84,6 +87,19 @@ CREATE TABLE IF NOT EXISTS delivery_transcodings (
     delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
     transfer_syntax_uid TEXT NOT NULL,
     transcoded_from TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instance_variants (
+    id INTEGER PRIMARY KEY,
+    instance_id INTEGER NOT NULL REFERENCES instances(id),
+    rule TEXT NOT NULL,
+    spool_path TEXT,
+    size INTEGER NOT NULL,
+    edits TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instance_variants_instance ON instance_variants(instance_id);
+CREATE TABLE IF NOT EXISTS delivery_variants (
+    delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
+    variant_id INTEGER NOT NULL REFERENCES instance_variants(id)
 );
 CREATE TABLE IF NOT EXISTS endpoint_capabilities (
     endpoint TEXT NOT NULL,

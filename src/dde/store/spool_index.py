@@ -37,7 +37,20 @@ class SpoolIndex:
                 (since, older_than, older_than, limit)).fetchall()
         return [(int(a), str(b)) for a, b in rows]
 
+    def variant_spool_files(self, instance_ids: Sequence[int]) -> list[str]:
+        """The spool files of the edited variants of these instances (they go with the
+        original: when every delivery of the instance is done)."""
+        if not instance_ids:
+            return []
+        marks = ", ".join("?" for _ in instance_ids)
+        rows = self._database.connection().execute(
+            "SELECT spool_path FROM instance_variants WHERE spool_path IS NOT NULL"
+            f" AND instance_id IN ({marks})", tuple(instance_ids)).fetchall()
+        return [str(r[0]) for r in rows]
+
     def mark_spool_removed(self, instance_ids: Sequence[int]) -> None:
+        """The instances' spool files, variants included, are about to go (committed
+        first: a file is never removed while the ledger still names it)."""
         if not instance_ids:
             return
         now = time.time()
@@ -46,9 +59,14 @@ class SpoolIndex:
                 "UPDATE instances SET spool_path = NULL, spool_removed_at = ? WHERE id = ?",
                 [(now, i) for i in instance_ids],
             )
+            connection.executemany(
+                "UPDATE instance_variants SET spool_path = NULL WHERE instance_id = ?"
+                " AND spool_path IS NOT NULL", [(i,) for i in instance_ids])
 
     def spool_paths_in_use(self) -> set[str]:
-        rows = self._database.connection().execute(
+        connection = self._database.connection()
+        rows = connection.execute(
             "SELECT spool_path FROM instances WHERE spool_path IS NOT NULL"
+            " UNION ALL SELECT spool_path FROM instance_variants WHERE spool_path IS NOT NULL"
         ).fetchall()
         return {str(r[0]) for r in rows}
