@@ -2,10 +2,16 @@
 print, which the web API returns too.
 
 Times are local ISO 8601 with milliseconds (``2026-01-01T12:00:00.123``), as the CLI prints.
+
+A delivery that sends a rule's edited bytes (``set``/``remove``) names that rule
+(``variant``) and lists ``edits``: tag, keyword, action, the new value, and the old value
+as :data:`HIDDEN` unless ``show_phi`` (``dde where --show-phi``, ``?show_phi=true``): an old
+value is the instance's own data (patient data, often), a new one is the rule's.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,8 +28,25 @@ def iso(timestamp: float | None) -> str | None:
     )
 
 
-def delivery_document(d: DeliveryRecord, received_syntax: str | None = None
-                      ) -> dict[str, Any]:
+HIDDEN = "(hidden)"
+"""What an edit's old value shows without ``show_phi``."""
+
+
+def edits_document(edits_json: str | None, show_phi: bool = False) -> list[dict[str, Any]]:
+    """What a rule changed in an instance (as recorded at receive time)."""
+    if not edits_json:
+        return []
+    try:
+        edits = json.loads(edits_json)
+    except ValueError:
+        return []
+    return [{"tag": e.get("tag"), "keyword": e.get("keyword"), "action": e.get("action"),
+             "old": e.get("old") if show_phi or e.get("old") is None else HIDDEN,
+             "new": e.get("new")} for e in edits if isinstance(e, dict)]
+
+
+def delivery_document(d: DeliveryRecord, received_syntax: str | None = None,
+                      show_phi: bool = False) -> dict[str, Any]:
     """One delivery; ``transfer_syntax_uid`` is what the destination got (the received
     syntax unless ``transcoded_from`` says it was transcoded; null while not delivered
     or, without ``received_syntax``, unknown here)."""
@@ -33,10 +56,12 @@ def delivery_document(d: DeliveryRecord, received_syntax: str | None = None
             "attempts": d.attempts, "last_error": d.last_error,
             "delivered_at": iso(d.delivered_at),
             "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
-            "transfer_syntax_uid": delivered_syntax, "transcoded_from": d.transcoded_from}
+            "transfer_syntax_uid": delivered_syntax, "transcoded_from": d.transcoded_from,
+            "variant": d.variant_rule, "edits": edits_document(d.edits_json, show_phi)}
 
 
-def where_document(records: Sequence[InstanceRecord]) -> dict[str, Any]:
+def where_document(records: Sequence[InstanceRecord], show_phi: bool = False
+                   ) -> dict[str, Any]:
     """The latest reception of one SOP Instance UID and its deliveries (``records`` as
     :meth:`Ledger.where` returns them, not empty)."""
     latest = records[-1]
@@ -51,7 +76,7 @@ def where_document(records: Sequence[InstanceRecord]) -> dict[str, Any]:
         "rule": latest.rule,
         "size": latest.size,
         "receptions": len(records),
-        "deliveries": [delivery_document(d, latest.transfer_syntax_uid)
+        "deliveries": [delivery_document(d, latest.transfer_syntax_uid, show_phi)
                        for d in latest.deliveries],
     }
 

@@ -28,9 +28,12 @@ UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 @click.command()
 @click.argument("sop_instance_uid")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--show-phi", is_flag=True,
+              help="Show the old values of edited elements (patient data), not (hidden).")
 @click.pass_context
-def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
-    """Where one instance went: when it arrived, from whom, which rule, each delivery.
+def where(ctx: click.Context, sop_instance_uid: str, as_json: bool, show_phi: bool) -> None:
+    """Where one instance went: when it arrived, from whom, which rule, each delivery,
+    and what a rule's set/remove changed in the bytes a delivery sends.
 
     SOP_INSTANCE_UID may also be the path of a DICOM file: its SOP Instance UID is used.
     """
@@ -44,7 +47,7 @@ def where(ctx: click.Context, sop_instance_uid: str, as_json: bool) -> None:
     records = ledger(ctx).operators.where(sop_instance_uid)
     if not records:
         raise CliError(f"no instance with SOP Instance UID {sop_instance_uid} in the ledger")
-    document = reports.where_document(records)
+    document = reports.where_document(records, show_phi)
     if as_json:
         click.echo(json.dumps(document, indent=2))
         return
@@ -72,6 +75,26 @@ def _print_where(document: dict[str, Any]) -> None:
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
                       escape(state), str(d["attempts"]), escape(str(d["last_error"] or "")))
     out.print(table)
+    _print_edits(document["deliveries"])
+
+
+def _print_edits(deliveries: list[dict[str, Any]]) -> None:
+    """Each rule's edits once, with the deliveries that sent them."""
+    out = console()
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for d in deliveries:
+        if d.get("variant"):
+            by_rule.setdefault(str(d["variant"]), []).append(d)
+    for rule, sent in by_rule.items():
+        names = ", ".join(str(d["endpoint"]) for d in sent)
+        out.print(f"edited by rule {escape(rule)} (sent to {escape(names)}):")
+        for edit in sent[0]["edits"]:
+            name = f"{edit['tag']} {edit['keyword'] or ''}".rstrip()
+            if edit["action"] == "remove":
+                out.print(f"  {escape(name)}: removed (was {escape(str(edit['old']))})")
+            else:
+                was = "absent" if edit["old"] is None else str(edit["old"])
+                out.print(f"  {escape(name)}: {escape(str(edit['new']))!s} (was {escape(was)})")
 
 
 def _uid_of_file(path: Path) -> str:

@@ -80,3 +80,12 @@ def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: 
     click.echo(f"rule:         {result['rule']}")
     click.echo(f"destinations: {', '.join(result['destinations']) or '(none)'}")  # type: ignore[arg-type]
     click.echo(f"reason:       {result['reason']}")
+    for plan in result.get("edits") or []:  # type: ignore[attr-defined]
+        click.echo(f"edits of rule {plan['rule']} (to {', '.join(plan['destinations'])}):")
+        if plan["error"]:
+            click.echo(f"  {plan['error']}")
+        for change in plan["changes"]:
+            name = f"{change['tag']} {change['keyword']}".rstrip()
+            was = "absent" if change["old"] is None else change["old"]
+            now = "removed" if change["action"] == "remove" else change["new"]
+            click.echo(f"  {name}: {now} (was {was})")

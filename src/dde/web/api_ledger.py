@@ -97,12 +97,14 @@ def instances_router(services: WebServices, web: WebSettings) -> APIRouter:
                 summary="Where one instance went (as `dde where --json`)",
                 responses=error_responses(422, described={
                     404: "No instance with that SOP Instance UID in the ledger"}))
-    def where(sop_instance_uid: str) -> dict[str, Any]:
+    def where(sop_instance_uid: str, show_phi: Annotated[bool, Query(
+            description="Show the old values of edited elements (patient data) instead "
+                        "of (hidden)")] = False) -> dict[str, Any]:
         records = services.ledger.operators.where(sop_instance_uid)
         if not records:
             raise not_found(f"no instance with SOP Instance UID {sop_instance_uid} "
                             "in the ledger")
-        return where_document(records)
+        return where_document(records, show_phi)
 
     @router.get("/instances", response_model=SearchPage,
                 summary="Search the ledger (exact matches), newest first",

@@ -136,6 +136,26 @@ class RulesApplied(BaseModel):
     mirror: list[str]
 
 
+class EditChange(BaseModel):
+    """One element a rule would change in the file (old value shown: the caller has it)."""
+
+    tag: str
+    keyword: str
+    action: Literal["set", "remove"]
+    old: str | None = Field(description="The file's value (null: absent)")
+    new: str | None = Field(description="The value sent (null: removed)")
+
+
+class EditPlan(BaseModel):
+    """What one matching rule's ``set``/``remove`` would make of the file."""
+
+    rule: str
+    destinations: list[str] = Field(description="The endpoints that would get these bytes")
+    changes: list[EditChange]
+    error: str | None = Field(description="The edits cannot be made on this file: the "
+                                          "router would refuse it")
+
+
 class RoutedDecision(BaseModel):
     """The route a file would take now (``dde route explain --json``)."""
 
@@ -144,6 +164,8 @@ class RoutedDecision(BaseModel):
     mirrors: list[str]
     discard: bool = Field(description="The rule discards it: accepted, sent nowhere")
     reason: str
+    edits: list[EditPlan] = Field(default_factory=list,
+                                  description="Per rule with set/remove: what would change")
 
 
 class RefusedDecision(BaseModel):

@@ -18,6 +18,17 @@ from dde.store.states import DeliveryState
 # -- instances -----------------------------------------------------------------------------
 
 
+class EditDocument(BaseModel):
+    """One element a rule's ``set``/``remove`` changed in the bytes a delivery sends."""
+
+    tag: str = Field(description="(gggg,eeee)")
+    keyword: str = Field(description="The DICOM keyword (empty for a private tag)")
+    action: Literal["set", "remove"]
+    old: str | None = Field(description="The value received (null: absent); '(hidden)' "
+                                        "unless show_phi=true")
+    new: str | None = Field(description="The value sent (null: removed)")
+
+
 class DeliveryDocument(BaseModel):
     """One delivery of an instance to one endpoint."""
 
@@ -34,6 +45,11 @@ class DeliveryDocument(BaseModel):
     transcoded_from: str | None = Field(
         default=None, description="The syntax it was received in, when the router "
                                   "transcoded it for this destination (losslessly)")
+    variant: str | None = Field(
+        default=None, description="The rule whose edits (set/remove) this delivery sends; "
+                                  "null: the instance as received")
+    edits: list[EditDocument] = Field(default_factory=list,
+                                      description="What that rule changed in this instance")
 
 
 class InstanceDocument(BaseModel):

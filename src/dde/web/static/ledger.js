@@ -37,11 +37,19 @@
     return [d.last_error ? `${due}; last error: ${d.last_error}` : due, d.last_error ? "error" : ""];
   }
 
+  /* A rule's set/remove in the bytes this delivery sends (old values come hidden). */
+  function edited(d) {
+    if (!d.variant) return "";
+    const changes = (d.edits || []).map((e) => `${e.keyword || e.tag} ${e.action === "remove" ? "removed" : `→ ${e.new}`}`);
+    return `; edited by rule ${d.variant}${changes.length ? ": " + changes.join(", ") : ""}`;
+  }
+
   function deliveryRow(d) {
     const row = deliveryTemplate.content.firstElementChild.cloneNode(true);
     row.dataset.delivery = d.id;
     row.dataset.endpoint = d.endpoint;
-    const [text, kind] = detail(d);
+    const [plain, kind] = detail(d);
+    const text = plain + edited(d);
     DDE.fill(row, { ...d, detail: text }, {
       attempts: (n) => `${n} ${n === 1 ? "attempt" : "attempts"}`,
       detail: (t) => t,

@@ -96,6 +96,25 @@
     if (header.note) { note.textContent = header.note; note.hidden = false; }
   }
 
+  /* What each matching rule's set/remove would change in the file, per rule. */
+  function showEdits(plans) {
+    const body = document.querySelector("#explain-edits tbody");
+    const rows = [];
+    for (const plan of plans) {
+      const to = `${plan.rule} → ${plan.destinations.join(", ")}`;
+      if (plan.error) rows.push(DDE.el("tr", {}, DDE.el("td", { text: to }), DDE.el("td", { colSpan: 3, className: "error", text: plan.error })));
+      for (const c of plan.changes) {
+        rows.push(DDE.el("tr", {},
+          DDE.el("td", { text: to }),
+          DDE.el("td", { text: `${c.tag} ${c.keyword}`.trim() }),
+          DDE.el("td", { text: c.old === null ? "(absent)" : c.old }),
+          DDE.el("td", { text: c.action === "remove" ? "(removed)" : c.new })));
+      }
+    }
+    body.replaceChildren(...rows);
+    document.getElementById("explain-edits-block").hidden = rows.length === 0;
+  }
+
   async function explain(files) {
     const file = files[0];
     if (!file) return;
@@ -124,6 +143,7 @@
       }))
       : [DDE.el("li", { text: d.discard ? "discarded" : "none" })]));
     document.getElementById("explain-reason").textContent = DDE.text(d.reason);
+    showEdits(d.edits || []);
     decision.hidden = false;
   }
 
