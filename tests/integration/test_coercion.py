@@ -36,16 +36,11 @@ from tests.support.router import (
     start_router,
 )
 from tests.support.senders import write_storescu_profile
+from tests.support.unitkit import TAG_SITE_RULE
 
 pytestmark = pytest.mark.integration
 
-RULES = """\
-rules:
-  - name: tag-site
-    when: {CallingAET: "CT_SCANNER_2"}
-    set: {InstitutionName: "North Campus", "(0008,1010)": "CT2"}
-    remove: [OtherPatientIDs]
-    route: {group: storage, strategy: least-loaded}
+RULES = "rules:\n" + TAG_SITE_RULE + """\
     continue: true
   - name: as-received
     route: [ORTHANC2]

@@ -284,3 +284,13 @@ def without(name: str) -> Change:
         return settings.model_copy(
             update={"endpoints": [e for e in settings.endpoints if e.name != name]})
     return change
+
+
+TAG_SITE_RULE = """\
+  - name: tag-site
+    when: {CallingAET: "CT_SCANNER_2"}
+    set: {InstitutionName: "North Campus", "(0008,1010)": "CT2"}
+    remove: [OtherPatientIDs]
+    route: {group: storage, strategy: least-loaded}
+"""
+"""Issue 15's tag coercion example, as the README shows it (one rule of a rules list)."""

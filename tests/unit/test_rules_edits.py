@@ -4,18 +4,13 @@ to the destinations of the rule that names them (the mirror: the first matching 
 from __future__ import annotations
 
 import pytest
+from tests.support.unitkit import TAG_SITE_RULE
 from tests.unit.test_router_rules import PROBE, View, header, make_router
 
 from dde.dicom.edits import RemoveElement, SetElement
 from dde.routing.rules import RulesError, parse_rules
 
-ISSUE_RULE = """\
-rules:
-  - name: tag-site
-    when: {CallingAET: "CT_SCANNER_2"}
-    set: {InstitutionName: "North Campus", "(0008,1010)": "CT2"}
-    remove: [OtherPatientIDs]
-    route: {group: storage, strategy: least-loaded}
+ISSUE_RULE = "rules:\n" + TAG_SITE_RULE + """\
   - name: default
     route: {group: storage}
 mirror: [ORTHANC-PROBE]
