@@ -3,6 +3,8 @@ to the destinations of the rule that names them (the mirror: the first matching 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tests.support.unitkit import TAG_SITE_RULE
 from tests.unit.test_router_rules import PROBE, View, header, make_router
@@ -110,3 +112,11 @@ def test_a_group_rule_with_edits_gives_its_chosen_member_the_variant() -> None:
     (destination,) = route.destinations
     assert route.variant_of(destination) == "tag-site"
     assert route.variant_of(PROBE) == "tag-site"
+
+
+def test_the_readme_example_is_valid_as_written() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Rules that edit: set and remove"):]
+    block = section[section.index("```yaml\n") + 8:section.index("```\n", 10)]
+    ruleset = parse_rules(block, ["ORTHANC1", "ORTHANC-PROBE"], ["storage"])
+    assert ruleset.rules[0].edits == parse_rules(ISSUE_RULE).rules[0].edits
