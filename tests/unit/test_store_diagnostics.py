@@ -48,7 +48,7 @@ def three_instances(ledger: Ledger) -> tuple[int, int, int]:
 # -- counts --------------------------------------------------------------------------------
 def test_count_each_table(ledger: Ledger) -> None:
     assert {t: ledger.diagnostics.count(t) for t in COUNTED_TABLES} == {
-        "instances": 0, "deliveries": 0, "study_pins": 0, "events": 0}
+        "instances": 0, "deliveries": 0, "study_pins": 0, "events": 0, "instance_variants": 0}
     three_instances(ledger)
     ledger.event_log.add_event("note", "A", "a note")
 
@@ -56,7 +56,8 @@ def test_count_each_table(ledger: Ledger) -> None:
 
     assert counted == {t: int(sql(ledger, f"SELECT COUNT(*) FROM {t}")[0][0])
                        for t in COUNTED_TABLES}
-    assert counted == {"instances": 3, "deliveries": 4, "study_pins": 1, "events": 1}
+    assert counted == {"instances": 3, "deliveries": 4, "study_pins": 1, "events": 1,
+                       "instance_variants": 0}
 
 
 @pytest.mark.parametrize("name", ["meta", "endpoint_status", "instances; DROP TABLE meta",
