@@ -182,7 +182,7 @@ class IngestPipeline:
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
         origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
         fixed = incoming.route
-        made: list[tuple[NewVariant, str]] = []
+        made: list[NewVariant] = []
         try:
             verdict = None if fixed is not None else self._router.verdict(header, origin)
             if verdict is not None and verdict.edits and not verdict.discard:
@@ -199,7 +199,7 @@ class IngestPipeline:
                 return route
 
             instance_id, route = self._ledger.intake.ingest(
-                record, decide, [variant for variant, _ in made])
+                record, decide, made)
         except (NoRoute, EditError, Undeliverable) as exc:
             self._remove(spooled.relative_path, made)
             status, reason, what = next(refusal for kind, refusal in _REFUSALS.items()
@@ -220,7 +220,7 @@ class IngestPipeline:
             raise
         if made:  # variants of rules whose destinations all got other bytes are not kept
             used = {rule for _, rule in route.variants}
-            for variant, _ in made:
+            for variant in made:
                 if variant.rule not in used:
                     self._spool.remove(variant.spool_path)
 
@@ -240,39 +240,39 @@ class IngestPipeline:
             log.exception("could not wake the delivery of instance #%d", instance_id)
         return IngestResult(dimse.SUCCESS, "stored", instance_id, route)
 
-    def _remove(self, relative_path: str, made: list[tuple[NewVariant, str]]) -> None:
+    def _remove(self, relative_path: str, made: list[NewVariant]) -> None:
         """A refused instance's spool file and the variants made of it."""
         self._spool.remove(relative_path)
-        for variant, _ in made:
+        for variant in made:
             self._spool.remove(variant.spool_path)
 
     def _variants(self, incoming: Incoming, spooled: SpooledFile,
-                  verdict: Verdict) -> list[tuple[NewVariant, str]]:
+                  verdict: Verdict) -> list[NewVariant]:
         """One edited copy per matching rule with edits, written durably to the spool
-        like the original (before the commit, so before the acknowledgement); with the
-        rule name. Raises :class:`EditError` or :class:`SpoolError`; what was made by then
-        is removed by the caller, which gets it through ``made`` only on success: here
-        the partial list is cleaned up before raising."""
+        like the original (before the commit, so before the acknowledgement). Raises
+        :class:`EditError` or :class:`SpoolError`, having removed the copies it made."""
         dataset = incoming.dataset
         if incoming.dataset_file is not None:  # streamed: read back what was spooled
             dataset = self._spooled_dataset(spooled)
         file_meta = encode_file_meta(incoming.sop_class_uid, incoming.sop_instance_uid,
                                      incoming.transfer_syntax_uid, incoming.calling_aet)
-        made: list[tuple[NewVariant, str]] = []
+        made: list[NewVariant] = []
         try:
             for rule, edits in verdict.edits:
                 edited = apply_edits(dataset, incoming.transfer_syntax_uid, edits)
                 written = self._spool.write(file_meta, edited.dataset)
                 applied = json.dumps([asdict(a) for a in edited.applied])
-                made.append((NewVariant(rule, written.relative_path, written.size,
-                                        applied), rule))
+                made.append(NewVariant(rule, written.relative_path, written.size, applied))
         except (EditError, SpoolError):
-            for variant, _ in made:
+            for variant in made:
                 self._spool.remove(variant.spool_path)
             raise
         return made
 
     def _spooled_dataset(self, spooled: SpooledFile) -> bytes:
+        """The dataset of a streamed instance, read back whole from its spool file: an
+        edited copy costs its size in memory once (only instances a rule with edits
+        routes; the others are never read back)."""
         try:
             with self._spool.path_of(spooled.relative_path).open("rb") as stream:
                 stream.seek(dataset_offset(stream))
