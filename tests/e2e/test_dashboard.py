@@ -45,6 +45,17 @@ rules:
 mirror: [ORTHANC-PROBE]
 """
 
+EDIT_RULES = f"""\
+rules:
+  - name: tag-site
+    set: {{InstitutionName: "{HOSTILE}", "(0008,1010)": "CT2"}}
+    remove: [PatientID]
+    route: {{group: storage}}
+  - name: default
+    route: {{group: storage}}
+mirror: [ORTHANC-PROBE]
+"""
+
 
 def uid_of(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
@@ -226,6 +237,31 @@ def test_an_invalid_rule_is_refused_with_its_line_and_the_tester_explains_a_file
     not_dicom.write_text("not an image")
     drop_file(page, "#explain-drop", not_dicom)
     expect(page.locator("#explain-error")).to_contain_text("not a DICOM Part-10 file")
+    watched.assert_clean()
+
+
+def test_the_tester_shows_the_edits_a_file_would_get(
+        console: Console, watched: Watched, tmp_path: Path) -> None:
+    page = watched.page
+    console.log_in(page, "/rules")
+    page.fill("#rules-text", EDIT_RULES)
+    page.click("#rules-form button[type=submit]")
+    expect(page.locator("#rules-ok")).to_contain_text("Applied: 2 rules (tag-site, default)")
+
+    [ct] = write_series(tmp_path / "ct", 1, rows=16, columns=16, modality="CT",
+                        patient_id="E2E-EDITS")
+    drop_file(page, "#explain-drop", ct)
+
+    expect(page.locator("#explain-edits-block")).to_be_visible(timeout=20_000)
+    rows = page.locator("#explain-edits tbody tr")
+    expect(rows).to_have_count(3)
+    expect(rows.nth(0).locator("td")).to_have_text(
+        [re.compile(r"^tag-site → ORTHANC[12], ORTHANC-PROBE$"),
+         "(0008,0080) InstitutionName", re.compile(".*"), HOSTILE])
+    expect(rows.nth(1).locator("td").nth(3)).to_have_text("CT2")
+    expect(rows.nth(2).locator("td").nth(1)).to_have_text("(0010,0020) PatientID")
+    expect(rows.nth(2).locator("td").nth(2)).to_have_text("E2E-EDITS")
+    expect(rows.nth(2).locator("td").nth(3)).to_have_text("(removed)")
     watched.assert_clean()
 
 
