@@ -4,11 +4,15 @@ cannot be made."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
-from tests.support.unitkit import endpoint, generated, load_book, part10_bytes
+from tests.support.orthanc import wait_until
+from tests.support.unitkit import FakeSender, endpoint, generated, load_book, part10_bytes
+from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher, workers  # noqa: F401
 from tests.unit.test_streamed_ingest import incoming_for
 
 from dde.config import RoutingSettings
@@ -106,3 +110,26 @@ def test_rules_without_edits_make_no_variant(ledger: Ledger, spool: Spool) -> No
 
     assert len(spooled(spool)) == 1
     assert ledger.diagnostics.count("instance_variants") == 0
+
+
+def test_workers_send_each_rules_bytes_and_the_janitor_removes_them_all(
+        ledger: Ledger, spool: Spool, workers: list[Any]) -> None:  # noqa: F811
+    instance = generated()
+    result = pipeline(ledger, spool).ingest(instance.incoming())
+    assert result.ok and result.instance_id is not None
+    senders = {name: FakeSender() for name in ("ORTHANC1", "ORTHANC2", "ORTHANC-PROBE")}
+    dispatcher = make_dispatcher(workers, ledger, spool, senders)
+
+    dispatcher.sync(ENDPOINTS)
+    for name in senders:
+        wait_until(lambda name=name: delivered(ledger, result.instance_id or 0, name),
+                   TIMEOUT, f"{name} delivered")
+
+    received = {name: dcmread(io.BytesIO(sender.sent_bytes[0]))
+                for name, sender in senders.items()}
+    assert received["ORTHANC1"].InstitutionName == "North Campus"
+    assert received["ORTHANC-PROBE"].InstitutionName == "North Campus"
+    assert "InstitutionName" not in received["ORTHANC2"]
+    assert senders["ORTHANC1"].sent_bytes == senders["ORTHANC-PROBE"].sent_bytes
+    assert dispatcher.clean_spool_once() == 1
+    assert spooled(spool) == []
