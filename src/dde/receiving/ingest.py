@@ -198,8 +198,7 @@ class IngestPipeline:
                                                incoming.transfer_syntax_uid)
                 return route
 
-            instance_id, route = self._ledger.intake.ingest(
-                record, decide, made)
+            instance_id, route = self._ledger.intake.ingest(record, decide, made)
         except (NoRoute, EditError, Undeliverable) as exc:
             self._remove(spooled.relative_path, made)
             status, reason, what = next(refusal for kind, refusal in _REFUSALS.items()
