@@ -247,6 +247,8 @@ def _shown(raw: RawDataElement | DataElement, encodings: list[str]) -> str:
         return f"<{raw.length} bytes>"
     try:
         element = _convert(raw, encodings)
+        if element.value is None:  # present, empty
+            return ""
         if element.VR == "SQ":
             return f"<sequence of {len(element.value)} items>"
         if isinstance(element.value, bytes):
