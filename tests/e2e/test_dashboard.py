@@ -262,6 +262,22 @@ def test_the_tester_shows_the_edits_a_file_would_get(
     expect(rows.nth(2).locator("td").nth(1)).to_have_text("(0010,0020) PatientID")
     expect(rows.nth(2).locator("td").nth(2)).to_have_text("E2E-EDITS")
     expect(rows.nth(2).locator("td").nth(3)).to_have_text("(removed)")
+
+    page.goto(console.url + "/upload")  # received for real: the ledger shows the edits
+    ready(page)
+    page.set_input_files("#upload-files", str(ct))
+    expect(page.locator("#upload-list tbody tr")).to_have_attribute("data-state", "stored")
+    page.goto(console.url + "/ledger")
+    ready(page)
+    page.fill('input[name="patient_id"]', "E2E-EDITS")
+    page.click("#ledger-form button[type=submit]")
+    details = page.locator('#ledger-results [data-field="detail"]')
+    expect(details).to_have_count(2)
+    for index in range(2):
+        expect(details.nth(index)).to_contain_text(
+            f"edited by rule tag-site: InstitutionName → {HOSTILE}, StationName → CT2, "
+            "PatientID removed")
+    assert page.locator("#ledger-results script").count() == 0
     watched.assert_clean()
 
 
