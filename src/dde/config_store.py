@@ -24,26 +24,22 @@ stat, so a change on one node is applied on every node within about a second.
 from __future__ import annotations
 
 import fcntl
-import io
 import json
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError as RoundTripYAMLError
-from ruamel.yaml.util import load_yaml_guess_indent
 
 from dde.config import (
     ConfigError,
-    EndpointSettings,
     Home,
+    ReceivingAE,
     Settings,
     StoreBackend,
     load_settings,
@@ -51,6 +47,7 @@ from dde.config import (
     settings_to_data,
     settings_to_yaml,
 )
+from dde.config.yaml_rewrite import rewrite_yaml
 from dde.routing.rules import RulesError, RuleSet, default_ruleset, parse_rules
 from dde.shared_config import (
     Endpoints,
@@ -109,106 +106,12 @@ def default_rules_text(settings: Settings) -> str:
     )
 
 
-_ABSENT = object()
-
-
-def rewrite_yaml(text: str, before: dict[str, Any], after: dict[str, Any]) -> str:
-    """``text`` (a YAML mapping whose values are ``before``, defaults filled in) changed
-    to hold ``after``: only the keys whose value differs are written, in place, so the
-    comments, the order and the keys left to their defaults stay. Endpoints are matched by
-    name: a new one is appended, a removed one deleted."""
-    loaded, indent, sequence_indent = load_yaml_guess_indent(text)
-    document = CommentedMap() if loaded is None else loaded
-    _sync(document, before, after)
-    writer = YAML()
-    writer.width = 4096  # never fold a long value onto a second line
-    sequence_indent = sequence_indent or 0
-    writer.indent(mapping=_mapping_indent(text),
-                  sequence=max(indent or 2, sequence_indent + 2), offset=sequence_indent)
-    out = io.StringIO()
-    writer.dump(document, out)
-    result = out.getvalue().rstrip("\n") + "\n"
-    if loaded is None and text.strip():
-        result = text.rstrip("\n") + "\n" + result  # a file of comments only keeps them
-    return result
-
-
-def _mapping_indent(text: str) -> int:
-    """How far the file indents a mapping under a top-level key (2 if it never does)."""
-    previous = ""
-    for line in text.splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        if previous.endswith(":") and not previous[0].isspace() \
-                and line[0] == " " and not stripped.startswith("-"):
-            return len(line) - len(line.lstrip(" "))
-        previous = line.split(" #", 1)[0].rstrip()
-    return 2
-
-
-def _fresh(value: Any) -> Any:
-    """A new value for the document: mappings in block style, lists of plain values in
-    flow style (``groups: [storage]``)."""
-    if isinstance(value, dict):
-        return CommentedMap((key, _fresh(item)) for key, item in value.items())
-    if isinstance(value, list):
-        sequence = CommentedSeq(_fresh(item) for item in value)
-        if not any(isinstance(item, dict | list) for item in value):
-            sequence.fa.set_flow_style()
-        return sequence
-    return value
-
-
-def _sync(node: Any, before: dict[str, Any], after: dict[str, Any]) -> None:
-    """Make the mapping ``node`` (whose effective values are ``before``) hold ``after``."""
-    for key in [k for k in node if k in before and k not in after]:
-        del node[key]
-    for key, value in after.items():
-        old = before.get(key, _ABSENT)
-        if old == value:
-            continue
-        current = node[key] if key in node else _ABSENT
-        if isinstance(value, dict) and isinstance(old, dict):
-            if not isinstance(current, dict):
-                node[key] = current = CommentedMap()
-            _sync(current, old, value)
-        elif key == "endpoints" and isinstance(current, list) and isinstance(old, list):
-            _sync_endpoints(current, old, value)
-        elif isinstance(value, list) and isinstance(current, CommentedSeq):
-            del current[:]  # the same node: its flow style and comments stay
-            current.extend(value)
-        elif key == "endpoints" and isinstance(value, list):
-            node[key] = _fresh([_compact_endpoint(e) for e in value])
-        else:
-            node[key] = _fresh(value)
-
-
-def _sync_endpoints(items: list[Any], before: list[dict[str, Any]],
-                    after: list[dict[str, Any]]) -> None:
-    """The ``endpoints`` sequence, matched by name: changed ones edited in place, removed
-    ones deleted, new ones appended (without the values that are defaults)."""
-    wanted = {e["name"] for e in after}
-    for index in reversed(range(len(items))):
-        if not isinstance(items[index], dict) or items[index].get("name") not in wanted:
-            del items[index]
-    present = {item["name"]: item for item in items}
-    old = {e["name"]: e for e in before}
-    for endpoint in after:
-        if endpoint["name"] in present:
-            _sync(present[endpoint["name"]], old.get(endpoint["name"], {}), endpoint)
-        else:
-            items.append(_fresh(_compact_endpoint(endpoint)))
-
-
-_ALWAYS_WRITTEN = ("name", "kind", "aet", "host", "port")
-
-
-def _compact_endpoint(endpoint: dict[str, Any]) -> dict[str, Any]:
-    """A new endpoint entry: its address, and what is not the default."""
-    defaults = EndpointSettings(name="x", aet="x").model_dump(mode="json", exclude_none=True)
-    return {key: value for key, value in endpoint.items()
-            if key in _ALWAYS_WRITTEN or defaults.get(key, _ABSENT) != value}
+def _read_rules(path: Path, receiver: str) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path} (rules of receiver {receiver}): "
+                          f"{exc.strerror or exc}") from None
 
 
 class ConfigStore:
@@ -220,6 +123,8 @@ class ConfigStore:
         self._shared: SharedConfig | None = None
         self._resolved = False
         self._shared_lock = threading.Lock()
+        self._receiver_rules: tuple[Path, ...] = ()
+        """The receivers' own rules files as last read (watched beside the two files)."""
 
     # -- reading -------------------------------------------------------------------------
     def settings(self) -> Settings:
@@ -230,12 +135,18 @@ class ConfigStore:
         return with_endpoints(local, shared.read(self._own_copy).endpoints, str(self.path))
 
     def fingerprint(self) -> tuple[object, ...]:
-        files = (_stat(self.path), _stat(self.rules_path))
+        files = (_stat(self.path), _stat(self.rules_path),
+                 *(_stat(path) for path in self._receiver_rules))
         shared = self._shared_config()
         return files if shared is None else (*files, shared.versions())
 
-    def rules_text(self, settings: Settings) -> str | None:
-        """The active rules document, or None when the default rule applies."""
+    def rules_text(self, settings: Settings, receiver: str | None = None) -> str | None:
+        """The active rules document (of ``receiver`` when it has its own), or None when
+        the default rule applies."""
+        if receiver is not None:
+            path = self.receiver_rules_path(self._receiving_ae(settings, receiver))
+            if path is not None:
+                return _read_rules(path, receiver)
         shared = self._shared_config()
         if shared is not None:
             return shared.read(self._own_copy).rules
@@ -245,15 +156,57 @@ class ConfigStore:
             return None
 
     def ruleset(self, settings: Settings) -> RuleSet:
+        """The rules in force: ``rules.yaml`` (or the default rule), with the rules of each
+        receiver that has a rules file of its own."""
         text = self.rules_text(settings)
         if text is None:
             routing = settings.routing
-            return default_ruleset(routing.group, routing.strategy, routing.mirror)
-        try:
-            return parse_rules(text, [e.name for e in settings.endpoints],
-                               {g for e in settings.endpoints for g in e.groups})
-        except RulesError as exc:
-            raise ConfigError(f"{self._rules_source()}: {exc}") from None
+            main = default_ruleset(routing.group, routing.strategy, routing.mirror)
+        else:
+            try:
+                main = parse_rules(text, [e.name for e in settings.endpoints],
+                                   {g for e in settings.endpoints for g in e.groups})
+            except RulesError as exc:
+                raise ConfigError(f"{self._rules_source()}: {exc}") from None
+        return replace(main, by_receiver=self._receiver_rulesets(settings))
+
+    # -- the receivers' own rules --------------------------------------------------------
+    def receiver_rules_path(self, receiver: ReceivingAE) -> Path | None:
+        """Where the receiver's own rules file is (relative paths: in the state folder);
+        None when its rules are ``rules.yaml``'s."""
+        if receiver.rules is None:
+            return None
+        path = Path(receiver.rules).expanduser()
+        return path if path.is_absolute() else self.home.root / path
+
+    @staticmethod
+    def _receiving_ae(settings: Settings, name: str) -> ReceivingAE:
+        found = settings.receiving_ae(name)
+        if found is None:
+            names = ", ".join(r.name for r in settings.receiving_aes())
+            raise ConfigError(f"no receiver {name!r} (the receivers: {names})")
+        return found
+
+    def _receiver_rulesets(self, settings: Settings,
+                           missing_ok: bool = False) -> tuple[tuple[str, RuleSet], ...]:
+        """Each receiver's own rules, checked against the endpoints; a file that cannot
+        be read or is invalid raises ConfigError naming it (``missing_ok``: a missing one
+        is left out)."""
+        own = [(r.name, path) for r in settings.receiving_aes()
+               if (path := self.receiver_rules_path(r)) is not None]
+        if not missing_ok:
+            self._receiver_rules = tuple(path for _, path in own)
+        found: list[tuple[str, RuleSet]] = []
+        for name, path in own:
+            if missing_ok and not path.exists():
+                continue
+            try:
+                found.append((name, parse_rules(
+                    _read_rules(path, name), [e.name for e in settings.endpoints],
+                    {g for e in settings.endpoints for g in e.groups})))
+            except RulesError as exc:
+                raise ConfigError(f"{path} (rules of receiver {name}): {exc}") from None
+        return tuple(found)
 
     # -- shared mode ---------------------------------------------------------------------
     @property
@@ -349,6 +302,10 @@ class ConfigStore:
                 except RulesError as exc:
                     raise ConfigError(f"the change would break the rules in "
                                       f"{self.rules_path}: {exc}") from None
+            try:
+                self._receiver_rulesets(validated, missing_ok=True)
+            except ConfigError as exc:
+                raise ConfigError(f"the change would break the rules of {exc}") from None
             _write_atomically(self.path, self._rewritten(current, validated))
             return validated
 
@@ -390,14 +347,17 @@ class ConfigStore:
         log.warning("%s: written anew; its comments are lost", self.path)
         return HEADER + settings_to_yaml(changed)
 
-    def apply_rules(self, text: str) -> RuleSet:
-        """Validate ``text`` against the configured endpoints and make it the active rules.
+    def apply_rules(self, text: str, receiver: str | None = None) -> RuleSet:
+        """Validate ``text`` against the configured endpoints and make it the active rules
+        (``receiver``: that receiver's own rules file).
 
         Raises :class:`RulesError` (with the line) and leaves the old rules in place.
         Shared mode: the rules go to the database (one transaction), then to this node's
-        ``rules.yaml``.
+        ``rules.yaml``; a receiver's own rules file is always this node's.
         """
         text = text if text.endswith("\n") else text + "\n"
+        if receiver is not None:
+            return self._apply_receiver_rules(text, receiver)
         with self.locked():
             shared = self._shared_config()
             if shared is not None:
@@ -414,6 +374,19 @@ class ConfigStore:
             ruleset = parse_rules(text, [e.name for e in settings.endpoints],
                                   {g for e in settings.endpoints for g in e.groups})
             _write_atomically(self.rules_path, text)
+            return ruleset
+
+    def _apply_receiver_rules(self, text: str, name: str) -> RuleSet:
+        with self.locked():
+            settings = self.settings()
+            path = self.receiver_rules_path(self._receiving_ae(settings, name))
+            if path is None:
+                raise ConfigError(f"receiver {name!r} has no rules file of its own (its rules "
+                                  f"are {self.rules_path.name}'s): give its receivers: entry "
+                                  f"rules: FILE")
+            ruleset = parse_rules(text, [e.name for e in settings.endpoints],
+                                  {g for e in settings.endpoints for g in e.groups})
+            _write_atomically(path, text)
             return ruleset
 
     def refresh_own_copy(self) -> None:

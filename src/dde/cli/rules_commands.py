@@ -12,6 +12,7 @@ from dde.cli.boundary import CommandGroup
 from dde.cli.context import config_store, ledger_if_any
 from dde.cli.errors import CliError
 from dde.cli.output import quiet_pydicom
+from dde.config import MAIN_RECEIVER
 from dde.config_store import default_rules_text
 from dde.routing.explain import explain
 from dde.routing.router import Origin
@@ -23,13 +24,18 @@ def rules() -> None:
     """Show and apply the routing rules, live."""
 
 
+RECEIVER_HELP = ("A receiver's own rules file (its receivers: entry's rules:) instead of "
+                 "rules.yaml.")
+
+
 @rules.command("show")
+@click.option("--receiver", metavar="NAME", default=None, help=RECEIVER_HELP)
 @click.pass_context
-def rules_show(ctx: click.Context) -> None:
+def rules_show(ctx: click.Context, receiver: str | None) -> None:
     """Print the active rules document (or the default rule)."""
     store = config_store(ctx)
     settings = store.settings()
-    text = store.rules_text(settings)
+    text = store.rules_text(settings, receiver)
     if text is None:
         text = default_rules_text(settings)
     click.echo(text, nl=not text.endswith("\n"))
@@ -37,8 +43,9 @@ def rules_show(ctx: click.Context) -> None:
 
 @rules.command("apply")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--receiver", metavar="NAME", default=None, help=RECEIVER_HELP)
 @click.pass_context
-def rules_apply(ctx: click.Context, file: Path) -> None:
+def rules_apply(ctx: click.Context, file: Path, receiver: str | None) -> None:
     """Validate FILE and make it the active rules (an invalid file changes nothing)."""
     raw = file.read_bytes()
     try:
@@ -46,11 +53,12 @@ def rules_apply(ctx: click.Context, file: Path) -> None:
     except UnicodeDecodeError:
         raise CliError(f"{file}: not a text file (UTF-8); the previous rules stay") from None
     try:
-        ruleset = config_store(ctx).apply_rules(text)
+        ruleset = config_store(ctx).apply_rules(text, receiver)
     except RulesError as exc:  # the boundary prints it, with this note, and exits 1
         exc.add_note(f"{file}: the previous rules stay")
         raise
-    click.echo(f"applied {len(ruleset.rules)} rules from {file}")
+    whose = f" for receiver {receiver}" if receiver is not None else ""
+    click.echo(f"applied {len(ruleset.rules)} rules from {file}{whose}")
 
 
 @click.group(cls=CommandGroup)
@@ -63,15 +71,22 @@ def route() -> None:
 @click.option("--calling-aet", default="", help="Pretend the file came from this AE title.")
 @click.option("--called-aet", default=None)
 @click.option("--source-ip", default="")
+@click.option("--receiver", metavar="NAME", default=MAIN_RECEIVER, show_default=True,
+              help="Pretend the file came to this receiver (its rules, AE title and port).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: str | None,
-                  source_ip: str, as_json: bool) -> None:
+                  source_ip: str, receiver: str, as_json: bool) -> None:
     """The rule and destinations FILE would get now, without sending it."""
     store = config_store(ctx)
     settings = store.settings()
     ruleset = store.ruleset(settings)
-    origin = Origin(calling_aet, called_aet or settings.receiver.ae_title, source_ip)
+    taking = settings.receiving_ae(receiver)
+    if taking is None:
+        names = ", ".join(r.name for r in settings.receiving_aes())
+        raise CliError(f"no receiver {receiver!r} (the receivers: {names})")
+    origin = Origin(calling_aet, called_aet or taking.settings.ae_title, source_ip,
+                    taking.settings.port, taking.name)
     with quiet_pydicom():  # a header pydicom finds odd is explained, not warned about
         result = explain(file, settings, ruleset, ledger_if_any(ctx), origin)
     if as_json:

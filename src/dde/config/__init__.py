@@ -20,11 +20,14 @@ from dde.config.base import (
 )
 from dde.config.endpoints import EndpointSettings, TlsSettings, forbidden_host
 from dde.config.sections import (
+    MAIN_RECEIVER,
     TRANSFER_SYNTAX_NAMES,
     DeliverySettings,
     HealthSettings,
+    ReceiverEntry,
     ReceiverSettings,
     ReceiverTlsSettings,
+    ReceivingAE,
     ReconcileSettings,
     RoutingSettings,
     SecuritySettings,
@@ -44,7 +47,8 @@ from dde.config.settings import (
 )
 
 __all__ = [
-    "CONFIG_FILE_NAME", "DEFAULT_HOME", "HTTP_KINDS", "TRANSFER_SYNTAX_NAMES", "ConfigError",
+    "CONFIG_FILE_NAME", "DEFAULT_HOME", "HTTP_KINDS", "MAIN_RECEIVER", "TRANSFER_SYNTAX_NAMES",
+    "ConfigError", "ReceiverEntry", "ReceivingAE",
     "DeliverySettings", "EndpointKind", "EndpointSettings", "EndpointState", "HealthSettings",
     "Home", "ReceiverSettings", "ReceiverTlsSettings", "ReconcileSettings", "RoutingSettings",
     "SecuritySettings", "Settings", "SpoolSettings", "StackOrthanc", "StackSettings",

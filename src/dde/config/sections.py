@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -77,12 +78,7 @@ class ReceiverSettings(_Strict):
     @field_validator("allowed_source_ips")
     @classmethod
     def _networks_parse(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"not an IP address or network: {entry!r}") from None
-        return value
+        return _networks(value)
 
     @field_validator("transfer_syntax_preference")
     @classmethod
@@ -101,6 +97,61 @@ class ReceiverSettings(_Strict):
         sender's order)."""
         names = self.transfer_syntax_preference
         return [TRANSFER_SYNTAX_NAMES.get(n, n) for n in names if n != "sender"], "sender" in names
+
+
+RECEIVER_NAME = r"^[A-Za-z0-9_.-]{1,32}$"
+MAIN_RECEIVER = "main"
+"""The name of the receiver ``receiver:`` describes (rules see it as ``Receiver: main``)."""
+
+
+class ReceiverEntry(_Strict):
+    """One more receiving AE title and port (``receivers:``), e.g. one per department or
+    per source: its own address, allow-lists and TLS, and the rules for what arrives on it.
+    The rest (processes, association limits, timeouts, PDU size, transfer syntax
+    preference) is ``receiver:``'s, shared by every receiver."""
+
+    name: str = Field(pattern=RECEIVER_NAME)
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = "0.0.0.0"
+    port: int = Field(ge=0, le=65535)
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    allowed_source_ips: list[str] = Field(default_factory=list)
+    require_called_aet: bool = False
+    tls: ReceiverTlsSettings = Field(default_factory=ReceiverTlsSettings)
+    rules: str | None = Field(default=None, min_length=1)
+    """The rules file for what this receiver takes (relative to the state folder, or
+    absolute); absent: ``rules.yaml`` (or the default rule), as for the main receiver."""
+
+    @field_validator("allowed_source_ips")
+    @classmethod
+    def _networks_parse(cls, value: list[str]) -> list[str]:
+        return _networks(value)
+
+
+def _networks(value: list[str]) -> list[str]:
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"not an IP address or network: {entry!r}") from None
+    return value
+
+
+@dataclass(frozen=True)
+class ReceivingAE:
+    """One listener of the router as it runs: a name, the full receiver settings it
+    listens with (``receiver:``'s shared knobs, the entry's address, allow-lists and TLS),
+    and its own rules file if it has one."""
+
+    name: str
+    settings: ReceiverSettings
+    rules: str | None = None
+
+    @classmethod
+    def of(cls, receiver: ReceiverSettings, entry: ReceiverEntry) -> ReceivingAE:
+        own = entry.model_dump(exclude={"name", "rules"})
+        own["tls"] = entry.tls
+        return cls(entry.name, receiver.model_copy(update=own), entry.rules)
 
 
 class DeliverySettings(_Strict):

@@ -31,9 +31,12 @@ from pydantic import (
 from dde.config.base import CONFIG_FILE_NAME, DEFAULT_HOME, ConfigError, _Strict
 from dde.config.endpoints import EndpointSettings, forbidden_host
 from dde.config.sections import (
+    MAIN_RECEIVER,
     DeliverySettings,
     HealthSettings,
+    ReceiverEntry,
     ReceiverSettings,
+    ReceivingAE,
     ReconcileSettings,
     RoutingSettings,
     SecuritySettings,
@@ -57,6 +60,8 @@ def _default_endpoints() -> list[EndpointSettings]:
 
 class Settings(_Strict):
     receiver: ReceiverSettings = Field(default_factory=ReceiverSettings)
+    receivers: list[ReceiverEntry] = Field(default_factory=list)
+    """More receiving AE titles and ports beside ``receiver:`` (the main one)."""
     endpoints: list[EndpointSettings] = Field(default_factory=_default_endpoints)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
@@ -76,6 +81,33 @@ class Settings(_Strict):
         if duplicates:
             raise ValueError(f"endpoint names must be unique: {', '.join(duplicates)}")
         return value
+
+    @model_validator(mode="after")
+    def _receivers_distinct(self) -> Settings:
+        receivers = self.receiving_aes()
+        problems = []
+        columns: tuple[tuple[str, list[str | int]], ...] = (
+            ("names", [r.name for r in receivers]),
+            ("AE titles", [r.settings.ae_title.strip() for r in receivers]),
+            ("ports", [r.settings.port for r in receivers]))
+        for what, values in columns:  # port 0 (a free port each) may repeat
+            twice = sorted({str(v) for v in values if values.count(v) > 1 and v != 0})
+            if twice:
+                problems.append(f"{what} used twice: {', '.join(twice)}")
+        if problems:
+            raise ValueError(f"each receiver (receiver: is {MAIN_RECEIVER!r}, then "
+                             f"receivers:) needs its own name, AE title and port; "
+                             + "; ".join(problems))
+        return self
+
+    def receiving_aes(self) -> list[ReceivingAE]:
+        """Every receiver the router listens as: ``receiver:`` (named ``main``), then
+        each entry of ``receivers:``."""
+        return [ReceivingAE(MAIN_RECEIVER, self.receiver),
+                *(ReceivingAE.of(self.receiver, entry) for entry in self.receivers)]
+
+    def receiving_ae(self, name: str) -> ReceivingAE | None:
+        return next((r for r in self.receiving_aes() if r.name == name), None)
 
     @model_validator(mode="after")
     def _no_metadata_endpoints(self) -> Settings:
@@ -182,6 +214,8 @@ def settings_to_data(settings: Settings) -> dict[str, Any]:
     """The settings as plain data to write to ``dde.yaml`` (passwords and tokens in clear,
     never masked)."""
     data = settings.model_dump(mode="json", exclude_none=True)
+    if not data["receivers"]:
+        del data["receivers"]  # one receiver: dde.yaml reads as it always did
     for endpoint, model in zip(data["endpoints"], settings.endpoints, strict=True):
         # SecretStr dumps as "**********"; never write a masked placeholder as a secret.
         for key in ("password", "token"):

@@ -1,8 +1,10 @@
 """Conditions of routing rules, and how they match a header. Pure: no I/O, no clock.
 
 A condition names a field — a DICOM attribute by keyword (``Modality``) or tag
-(``(0008,0060)``), or one of the association's ``CallingAET``, ``CalledAET``, ``SourceIP`` —
-and a test. A multi-valued attribute matches when any of its values does; a missing
+(``(0008,0060)``), or one of the association's ``CallingAET``, ``CalledAET``, ``SourceIP``,
+``ReceivingPort`` (the router's port the association came to) and ``Receiver`` (the name of
+the receiver that took it: ``main``, or a ``receivers:`` entry's) — and a test. A
+multi-valued attribute matches when any of its values does; a missing
 attribute matches only ``exists: false`` (and ``not`` of something it fails).
 """
 
@@ -16,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as PydicomSequence
 
-CONTEXT_FIELDS = ("CallingAET", "CalledAET", "SourceIP")
+CONTEXT_FIELDS = ("CallingAET", "CalledAET", "SourceIP", "ReceivingPort", "Receiver")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Subject:
     calling_aet: str = ""
     called_aet: str = ""
     source_ip: str = ""
+    receiving_port: int = 0
+    """0: not received on a DICOM port (a web upload, a tool)."""
+    receiver: str = ""
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ def values_of(subject: Subject, field: Field) -> list[str] | None:
     """The field's values as text, or None when it is absent or empty."""
     if field.tag is None:
         value = {"CallingAET": subject.calling_aet, "CalledAET": subject.called_aet,
-                 "SourceIP": subject.source_ip}[field.name]
+                 "SourceIP": subject.source_ip, "Receiver": subject.receiver,
+                 "ReceivingPort": str(subject.receiving_port or "")}[field.name]
         return [value] if value else None
     try:
         element = subject.header.get(field.tag)

@@ -43,6 +43,10 @@ class Origin:
     calling_aet: str = ""
     called_aet: str = ""
     source_ip: str = ""
+    receiving_port: int = 0
+    """The router's port it came to (0: not by DICOM)."""
+    receiver: str = ""
+    """The receiver that took it (its rules apply); empty: the main rules."""
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,10 @@ class Router:
     def strategy_for(self, group: str) -> Strategy:
         """The strategy the rules use for ``group``: that of the first rule routing to it
         (least-loaded when no rule names the group)."""
-        for rule in self.ruleset.rules:
-            if rule.group is not None and rule.group.group == group:
-                return rule.group.strategy
+        for ruleset in self.ruleset.every():
+            for rule in ruleset.rules:
+                if rule.group is not None and rule.group.group == group:
+                    return rule.group.strategy
         return Strategy.LEAST_LOADED
 
     def choose_target(self, group: str, queued: dict[str, int],
@@ -134,8 +139,10 @@ class Router:
         """What the active rules say of an instance (no ledger needed): the ingest asks
         first, to make the edited variants before its transaction, then routes with the
         same verdict. Raises :class:`NoRoute`."""
-        return evaluate(self.ruleset, Subject(header.dataset, origin.calling_aet,
-                                              origin.called_aet, origin.source_ip))
+        ruleset = self.ruleset.for_receiver(origin.receiver)
+        return evaluate(ruleset, Subject(header.dataset, origin.calling_aet,
+                                         origin.called_aet, origin.source_ip,
+                                         origin.receiving_port, origin.receiver))
 
     def route(self, header: InstanceHeader, view: PinView,
               origin: Origin = Origin(), verdict: Verdict | None = None) -> Route:

@@ -99,6 +99,17 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...]
     mirror: tuple[str, ...] = ()
+    by_receiver: tuple[tuple[str, RuleSet], ...] = ()
+    """The rules of the receivers that have a rules file of their own (``receivers[].rules``),
+    by receiver name; what every other receiver takes goes by these rules."""
+
+    def for_receiver(self, name: str) -> RuleSet:
+        """The rules for what the receiver ``name`` takes."""
+        return next((rules for receiver, rules in self.by_receiver if receiver == name), self)
+
+    def every(self) -> tuple[RuleSet, ...]:
+        """These rules, then each receiver's."""
+        return (self, *(rules for _, rules in self.by_receiver))
 
     def endpoint_names(self) -> set[str]:
         names = set(self.mirror)

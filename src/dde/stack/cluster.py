@@ -32,7 +32,8 @@ from typing import Any
 import yaml
 
 from dde.config import Home, Settings, StoreBackend, load_settings, settings_to_data
-from dde.config_store import ConfigStore, _write_atomically, rewrite_yaml
+from dde.config.yaml_rewrite import rewrite_yaml
+from dde.config_store import ConfigStore, _write_atomically
 from dde.stack.errors import StackError
 from dde.stack.parts import HAPROXY, POSTGRESQL, Part, PartKind
 from dde.store.postgres import database_exists
@@ -100,6 +101,15 @@ def cluster_parts(home: Home, settings: Settings) -> list[Part]:
         pid_file=home.run_dir / f"{HAPROXY}.pid", config=home.root / "haproxy.cfg",
         kind=PartKind.HAPROXY, ae_title=settings.receiver.ae_title))
     return parts
+
+
+def refuse_receivers_in_cluster(home: Home, settings: Settings) -> None:
+    """Several nodes front ``receiver.port`` only (each node on its own port behind
+    HAProxy): ``receivers:`` would have every node bind the same extra ports."""
+    if settings.stack.nodes > 1 and settings.receivers:
+        raise StackError(f"{home.config_file}: receivers: (more receiving AE titles and "
+                         f"ports) is not supported with stack.nodes {settings.stack.nodes} "
+                         f"yet: HAProxy fronts receiver.port only; run one node")
 
 
 # ---------------------------------------------------------------------------------------
