@@ -76,6 +76,10 @@ class Incoming:
     """Why writing ``dataset_file`` stopped short (disk full …): the instance is refused."""
     route: Route | None = None
     """A placement decided by the caller (a reconcile repair): the router is not asked."""
+    receiver: str = ""
+    """The receiver that took it (its name; its rules apply); empty: not by DICOM."""
+    receiving_port: int = 0
+    """The router's port it came to (0: not by DICOM)."""
     study_instance_uid: str | None = None
     """The study the sender requires the instance to be of (STOW-RS to
     ``/studies/{uid}``): an instance of another study is refused, not stored."""
@@ -180,7 +184,8 @@ class IngestPipeline:
             return self._refused_by_spool(incoming, exc)
 
         record = self._record(incoming, header, spooled.relative_path, spooled.size)
-        origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "")
+        origin = Origin(incoming.calling_aet, incoming.called_aet, incoming.source_ip or "",
+                        incoming.receiving_port, incoming.receiver)
         fixed = incoming.route
         made: list[NewVariant] = []
         try:

@@ -1,8 +1,10 @@
 """The receiver processes of a running router, started and watched by the main process.
 
-The port is reserved first: a plain bind proves nobody else listens on it, then a socket
-bound with ``SO_REUSEPORT`` (never listening) holds it — a configured port 0 becomes a real
-one here — and every receiver process listens on it beside the others. A receiver process
+Each receiver process listens as every receiver of the router (``receiver:`` and each
+``receivers:`` entry), one listener per port. Each port is reserved first: a plain bind
+proves nobody else listens on it, then a socket bound with ``SO_REUSEPORT`` (never
+listening) holds it — a configured port 0 becomes a real one here — and every receiver
+process listens on it beside the others. A receiver process
 that dies is started again (after 1 s, doubling up to 30 s while it keeps dying young);
 the others keep accepting meanwhile.
 """
@@ -20,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from dde.config import ReceiverSettings
+from dde.config import ReceiverSettings, ReceivingAE
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +70,35 @@ class _Child:
 
 
 class ReceiverPool:
-    """``count`` receiver processes on one port; the same face as :class:`StorageSCP`
-    (``port``, ``running``, ``start``, ``stop``, ``settings``)."""
+    """``count`` receiver processes, each listening on every receiver's port; the same face
+    as :class:`~dde.receiving.receivers.Receivers` (``port``, ``ports``, ``running``,
+    ``start``, ``stop``, ``settings``)."""
 
-    def __init__(self, settings: ReceiverSettings, count: int, home: Path,
+    def __init__(self, receivers: list[ReceivingAE], count: int, home: Path,
                  config_file: Path | None, notify: str, verbose: bool = False) -> None:
-        self.settings = settings
+        self._receivers = receivers
+        self.settings: ReceiverSettings = receivers[0].settings
+        """The main receiver's settings."""
         self._count = count
         self._home = home
         self._config_file = config_file
         self._notify = notify
         self._verbose = verbose
-        self._holder: socket.socket | None = None
+        self._holders: dict[str, socket.socket] = {}
         self._children = [_Child(i) for i in range(count)]
         self._stopped = threading.Event()
         self._watcher: threading.Thread | None = None
 
     @property
     def port(self) -> int:
-        if self._holder is None:
-            return self.settings.port
-        return int(self._holder.getsockname()[1])
+        """The main receiver's port."""
+        return self.ports[self._receivers[0].name]
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Each receiver's port (the reserved one once started), by receiver name."""
+        return {r.name: int(self._holders[r.name].getsockname()[1]) if r.name in self._holders
+                else r.settings.port for r in self._receivers}
 
     @property
     def processes(self) -> int:
@@ -103,8 +113,9 @@ class ReceiverPool:
 
     def _argv(self) -> list[str]:
         argv = [sys.executable, "-m", RECEIVER_MODULE, "--home", str(self._home),
-                "--port", str(self.port), "--notify", self._notify,
-                "--parent", str(os.getpid())]
+                "--notify", self._notify, "--parent", str(os.getpid())]
+        for name, port in self.ports.items():
+            argv += ["--port", f"{name}={port}"]
         if self._config_file is not None:
             argv += ["--config", str(self._config_file)]
         if self._verbose:
@@ -141,8 +152,15 @@ class ReceiverPool:
         process.stdout.close()
 
     def start(self) -> None:
-        self._holder = reserve_port(self.settings.host, self.settings.port)
         try:
+            for receiver in self._receivers:
+                try:
+                    self._holders[receiver.name] = reserve_port(receiver.settings.host,
+                                                                receiver.settings.port)
+                except OSError as exc:
+                    exc.add_note(f"receiver {receiver.name} ({receiver.settings.ae_title} on "
+                                 f"{receiver.settings.host}:{receiver.settings.port})")
+                    raise
             for child in self._children:
                 self._spawn(child)
         except BaseException:
@@ -151,9 +169,12 @@ class ReceiverPool:
         self._watcher = threading.Thread(target=self._watch, name="receiver-pool",
                                          daemon=True)
         self._watcher.start()
-        log.info("receiving as %s on %s:%d in %d process(es)%s", self.settings.ae_title,
-                 self.settings.host, self.port, self._count,
-                 " (TLS)" if self.settings.tls.enabled else "")
+        ports = self.ports
+        for receiver in self._receivers:
+            log.info("receiving as %s on %s:%d in %d process(es)%s (receiver %s)",
+                     receiver.settings.ae_title, receiver.settings.host, ports[receiver.name],
+                     self._count, " (TLS)" if receiver.settings.tls.enabled else "",
+                     receiver.name)
 
     def _watch(self) -> None:
         while not self._stopped.wait(0.25):
@@ -202,6 +223,6 @@ class ReceiverPool:
                 log.warning("receiver process %d did not stop; killing it", process.pid)
                 process.kill()
                 process.wait()
-        if self._holder is not None:
-            self._holder.close()
-            self._holder = None
+        for holder in self._holders.values():
+            holder.close()
+        self._holders.clear()

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from dde.config import ReceiverSettings
+from dde.config import MAIN_RECEIVER, ReceiverSettings
 from dde.dicom.engine.acceptance import Proposal, Rejection, RejectResult, RejectSource
 from dde.dicom.engine.acceptor import (
     AcceptorLimits,
@@ -48,8 +48,11 @@ class _Services:
 
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline,
                  incoming_dir: Path, prepared: PreparedFiles | None,
-                 on_association: Callable[[], None] | None) -> None:
+                 on_association: Callable[[], None] | None, name: str) -> None:
         self.settings = settings
+        self.name = name
+        self.port = settings.port
+        """The bound port (set once listening): what rules see as ``ReceivingPort``."""
         self.incoming_dir = incoming_dir
         self._prepared = prepared
         self._pipeline = pipeline
@@ -72,9 +75,9 @@ class _Services:
                                     address)
         if refusal is None:
             return None
-        log.warning("association refused by %s: calling AE %r, called AE %r, from %s (%s)",
-                    refusal.rule, proposal.calling_aet, proposal.called_aet, address,
-                    refusal.reason.name.lower().replace("_", " "))
+        log.warning("association refused by %s of receiver %s: calling AE %r, called AE %r, "
+                    "from %s (%s)", refusal.rule, self.name, proposal.calling_aet,
+                    proposal.called_aet, address, refusal.reason.name.lower().replace("_", " "))
         return Rejection(RejectResult.PERMANENT, RejectSource.SERVICE_USER, int(refusal.reason))
 
     @staticmethod
@@ -89,7 +92,8 @@ class _Services:
             transfer_syntax_uid=received.transfer_syntax_uid,
             sop_class_uid=received.sop_class_uid, sop_instance_uid=received.sop_instance_uid,
             calling_aet=received.peer.calling_aet, called_aet=received.peer.called_aet,
-            source_ip=received.peer.address, started=received.started)
+            source_ip=received.peer.address, started=received.started,
+            receiver=self.name, receiving_port=self.port)
         result = self._pipeline.ingest(incoming)
         return StoreOutcome(result.status, result.detail)
 
@@ -98,8 +102,11 @@ class StorageSCP:
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline, *,
                  shared_port: bool = False, incoming_dir: Path | None = None,
                  prepared: PreparedFiles | None = None,
-                 on_association: Callable[[], None] | None = None) -> None:
-        """``shared_port``: listen with ``SO_REUSEPORT`` beside other receiver processes.
+                 on_association: Callable[[], None] | None = None,
+                 name: str = MAIN_RECEIVER) -> None:
+        """``name``: the receiver's (``main``, or a ``receivers:`` entry's): what it takes
+        is routed by its rules. ``shared_port``: listen with ``SO_REUSEPORT`` beside other
+        receiver processes.
         ``prepared``: the spool's prepared files, which datasets are written into as they
         arrive (started and stopped with the receiver; its fallback is the spool's incoming
         folder). Without it, ``incoming_dir`` (default: a private temporary folder) gets a
@@ -107,6 +114,7 @@ class StorageSCP:
         anything else (a receiver process brings its configuration and endpoint picture
         up to date)."""
         self.settings = settings
+        self.name = name
         self._pipeline = pipeline
         self._shared_port = shared_port
         self._prepared = prepared
@@ -139,22 +147,25 @@ class StorageSCP:
             request_timeout=min(settings.acse_timeout, REQUEST_TIMEOUT_CAP),
             network_timeout=settings.network_timeout,
             preferred_syntaxes=tuple(preferred), sender_rest=sender_rest)
+        services = _Services(settings, self._pipeline, incoming, self._prepared,
+                             self._on_association, self.name)
         server = AssociationServer(
-            settings.host, settings.port,
-            _Services(settings, self._pipeline, incoming, self._prepared,
-                      self._on_association), limits,
+            settings.host, settings.port, services, limits,
             max_associations=settings.max_associations,
             max_per_source=max(1, int(settings.max_associations
                                       * settings.max_share_per_source)),
             tls=server_tls_context(settings.tls),
-            reuse_port=self._shared_port, workers=min(STORE_WORKERS, settings.max_associations))
+            reuse_port=self._shared_port, workers=min(STORE_WORKERS, settings.max_associations),
+            name=f"receiver-{self.name}")
         if self._prepared is not None:
             self._prepared.start()
         server.start()
         self._server = server
+        services.port = server.bound_port
         if not self._shared_port:  # a receiver process: the pool says it for all of them
-            log.info("receiving as %s on %s:%d%s", settings.ae_title, settings.host,
-                     self.port, " (TLS)" if settings.tls.enabled else "")
+            log.info("receiving as %s on %s:%d%s (receiver %s)", settings.ae_title,
+                     settings.host, self.port, " (TLS)" if settings.tls.enabled else "",
+                     self.name)
 
     def stop(self) -> None:
         server, self._server = self._server, None

@@ -34,8 +34,9 @@ from dde.telemetry import NULL_TELEMETRY, Telemetry
 
 log = logging.getLogger(__name__)
 
-RESTART_SECTIONS = ("receiver", "web", "store", "stack")
-"""Sections read once at start: a change is logged and waits for the next start."""
+RESTART_SECTIONS = ("receiver", "receivers", "web", "store", "stack")
+"""Sections read once at start: a change is logged and waits for the next start (the
+rules files a ``receivers:`` entry names are read live all the same)."""
 RESTART_FIELDS = {"reconcile": ("interval_seconds",), "routing": ("load_refresh_seconds",)}
 """Single fields read once at start."""
 

@@ -25,7 +25,7 @@ from dde.endpoints.orthanc_sender import OrthancRestSender
 from dde.endpoints.sending import Sender
 from dde.receiving.notify import NotificationListener, channel_name
 from dde.receiving.pool import ReceiverPool
-from dde.receiving.scp import StorageSCP
+from dde.receiving.receivers import Receivers
 from dde.routing.rules import RuleSet
 from dde.runtime.core import RouterCore
 from dde.store.errors import LedgerError
@@ -87,15 +87,16 @@ class RouterApp:
         self.core.listeners.append(self._apply_here)
         self.health.listeners.append(self.dispatcher.endpoint_health_changed)
         self.health.status_listeners.append(self._publish_on_change)
-        self.receiver: StorageSCP | ReceiverPool
+        self.receiver: Receivers | ReceiverPool
+        """Every receiver (``receiver:`` and ``receivers:``), in processes or in this one."""
         self._notes: NotificationListener | None = None
         if settings.receiver.processes:
             self._notes = NotificationListener(channel_name(), self.dispatcher.wake, telemetry)
-            self.receiver = ReceiverPool(settings.receiver, settings.receiver.processes,
+            self.receiver = ReceiverPool(settings.receiving_aes(), settings.receiver.processes,
                                          home.root, config_file, self._notes.name, verbose)
         else:
-            self.receiver = StorageSCP(settings.receiver, self.pipeline,
-                                       prepared=self.spool.prepared)
+            self.receiver = Receivers(settings.receiving_aes(), self.pipeline,
+                                      prepared=self.spool.prepared)
         self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []

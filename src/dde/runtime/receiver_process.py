@@ -1,7 +1,8 @@
 """A receiver process: the DICOM receiver on its own, beside the main router process.
 
 ``dde serve`` starts ``receiver.processes`` of these (``python -m dde.runtime.receiver_process``).
-Each listens on the receiver port with ``SO_REUSEPORT``, streams every dataset to the
+Each listens on every receiver's port (``receiver:`` and each ``receivers:`` entry, the
+ports the main process reserved) with ``SO_REUSEPORT``, streams every dataset to the
 spool's incoming folder as it arrives, and acknowledges only after the spool file is fsync'd
 and the ledger transaction is committed — exactly the main process's ingest path, without
 the delivery threads, the web server and the probes competing for the same interpreter.
@@ -24,11 +25,11 @@ import threading
 from pathlib import Path
 
 from dde import logs
-from dde.config import ConfigError, Home, Settings
+from dde.config import MAIN_RECEIVER, ConfigError, Home, Settings
 from dde.config_store import ConfigStore
 from dde.receiving.notify import Notifier
 from dde.receiving.pool import READY
-from dde.receiving.scp import StorageSCP
+from dde.receiving.receivers import Receivers
 from dde.routing.rules import RuleSet
 from dde.runtime.core import RouterCore
 from dde.store.errors import LedgerError
@@ -53,15 +54,25 @@ def _end_with_parent(parent_pid: int) -> None:
 
 
 class ReceiverWorker:
-    def __init__(self, home: Home, config_file: Path | None, port: int, notify: str) -> None:
+    def __init__(self, home: Home, config_file: Path | None, ports: dict[str, int],
+                 notify: str) -> None:
         self.notifier = Notifier(notify)
         self.core = RouterCore(ConfigStore(home, config_file), *_current(home, config_file),
                                on_committed=self.notifier.committed, telemetry=self.notifier,
                                shared_spool=True)
-        receiver = self.core.settings.receiver.model_copy(update={"port": port})
-        self.scp = StorageSCP(receiver, self.core.pipeline, shared_port=True,
-                              prepared=self.core.spool.prepared,
-                              on_association=self.refresh)
+        # Only the receivers the main process reserved a port for: one added to dde.yaml
+        # since it started listens from the next start, as its log says.
+        receivers = [r for r in self.core.settings.receiving_aes() if r.name in ports]
+        gone = sorted(set(ports) - {r.name for r in receivers})
+        if gone:
+            log.warning("receiver(s) %s left dde.yaml since the router started; restart it",
+                        ", ".join(gone))
+        if not receivers:
+            raise ConfigError("none of the router's receivers is in dde.yaml any more: "
+                              "restart the router")
+        self.scp = Receivers(receivers, self.core.pipeline, shared_port=True,
+                             prepared=self.core.spool.prepared,
+                             on_association=self.refresh, ports=ports)
         self._config_lock = threading.Lock()
 
     def run(self, parent_pid: int) -> None:
@@ -105,12 +116,18 @@ def _current(home: Home, config_file: Path | None) -> tuple[Settings, RuleSet]:
         store.close()
 
 
+def _receiver_port(text: str) -> tuple[str, int]:
+    name, _, port = text.rpartition("=")
+    return name or MAIN_RECEIVER, int(port)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dde.runtime.receiver_process",
                                      description="A receiver process of `dde serve`.")
     parser.add_argument("--home", type=Path, required=True)
     parser.add_argument("--config", type=Path)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", action="append", required=True, type=_receiver_port,
+                        help="NAME=PORT: a receiver and the port reserved for it (repeated)")
     parser.add_argument("--notify", required=True)
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--verbose", action="store_true")
@@ -120,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     _end_with_parent(args.parent)                 # stops this one in order
     logs.configure(args.verbose)
     try:
-        worker = ReceiverWorker(Home(args.home), args.config, args.port, args.notify)
+        worker = ReceiverWorker(Home(args.home), args.config, dict(args.port), args.notify)
     except (ConfigError, LedgerError) as exc:
         log.error("receiver process cannot start: %s", exc)
         return 2

@@ -50,6 +50,8 @@ class Part:
     """A router's state folder."""
     ae_title: str = ""
     """A router's (or HAProxy's, in front of the routers) called AE title."""
+    more_receivers: tuple[tuple[str, int], ...] = ()
+    """A router's ``receivers:`` (name, port): the last of its ports."""
 
     @property
     def is_router(self) -> bool:
@@ -59,6 +61,9 @@ class Part:
         """Where in dde.yaml ``port`` is configured, for error messages."""
         if self.orthanc is not None:
             return self.orthanc.port_setting(port)
+        more = dict((p, n) for n, p in self.more_receivers)
+        if port in more and port != self.ports[0]:
+            return f"the port of receivers entry {more[port]}"
         where = "receiver.port" if port == self.ports[0] else "web.port"
         if self.kind is PartKind.ROUTER and self.name != ROUTER:
             return f"{where} (+ the node's number)"
@@ -70,11 +75,18 @@ class Part:
 
     @property
     def web_port(self) -> int | None:
-        return self.ports[1] if len(self.ports) > 1 else None
+        return self.ports[1] if len(self.ports) - len(self.more_receivers) > 1 else None
 
 
 def router_ports(settings: Settings) -> tuple[int, ...]:
-    """The router's DICOM port, then its HTTP port (UI, API, /healthz) when enabled."""
+    """The router's DICOM port, then its HTTP port (UI, API, /healthz) when enabled, then
+    the port of each ``receivers:`` entry."""
+    more = tuple(port for _, port in more_receivers(settings))
     if settings.web.enabled:
-        return (settings.receiver.port, settings.web.port)
-    return (settings.receiver.port,)
+        return (settings.receiver.port, settings.web.port, *more)
+    return (settings.receiver.port, *more)
+
+
+def more_receivers(settings: Settings) -> tuple[tuple[str, int], ...]:
+    """The router's receivers beside ``receiver:``: (name, port) each."""
+    return tuple((entry.name, entry.port) for entry in settings.receivers)

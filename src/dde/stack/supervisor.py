@@ -41,6 +41,7 @@ from dde.stack.cluster import (
     postgres_folder,
     postgres_ready,
     prepare_postgres,
+    refuse_receivers_in_cluster,
     runs_postgres,
     write_node_home,
 )
@@ -59,6 +60,7 @@ from dde.stack.parts import (
     STOP_ORDER,
     Part,
     PartKind,
+    more_receivers,
     router_ports,
 )
 from dde.stack.process import (
@@ -111,6 +113,7 @@ def stack_parts(home: Home, settings: Settings) -> list[Part]:
             config=home.config_file,
             home=home.root,
             ae_title=settings.receiver.ae_title,
+            more_receivers=more_receivers(settings),
         )
     )
     return parts
@@ -130,6 +133,7 @@ def _select(home: Home, settings: Settings, names: Sequence[str] | None) -> list
 
 
 def _check_settings(home: Home, settings: Settings, to_start: Sequence[Part]) -> None:
+    refuse_receivers_in_cluster(home, settings)
     names = [e.name for e in settings.stack.orthancs]
     taken = [p.name for p in stack_parts(home, settings) if p.kind is not PartKind.ORTHANC]
     if any(name in taken for name in names) or len(set(names)) != len(names):
