@@ -123,8 +123,9 @@ class ConfigStore:
         self._shared: SharedConfig | None = None
         self._resolved = False
         self._shared_lock = threading.Lock()
-        self._receiver_rules: tuple[Path, ...] = ()
-        """The receivers' own rules files as last read (watched beside the two files)."""
+        self._receiver_rules: tuple[Path, ...] | None = None
+        """The receivers' own rules files as last read (watched beside the two files);
+        None: not known yet."""
 
     # -- reading -------------------------------------------------------------------------
     def settings(self) -> Settings:
@@ -136,7 +137,7 @@ class ConfigStore:
 
     def fingerprint(self) -> tuple[object, ...]:
         files = (_stat(self.path), _stat(self.rules_path),
-                 *(_stat(path) for path in self._receiver_rules))
+                 *(_stat(path) for path in self._receivers_rules_files()))
         shared = self._shared_config()
         return files if shared is None else (*files, shared.versions())
 
@@ -186,6 +187,17 @@ class ConfigStore:
             names = ", ".join(r.name for r in settings.receiving_aes())
             raise ConfigError(f"no receiver {name!r} (the receivers: {names})")
         return found
+
+    def _receivers_rules_files(self) -> tuple[Path, ...]:
+        if self._receiver_rules is None:
+            try:
+                settings = self._store_settings()
+            except ConfigError:
+                return ()  # the reading of the settings reports it
+            self._receiver_rules = tuple(
+                path for r in settings.receiving_aes()
+                if (path := self.receiver_rules_path(r)) is not None)
+        return self._receiver_rules
 
     def _receiver_rulesets(self, settings: Settings,
                            missing_ok: bool = False) -> tuple[tuple[str, RuleSet], ...]:

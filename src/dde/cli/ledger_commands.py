@@ -59,8 +59,8 @@ def _print_where(document: dict[str, Any]) -> None:
     receptions = document["receptions"]
     out.print(f"SOP Instance UID  {escape(document['sop_instance_uid'])}")
     out.print(f"received          {document['received_at']} from "
-              f"{escape(document['calling_aet'])} ({document['source_ip']}), "
-              f"{document['size']} bytes"
+              f"{escape(document['calling_aet'])} ({document['source_ip']}) to "
+              f"{escape(document['called_aet'])}, {document['size']} bytes"
               + (f", received {receptions} times" if receptions > 1 else ""))
     out.print(f"rule              {escape(document['rule'])}")
     if not document["deliveries"]:  # a discard rule: acknowledged, sent nowhere

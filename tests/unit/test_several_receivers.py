@@ -200,10 +200,10 @@ def test_a_change_of_a_receivers_rules_file_changes_the_fingerprint(
         store: ConfigStore) -> None:
     path = store.home.root / "rules-cardio.yaml"
     path.write_text(TO_ORTHANC2)
-    store.ruleset(store.settings())
-    before = store.fingerprint()
+    fresh = ConfigStore(store.home)  # never asked for the rules (a receiver process's)
+    before = fresh.fingerprint()
     path.write_text(TO_ORTHANC1 + "# changed\n")
-    assert store.fingerprint() != before
+    assert fresh.fingerprint() != before
 
 
 def test_removing_an_endpoint_a_receivers_rules_need_is_refused(store: ConfigStore) -> None:

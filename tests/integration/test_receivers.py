@@ -1,0 +1,145 @@
+"""Several receiving AE titles and ports against real Orthancs and DCMTK: each receiver
+admits by its own allow-lists, what it takes goes by its own rules (or rules.yaml, which
+may test ``Receiver`` and ``CalledAET``), a receiver's rules file changed live is in force
+for the next association; one ``receiver:`` alone works as it always did."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from tests.support.datagen import write_series
+from tests.support.faults import sop_instance_uids
+from tests.support.fixtures import OrthancFactory
+from tests.support.orthanc import ECHOSCU, RunningOrthanc, storescu, wait_until
+from tests.support.router import ROUTER_AET, InProcessRouter, router_settings, start_router
+
+from dde.config_store import ConfigStore
+
+pytestmark = pytest.mark.integration
+
+CARDIO_AET = "DDE_CARDIO"
+RESEARCH_AET = "DDE_RESEARCH"
+MAIN_RULES = """rules:
+  - name: research-to-2
+    when: {Receiver: research, CalledAET: DDE_RESEARCH}
+    route: [ORTHANC2]
+  - name: all-to-1
+    route: [ORTHANC1]
+"""
+CARDIO_RULES = "rules:\n  - name: cardio-to-2\n    route: [ORTHANC2]\n"
+CARDIO_RULES_CHANGED = "rules:\n  - name: cardio-to-1\n    route: [ORTHANC1]\n"
+
+
+def echoscu(port: int, calling: str, called: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [ECHOSCU, "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True, timeout=60,
+        check=False)
+
+
+def refused_with(port: int, calling: str, called: str, reason: str) -> None:
+    result = echoscu(port, calling, called)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Association Rejected" in output and reason in output, output
+
+
+@pytest.fixture
+def orthancs(orthanc_factory: OrthancFactory) -> tuple[RunningOrthanc, RunningOrthanc]:
+    return orthanc_factory("ORTHANC1"), orthanc_factory("ORTHANC2")
+
+
+@pytest.fixture(params=[0, 1], ids=["in-process", "receiver-process"])
+def router(request: pytest.FixtureRequest, orthancs: tuple[RunningOrthanc, RunningOrthanc],
+           tmp_path: Path) -> Iterator[InProcessRouter]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "rules.yaml").write_text(MAIN_RULES)
+    (home / "rules-cardio.yaml").write_text(CARDIO_RULES)
+    settings = router_settings(
+        list(orthancs), None,
+        receiver={"processes": request.param, "allowed_calling_aets": ["CT_*", "BOTH"]},
+        receivers=[
+            {"name": "cardio", "ae_title": CARDIO_AET, "host": "127.0.0.1", "port": 0,
+             "allowed_calling_aets": ["ECHO_*", "BOTH"], "require_called_aet": True,
+             "rules": "rules-cardio.yaml"},
+            {"name": "research", "ae_title": RESEARCH_AET, "host": "127.0.0.1", "port": 0}])
+    running = start_router(home, settings)
+    yield running
+    running.stop()
+
+
+def test_each_receiver_admits_by_its_own_lists_and_routes_by_its_own_rules(
+        router: InProcessRouter, orthancs: tuple[RunningOrthanc, RunningOrthanc],
+        tmp_path: Path) -> None:
+    orthanc1, orthanc2 = orthancs
+    ports = router.app.receiver.ports
+    assert set(ports) == {"main", "cardio", "research"}
+    assert len(set(ports.values())) == 3 and 0 not in ports.values()
+
+    # Admission: each receiver's own calling-AE list, and cardio's called AE check.
+    assert echoscu(ports["main"], "BOTH", ROUTER_AET).returncode == 0
+    assert echoscu(ports["cardio"], "BOTH", CARDIO_AET).returncode == 0
+    refused_with(ports["cardio"], "CT_1", CARDIO_AET, "Calling AE Title Not Recognized")
+    refused_with(ports["main"], "ECHO_1", ROUTER_AET, "Calling AE Title Not Recognized")
+    refused_with(ports["cardio"], "ECHO_1", ROUTER_AET, "Called AE Title Not Recognized")
+
+    # Routing: main by rules.yaml (to ORTHANC1), cardio by its own file (to ORTHANC2),
+    # research by rules.yaml's rule on Receiver and CalledAET (to ORTHANC2).
+    ct = write_series(tmp_path / "ct", 3, modality="CT")
+    echo = write_series(tmp_path / "echo", 3, modality="MR")
+    research = write_series(tmp_path / "research", 2, modality="MR")
+    storescu(ct, ports["main"], ROUTER_AET, calling_ae="CT_1")
+    storescu(echo, ports["cardio"], CARDIO_AET, calling_ae="ECHO_1")
+    storescu(research, ports["research"], RESEARCH_AET, calling_ae="ANY")
+    ct_uids, echo_uids = set(sop_instance_uids(ct)), set(sop_instance_uids(echo))
+    research_uids = set(sop_instance_uids(research))
+    orthanc1.wait_for_sop_instance_uids(ct_uids, 60)
+    orthanc2.wait_for_sop_instance_uids(echo_uids | research_uids, 60)
+    router.wait_idle(60)
+    assert orthanc1.sop_instance_uids() == ct_uids
+    assert orthanc2.sop_instance_uids() == echo_uids | research_uids
+    rules = {uid: record.rule for uid in ct_uids | echo_uids | research_uids
+             for record in router.ledger.operators.where(uid)}
+    assert {rules[u] for u in ct_uids} == {"all-to-1"}
+    assert {rules[u] for u in echo_uids} == {"cardio-to-2"}
+    assert {rules[u] for u in research_uids} == {"research-to-2"}
+    called = {r.called_aet for u in echo_uids for r in router.ledger.operators.where(u)}
+    assert called == {CARDIO_AET}
+
+    # cardio's rules changed live (as `dde rules apply FILE --receiver cardio` does).
+    ConfigStore(router.home).apply_rules(CARDIO_RULES_CHANGED, receiver="cardio")
+    later = write_series(tmp_path / "later", 2, modality="MR")
+    later_uids = set(sop_instance_uids(later))
+
+    wait_until(lambda: [r.name for r in router.app.router.ruleset.for_receiver("cardio")
+                        .rules] == ["cardio-to-1"], 10, "the main process reloaded the rules")
+    storescu(later, ports["cardio"], CARDIO_AET, calling_ae="ECHO_1")  # a receiver process
+    orthanc1.wait_for_sop_instance_uids(later_uids, 60)                 # reloads per association
+    assert {r.rule for u in later_uids for r in router.ledger.operators.where(u)} == \
+        {"cardio-to-1"}
+    assert not later_uids & orthanc2.sop_instance_uids()
+
+
+def test_one_receiver_alone_works_as_before(
+        orthancs: tuple[RunningOrthanc, RunningOrthanc], tmp_path: Path) -> None:
+    orthanc1, orthanc2 = orthancs
+    router = start_router(tmp_path / "home", router_settings(list(orthancs), None))
+    try:
+        assert "receivers" not in yaml.safe_load(router.home.config_file.read_text())
+        assert router.app.receiver.ports == {"main": router.port}
+        assert echoscu(router.port, "ANY", ROUTER_AET).returncode == 0
+        files = write_series(tmp_path / "files", 4)
+        storescu(files, router.port, ROUTER_AET)
+        uids = set(sop_instance_uids(files))
+        wait_until(lambda: uids <= orthanc1.sop_instance_uids() | orthanc2.sop_instance_uids(),
+                   60, "the series delivered")
+        held = [orthanc1.sop_instance_uids(), orthanc2.sop_instance_uids()]
+        assert uids <= held[0] or uids <= held[1]  # the default rule: one study, one storage
+    finally:
+        router.stop()
