@@ -36,6 +36,10 @@ class FakeReceiver:
     running: bool = True
     port: int = 11113
 
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"main": self.port}
+
 
 @dataclass
 class FakeHealth:

@@ -9,8 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
+from click.testing import CliRunner
+from tests.support.webkit import AUTH, TOKEN, dicom_bytes, make_webkit
 from tests.unit.test_router_rules import View, endpoints, header, make_router
 
+from dde.cli import main
 from dde.config import (
     MAIN_RECEIVER,
     ConfigError,
@@ -26,6 +29,7 @@ from dde.routing.router import Origin
 from dde.routing.rules import RulesError, parse_rules
 from dde.runtime.core import restart_needed
 from dde.stack.parts import Part, router_ports
+from dde.stack.supervisor import status
 
 CARDIO = {"name": "cardio", "ae_title": "DDE_CARDIO", "port": 11114,
           "allowed_calling_aets": ["ECHO_*"], "rules": "rules-cardio.yaml"}
@@ -230,3 +234,60 @@ def test_the_router_parts_ports_list_every_receivers_port() -> None:
     part = Part("router", router_ports(no_web), Path("l"), Path("p"), None,
                 more_receivers=(("cardio", 11114),))
     assert (part.ports, part.web_port) == ((11113, 11114), None)
+
+
+# -- the API ------------------------------------------------------------------------------
+
+def test_the_api_shows_applies_and_explains_a_receivers_rules(tmp_path: Path) -> None:
+    kit = make_webkit(tmp_path, parse_settings({"receivers": [CARDIO]}))
+    client = kit.client
+    put = client.put("/api/rules", params={"receiver": "cardio"}, content=TO_ORTHANC2,
+                     headers={**AUTH, "content-type": "application/yaml"})
+    assert put.status_code == 200, put.text
+    assert put.json()["rules"] == ["cardio-to-2"]
+    shown = client.get("/api/rules", params={"receiver": "cardio"}, headers=AUTH).json()
+    assert (shown["text"], shown["rules"]) == (TO_ORTHANC2, ["cardio-to-2"])
+    assert client.get("/api/rules", headers=AUTH).json()["rules"] == ["default"]
+    assert client.get("/api/rules", params={"receiver": "x"}, headers=AUTH).status_code == 404
+    refused = client.put("/api/rules", params={"receiver": "main"}, content=TO_ORTHANC2,
+                         headers={**AUTH, "content-type": "application/yaml"})
+    assert refused.status_code == 409 and "no rules file of its own" in refused.text
+
+    raw, _ = dicom_bytes()
+    decision = client.post("/api/route/explain", files={"file": ("x.dcm", raw)},
+                           data={"receiver": "cardio"}, headers=AUTH)
+    assert decision.status_code == 200, decision.text
+    assert decision.json()["rule"] == "cardio-to-2"
+    assert client.post("/api/route/explain", files={"file": ("x.dcm", raw)},
+                       data={"receiver": "x"}, headers=AUTH).status_code == 422
+
+
+def test_the_dashboard_lists_every_receiver(tmp_path: Path) -> None:
+    kit = make_webkit(tmp_path, parse_settings({"receivers": [CARDIO]}))
+    assert kit.client.post("/login", json={"token": TOKEN}).status_code == 200
+    html = kit.client.get("/").text
+    assert "DYNAMIC_DICOM_MW on port 11113 · cardio: DDE_CARDIO on port 11114" in html
+
+
+def test_dde_stack_status_lists_every_receivers_port(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.ensure()
+    parts = status(home, parse_settings({"receivers": [CARDIO]}))
+    assert parts["router"]["ports"] == [11113, 8080, 11114]
+
+
+def test_the_cli_applies_shows_and_explains_a_receivers_rules(store: ConfigStore,
+                                                              tmp_path: Path) -> None:
+    rules = tmp_path / "cardio.yaml"
+    rules.write_text(TO_ORTHANC2)
+    home = ["--home", str(store.home.root)]
+    applied = CliRunner().invoke(main, [*home, "rules", "apply", str(rules),
+                                        "--receiver", "cardio"])
+    assert applied.exit_code == 0, applied.output
+    assert "applied 1 rules from" in applied.output and "for receiver cardio" in applied.output
+    shown = CliRunner().invoke(main, [*home, "rules", "show", "--receiver", "cardio"])
+    assert shown.output == TO_ORTHANC2
+    refused = CliRunner().invoke(main, [*home, "rules", "apply", str(rules),
+                                        "--receiver", "main"])
+    assert refused.exit_code != 0 and "no rules file of its own" in refused.output
+    assert "Traceback" not in refused.output

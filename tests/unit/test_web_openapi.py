@@ -73,7 +73,7 @@ ERRORS: dict[tuple[str, str], set[int]] = {
     ("post", "/api/endpoints"): {401, 403, 409, 413, 422, 500},
     ("patch", "/api/endpoints/{name}"): {401, 403, 404, 409, 413, 422, 500},
     ("delete", "/api/endpoints/{name}"): {401, 403, 404, 409, 422, 500},
-    ("get", "/api/rules"): {401, 500},
+    ("get", "/api/rules"): {401, 404, 422, 500},
     ("put", "/api/rules"): {400, 401, 403, 409, 413, 415, 422, 500},
     ("post", "/api/route/explain"): {400, 401, 403, 413, 422, 500},
     ("post", "/api/instances"): {400, 401, 403, 413, 415, 422, 500},

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from dde.config import (
+    MAIN_RECEIVER,
     ConfigError,
     EndpointKind,
     EndpointSettings,
@@ -187,12 +188,17 @@ def rules_router(services: WebServices) -> APIRouter:
                        responses=error_responses(401, 500))
 
     @router.get("/rules", response_model=RulesDocument,
-                summary="The active rules document and its rule names")
-    def get_rules() -> dict[str, Any]:
+                summary="The active rules document and its rule names (?receiver=NAME: "
+                "that receiver's own rules file, if it has one)",
+                responses=error_responses(422, described={404: "No receiver of that name"}))
+    def get_rules(receiver: Annotated[str | None, Query(max_length=32)] = None
+                  ) -> dict[str, Any]:
         settings = _settings(services)
-        text = services.store.rules_text(settings)
+        if receiver is not None and settings.receiving_ae(receiver) is None:
+            raise not_found(f"no receiver {receiver!r}")
         try:
-            ruleset = services.store.ruleset(settings)
+            text = services.store.rules_text(settings, receiver)
+            ruleset = services.store.ruleset(settings).for_receiver(receiver or "")
         except ConfigError as exc:
             raise ApiError(500, "config_error", str(exc)) from None
         return {"text": text if text is not None else default_rules_text(settings),
@@ -212,10 +218,12 @@ def rules_router(services: WebServices) -> APIRouter:
                     "application/json": {"schema": {
                         "type": "object", "properties": {"text": {"type": "string"}},
                         "required": ["text"]}}}}})
-    async def put_rules(request: Request) -> dict[str, Any]:
+    async def put_rules(request: Request,
+                        receiver: Annotated[str | None, Query(max_length=32)] = None
+                        ) -> dict[str, Any]:
         text = await _rules_text(request)
         try:
-            ruleset = services.store.apply_rules(text)
+            ruleset = services.store.apply_rules(text, receiver)
         except RulesError as exc:
             raise ApiError(422, "invalid_rules", f"{exc}; the previous rules stay",
                            line=exc.line, reason=exc.message) from None
@@ -235,8 +243,12 @@ def rules_router(services: WebServices) -> APIRouter:
         calling_aet: Annotated[str, Form()] = "",
         called_aet: Annotated[str | None, Form()] = None,
         source_ip: Annotated[str, Form()] = "",
+        receiver: Annotated[str, Form(max_length=32)] = MAIN_RECEIVER,
     ) -> dict[str, object]:
         settings = _settings(services)
+        taking = settings.receiving_ae(receiver)
+        if taking is None:
+            raise ApiError(422, "validation_error", f"no receiver {receiver!r}")
         raw = file.file.read(MAX_EXPLAIN_BYTES + 1)
         if not raw:
             raise ApiError(400, "empty_upload", "the file is empty")
@@ -245,8 +257,8 @@ def rules_router(services: WebServices) -> APIRouter:
         try:
             ruleset = services.store.ruleset(settings)
             return explain_bytes(raw, "the file", settings, ruleset, services.ledger,
-                                 Origin(calling_aet, called_aet or settings.receiver.ae_title,
-                                        source_ip))
+                                 Origin(calling_aet, called_aet or taking.settings.ae_title,
+                                        source_ip, taking.settings.port, taking.name))
         except ExplainError as exc:
             raise ApiError(422, "cannot_explain", str(exc)) from None
         except ConfigError as exc:

@@ -170,9 +170,13 @@ def pages_router(services: WebServices, authenticator: Authenticator) -> APIRout
                                                    limit=FAILURES_SHOWN)
         receiver = services.receiver
         failed_total = sum(e["failed"] for e in stats["endpoints"])
+        ports = receiver.ports
+        more_receivers = [(r.name, r.settings.ae_title, ports.get(r.name, r.settings.port))
+                          for r in settings.receiving_aes()[1:]]
         return render(request, "dashboard", "Dashboard", stats=stats, failures=failures,
                       failed_total=failed_total, receiver_running=receiver.running,
-                      receiver_port=receiver.port, minutes=STATS_MINUTES)
+                      receiver_port=receiver.port, more_receivers=more_receivers,
+                      minutes=STATS_MINUTES)
 
     @router.get("/endpoints", response_class=HTMLResponse)
     def endpoints(request: Request) -> Response:

@@ -21,6 +21,11 @@ class ReceiverView(Protocol):
     @property
     def port(self) -> int: ...
 
+    @property
+    def ports(self) -> dict[str, int]:
+        """Each receiver's port by receiver name (``main`` first)."""
+        ...
+
 
 class HealthView(Protocol):
     def snapshot(self) -> dict[str, dict[str, Any]]: ...
