@@ -291,3 +291,16 @@ def test_the_cli_applies_shows_and_explains_a_receivers_rules(store: ConfigStore
                                         "--receiver", "main"])
     assert refused.exit_code != 0 and "no rules file of its own" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_the_readme_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### Several receiving AE titles and ports", 1)[1]
+    blocks = [b.split("```", 1)[0] for b in section.split("```yaml\n")[1:4]]
+    settings = parse_settings(yaml.safe_load(blocks[0]))
+    assert [r.name for r in settings.receiving_aes()] == ["main", "cardio", "research"]
+    names = [e.name for e in settings.endpoints]
+    groups = {g for e in settings.endpoints for g in e.groups}
+    assert parse_rules(blocks[1], names, groups).rules[0].name == "cardio-to-2"
+    assert [r.name for r in parse_rules(blocks[2], names, groups).rules] == \
+        ["research-to-2", "default"]
