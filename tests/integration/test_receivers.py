@@ -1,7 +1,8 @@
 """Several receiving AE titles and ports against real Orthancs and DCMTK: each receiver
 admits by its own allow-lists, what it takes goes by its own rules (or rules.yaml, which
 may test ``Receiver`` and ``CalledAET``), a receiver's rules file changed live is in force
-for the next association; one ``receiver:`` alone works as it always did."""
+for the next association, TLS on one receiver only; one ``receiver:`` alone works as it
+always did."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.integration.test_security_tls import client_context, pynetdicom_store
 from tests.support.datagen import write_series
 from tests.support.faults import sop_instance_uids
 from tests.support.fixtures import OrthancFactory
 from tests.support.orthanc import ECHOSCU, RunningOrthanc, storescu, wait_until
 from tests.support.router import ROUTER_AET, InProcessRouter, router_settings, start_router
+from tests.support.tls import make_pki
 
 from dde.config_store import ConfigStore
 
@@ -141,5 +144,25 @@ def test_one_receiver_alone_works_as_before(
                    60, "the series delivered")
         held = [orthanc1.sop_instance_uids(), orthanc2.sop_instance_uids()]
         assert uids <= held[0] or uids <= held[1]  # the default rule: one study, one storage
+    finally:
+        router.stop()
+
+
+def test_tls_on_one_receiver_only(orthancs: tuple[RunningOrthanc, RunningOrthanc],
+                                  tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    router = start_router(tmp_path / "home", router_settings(
+        list(orthancs), None, receiver={"processes": 1},
+        receivers=[{"name": "secure", "ae_title": "TLS_ROUTER", "host": "127.0.0.1",
+                    "port": 0, "tls": {"enabled": True, "cert_file": str(pki.server.cert),
+                                       "key_file": str(pki.server.key),
+                                       "ca_file": str(pki.ca_cert),
+                                       "require_client_cert": True}}]))
+    try:
+        ports = router.app.receiver.ports
+        assert echoscu(ports["main"], "ANY", ROUTER_AET).returncode == 0  # plain on main
+        assert echoscu(ports["secure"], "ANY", "TLS_ROUTER").returncode != 0
+        assert pynetdicom_store(ports["secure"], client_context(pki, True)) == 0x0000
+        assert pynetdicom_store(ports["secure"], client_context(pki, False)) is None
     finally:
         router.stop()
