@@ -199,6 +199,13 @@ class ConfigStore:
                 if (path := self.receiver_rules_path(r)) is not None)
         return self._receiver_rules
 
+    def _check_receivers_rules(self, changed: Settings) -> None:
+        """A configuration change must leave every receiver's own rules valid."""
+        try:
+            self._receiver_rulesets(changed, missing_ok=True)
+        except ConfigError as exc:
+            raise ConfigError(f"the change would break the rules of {exc}") from None
+
     def _receiver_rulesets(self, settings: Settings,
                            missing_ok: bool = False) -> tuple[tuple[str, RuleSet], ...]:
         """Each receiver's own rules, checked against the endpoints; a file that cannot
@@ -314,10 +321,7 @@ class ConfigStore:
                 except RulesError as exc:
                     raise ConfigError(f"the change would break the rules in "
                                       f"{self.rules_path}: {exc}") from None
-            try:
-                self._receiver_rulesets(validated, missing_ok=True)
-            except ConfigError as exc:
-                raise ConfigError(f"the change would break the rules of {exc}") from None
+            self._check_receivers_rules(validated)
             _write_atomically(self.path, self._rewritten(current, validated))
             return validated
 
@@ -336,6 +340,7 @@ class ConfigStore:
                 except RulesError as exc:
                     raise ConfigError(f"the change would break the shared rules: {exc}") \
                         from None
+            self._check_receivers_rules(validated)
             done.append(validated)
             endpoints_after: Endpoints = settings_to_data(validated)["endpoints"]
             return endpoints_after

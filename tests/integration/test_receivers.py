@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 from tests.integration.test_security_tls import client_context, pynetdicom_store
+from tests.integration.test_stack_router import orthanc_uids
 from tests.support.datagen import write_series
 from tests.support.faults import sop_instance_uids
 from tests.support.fixtures import OrthancFactory
-from tests.support.orthanc import ECHOSCU, RunningOrthanc, storescu, wait_until
+from tests.support.orthanc import ECHOSCU, RunningOrthanc, free_port, storescu, wait_until
 from tests.support.router import ROUTER_AET, InProcessRouter, router_settings, start_router
+from tests.support.stackcli import dde, stack_status
 from tests.support.tls import make_pki
 
 from dde.config_store import ConfigStore
@@ -166,3 +168,46 @@ def test_tls_on_one_receiver_only(orthancs: tuple[RunningOrthanc, RunningOrthanc
         assert pynetdicom_store(ports["secure"], client_context(pki, False)) is None
     finally:
         router.stop()
+
+
+@pytest.mark.slow
+def test_dde_stack_runs_every_receiver(tmp_path: Path) -> None:
+    """``dde stack up`` with a second receiver: the router part holds both ports, each
+    receiver routes by its own rules into the stack's Orthancs, ``dde stack down`` ends it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    orthancs = [{"endpoint": name, "config_file": f"orthanc_{name.lower()}.json"}
+                for name in ("ORTHANC1", "ORTHANC2")]
+    ports = {name: (free_port(), free_port()) for name in ("ORTHANC1", "ORTHANC2")}
+    main_port, cardio_port, web_port = free_port(), free_port(), free_port()
+    config = {
+        "receiver": {"host": "127.0.0.1", "port": main_port},
+        "receivers": [{"name": "cardio", "ae_title": CARDIO_AET, "host": "127.0.0.1",
+                       "port": cardio_port, "rules": "rules-cardio.yaml"}],
+        "web": {"host": "127.0.0.1", "port": web_port},
+        "endpoints": [{"name": name, "aet": name, "host": "127.0.0.1", "port": dicom,
+                       "url": f"http://127.0.0.1:{http}", "groups": ["storage"]}
+                      for name, (dicom, http) in ports.items()],
+        "routing": {"mirror": []},
+        "delivery": {"backoff_base_seconds": 0.2, "poll_seconds": 0.2},
+        "stack": {"orthancs": orthancs},
+    }
+    (home / "dde.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (home / "rules.yaml").write_text(MAIN_RULES)
+    (home / "rules-cardio.yaml").write_text(CARDIO_RULES)
+    try:
+        started = dde(home, "stack", "up", "--detach")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert stack_status(home)["router"]["ports"] == [main_port, web_port, cardio_port]
+        ct = write_series(tmp_path / "ct", 2)
+        echo = write_series(tmp_path / "echo", 2, modality="MR")
+        storescu(ct, main_port, ROUTER_AET)
+        storescu(echo, cardio_port, CARDIO_AET)
+        ct_uids, echo_uids = set(sop_instance_uids(ct)), set(sop_instance_uids(echo))
+        http1, http2 = ports["ORTHANC1"][1], ports["ORTHANC2"][1]
+        wait_until(lambda: ct_uids <= orthanc_uids(http1), 60, "ORTHANC1 holds the CT")
+        wait_until(lambda: echo_uids <= orthanc_uids(http2), 60, "ORTHANC2 holds cardio's")
+        assert not echo_uids & orthanc_uids(http1)
+    finally:
+        down = dde(home, "stack", "down")
+    assert down.returncode == 0, down.stdout + down.stderr
