@@ -30,6 +30,7 @@ from dde.routing.rules import RulesError, parse_rules
 from dde.runtime.core import restart_needed
 from dde.stack.parts import Part, router_ports
 from dde.stack.supervisor import status
+from dde.store.ledger import Ledger
 
 CARDIO = {"name": "cardio", "ae_title": "DDE_CARDIO", "port": 11114,
           "allowed_calling_aets": ["ECHO_*"], "rules": "rules-cardio.yaml"}
@@ -291,6 +292,17 @@ def test_the_cli_applies_shows_and_explains_a_receivers_rules(store: ConfigStore
                                         "--receiver", "main"])
     assert refused.exit_code != 0 and "no rules file of its own" in refused.output
     assert "Traceback" not in refused.output
+
+    Ledger(store.home.database).close()  # route explain reads the published picture
+    raw, _ = dicom_bytes()
+    (tmp_path / "x.dcm").write_bytes(raw)
+    explained = CliRunner().invoke(main, [*home, "route", "explain", str(tmp_path / "x.dcm"),
+                                          "--receiver", "cardio", "--json"])
+    assert explained.exit_code == 0, explained.output
+    assert '"rule": "cardio-to-2"' in explained.output
+    unknown = CliRunner().invoke(main, [*home, "route", "explain", str(tmp_path / "x.dcm"),
+                                        "--receiver", "nobody"])
+    assert unknown.exit_code != 0 and "no receiver 'nobody'" in unknown.output
 
 
 def test_the_readme_example_is_valid(tmp_path: Path) -> None:
