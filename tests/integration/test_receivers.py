@@ -7,20 +7,23 @@ always did."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from tests.integration.test_security_tls import client_context, pynetdicom_store
+from tests.integration.test_stack_nodes import free_port_run
 from tests.integration.test_stack_router import orthanc_uids
 from tests.support.datagen import write_series
 from tests.support.faults import sop_instance_uids
 from tests.support.fixtures import OrthancFactory
 from tests.support.orthanc import ECHOSCU, RunningOrthanc, free_port, storescu, wait_until
 from tests.support.router import ROUTER_AET, InProcessRouter, router_settings, start_router
-from tests.support.stackcli import dde, stack_status
+from tests.support.stackcli import dde, kill_processes_naming, stack_status
 from tests.support.tls import make_pki
 
 from dde.config_store import ConfigStore
@@ -170,16 +173,14 @@ def test_tls_on_one_receiver_only(orthancs: tuple[RunningOrthanc, RunningOrthanc
         router.stop()
 
 
-@pytest.mark.slow
-def test_dde_stack_runs_every_receiver(tmp_path: Path) -> None:
-    """``dde stack up`` with a second receiver: the router part holds both ports, each
-    receiver routes by its own rules into the stack's Orthancs, ``dde stack down`` ends it."""
-    home = tmp_path / "home"
+StackPorts = dict[str, tuple[int, int]]
+
+
+def write_stack_home(home: Path, main_port: int, cardio_port: int, web_port: int) -> StackPorts:
+    """dde.yaml (two Orthancs of the stack, the main receiver and cardio), rules.yaml and
+    cardio's rules file; the Orthancs' (DICOM, HTTP) ports."""
     home.mkdir()
-    orthancs = [{"endpoint": name, "config_file": f"orthanc_{name.lower()}.json"}
-                for name in ("ORTHANC1", "ORTHANC2")]
     ports = {name: (free_port(), free_port()) for name in ("ORTHANC1", "ORTHANC2")}
-    main_port, cardio_port, web_port = free_port(), free_port(), free_port()
     config = {
         "receiver": {"host": "127.0.0.1", "port": main_port},
         "receivers": [{"name": "cardio", "ae_title": CARDIO_AET, "host": "127.0.0.1",
@@ -190,24 +191,66 @@ def test_dde_stack_runs_every_receiver(tmp_path: Path) -> None:
                       for name, (dicom, http) in ports.items()],
         "routing": {"mirror": []},
         "delivery": {"backoff_base_seconds": 0.2, "poll_seconds": 0.2},
-        "stack": {"orthancs": orthancs},
+        "stack": {"orthancs": [{"endpoint": name, "config_file": f"orthanc_{name}.json"}
+                               for name in ports]},
     }
     (home / "dde.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (home / "rules.yaml").write_text(MAIN_RULES)
     (home / "rules-cardio.yaml").write_text(CARDIO_RULES)
+    return ports
+
+
+def send_to_each_receiver(folder: Path, ports: StackPorts, main_port: int,
+                          cardio_port: int) -> None:
+    """A CT series to the main receiver ends in ORTHANC1 (rules.yaml), an MR series to
+    cardio in ORTHANC2 only (its own rules)."""
+    ct, echo = write_series(folder / "ct", 3), write_series(folder / "echo", 3, modality="MR")
+    storescu(ct, main_port, ROUTER_AET)
+    storescu(echo, cardio_port, CARDIO_AET)
+    ct_uids, echo_uids = set(sop_instance_uids(ct)), set(sop_instance_uids(echo))
+    http1, http2 = ports["ORTHANC1"][1], ports["ORTHANC2"][1]
+    wait_until(lambda: ct_uids <= orthanc_uids(http1), 60, "ORTHANC1 holds the CT")
+    wait_until(lambda: echo_uids <= orthanc_uids(http2), 60, "ORTHANC2 holds cardio's")
+    assert not echo_uids & orthanc_uids(http1)
+
+
+@pytest.mark.slow
+def test_dde_stack_runs_every_receiver(tmp_path: Path) -> None:
+    """``dde stack up`` with a second receiver: the router part holds both ports, each
+    receiver routes by its own rules into the stack's Orthancs, ``dde stack down`` ends it."""
+    home = tmp_path / "home"
+    main_port, cardio_port, web_port = free_port(), free_port(), free_port()
+    ports = write_stack_home(home, main_port, cardio_port, web_port)
     try:
         started = dde(home, "stack", "up", "--detach")
         assert started.returncode == 0, started.stdout + started.stderr
         assert stack_status(home)["router"]["ports"] == [main_port, web_port, cardio_port]
-        ct = write_series(tmp_path / "ct", 2)
-        echo = write_series(tmp_path / "echo", 2, modality="MR")
-        storescu(ct, main_port, ROUTER_AET)
-        storescu(echo, cardio_port, CARDIO_AET)
-        ct_uids, echo_uids = set(sop_instance_uids(ct)), set(sop_instance_uids(echo))
-        http1, http2 = ports["ORTHANC1"][1], ports["ORTHANC2"][1]
-        wait_until(lambda: ct_uids <= orthanc_uids(http1), 60, "ORTHANC1 holds the CT")
-        wait_until(lambda: echo_uids <= orthanc_uids(http2), 60, "ORTHANC2 holds cardio's")
-        assert not echo_uids & orthanc_uids(http1)
+        send_to_each_receiver(tmp_path, ports, main_port, cardio_port)
     finally:
         down = dde(home, "stack", "down")
     assert down.returncode == 0, down.stdout + down.stderr
+
+
+@pytest.mark.slow
+def test_two_nodes_behind_haproxy_serve_every_receiver() -> None:
+    """``dde stack up --nodes 2`` with a second receiver: HAProxy has a public port for
+    each receiver, every node listens for each, and each receiver's rules apply on every
+    node (its rules file is the main state folder's)."""
+    root = Path(tempfile.mkdtemp(prefix="dde-receivers-"))
+    os.chmod(root, 0o755)  # PostgreSQL's own user reaches its socket folder in there
+    home = root / "home"
+    main_port, cardio_port, web_port = (free_port_run(3) for _ in range(3))
+    ports = write_stack_home(home, main_port, cardio_port, web_port)
+    try:
+        started = dde(home, "stack", "up", "--nodes", "2", "--detach", timeout=180)
+        assert started.returncode == 0, started.stdout + started.stderr
+        parts = stack_status(home)
+        assert parts["haproxy"]["ports"] == [main_port, web_port, cardio_port]
+        assert parts["router-2"]["ports"] == [main_port + 2, web_port + 2, cardio_port + 2]
+        for number in (1, 2):  # each node listens for cardio on its own port
+            assert echoscu(cardio_port + number, "ANY", CARDIO_AET).returncode == 0
+        send_to_each_receiver(root, ports, main_port, cardio_port)
+    finally:
+        dde(home, "stack", "down", timeout=120)
+        kill_processes_naming(home)
+        shutil.rmtree(root, ignore_errors=True)

@@ -32,10 +32,10 @@ from pydicom.uid import generate_uid
 from tests.support.faults import StorescuRun, start_storescu
 from tests.support.orthanc import free_port, storescu, wait_until
 from tests.support.router import ROUTER_AET, ledger_idle
-from tests.support.stackcli import dde
+from tests.support.stackcli import dde, kill_processes_naming
 from tests.support.stackcli import stack_status as status
 
-from dde.stack.process import port_in_use, proc_cmdline
+from dde.stack.process import port_in_use
 from dde.store.ledger import Ledger
 from dde.synthetic import write_series
 
@@ -94,11 +94,7 @@ def cluster_home() -> Iterator[tuple[Path, dict[str, Any]]]:
         yield home, {"config": config, "orthancs": orthancs}
     finally:
         dde(home, "stack", "down")
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                cmdline = proc_cmdline(int(entry.name))
-                if cmdline and any(str(home) in arg for arg in cmdline):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        kill_processes_naming(home)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from dde.stack.process import proc_cmdline
 
 _CLEARED = ("DDE_HOME", "DDE_API_TOKEN", "DDE_WEB_PORT", "DDE_WEB_HOST", "DDE_STORE_URL",
             "DDE_STORE_BACKEND", "DDE_STORE_NODE", "DDE_SPOOL_FOLDER")
@@ -32,3 +35,13 @@ def stack_status(home: Path) -> dict[str, dict[str, Any]]:
     assert result.returncode == 0, result.stderr
     parts: dict[str, dict[str, Any]] = json.loads(result.stdout)
     return parts
+
+
+def kill_processes_naming(folder: Path) -> None:
+    """SIGKILL every process whose command line names ``folder`` (what a failed test left
+    running of its stack)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            cmdline = proc_cmdline(int(entry.name))
+            if cmdline and any(str(folder) in arg for arg in cmdline):
+                os.kill(int(entry.name), signal.SIGKILL)

@@ -4,6 +4,7 @@ fields rules may test, and each receiver's own admission."""
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ from tests.support.webkit import AUTH, TOKEN, dicom_bytes, make_webkit
 from tests.unit.test_router_rules import View, endpoints, header, make_router
 
 from dde.cli import main
+from dde.cli.stack_commands import stack
 from dde.config import (
     MAIN_RECEIVER,
     ConfigError,
     Home,
+    load_settings,
     parse_settings,
     settings_to_data,
     settings_to_yaml,
@@ -28,7 +31,8 @@ from dde.receiving.access import check_association
 from dde.routing.router import Origin
 from dde.routing.rules import RulesError, parse_rules
 from dde.runtime.core import restart_needed
-from dde.stack.parts import Part, router_ports
+from dde.stack import cluster, supervisor
+from dde.stack.parts import Part, PartKind, router_ports
 from dde.stack.supervisor import status
 from dde.store.ledger import Ledger
 
@@ -316,3 +320,46 @@ def test_the_readme_example_is_valid(tmp_path: Path) -> None:
     assert parse_rules(blocks[1], names, groups).rules[0].name == "cardio-to-2"
     assert [r.name for r in parse_rules(blocks[2], names, groups).rules] == \
         ["research-to-2", "default"]
+
+
+# -- several nodes --------------------------------------------------------------------------
+
+CLUSTER_YAML = ("receiver:\n  port: 21113\nweb:\n  port: 28080\nreceivers:\n"
+                "  - {name: cardio, ae_title: DDE_CARDIO, port: 21123, "
+                "rules: rules-cardio.yaml}\nstack:\n  orthancs: []\n")
+
+
+def test_every_node_listens_for_every_receiver_behind_haproxy(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+    home.config_file.write_text(CLUSTER_YAML)
+    cluster.set_nodes(home, 2)
+    settings = load_settings(home)
+    parts = {p.name: p for p in supervisor.stack_parts(home, settings)}
+    assert parts["router-2"].ports == (21115, 28082, 21125)
+    assert parts["router-2"].port_setting(21125) == \
+        "the port of receivers entry cardio (+ the node's number)"
+    assert parts["haproxy"].ports == (21113, 28080, 21123)
+    nodes = [p for p in parts.values() if p.kind is PartKind.ROUTER]
+    text = cluster.haproxy_config(settings, nodes)
+    assert "frontend dicom_cardio\n    bind 0.0.0.0:21123" in text
+    assert "server router-1 127.0.0.1:21124 check" in text
+    assert "server router-2 127.0.0.1:21125 check" in text
+
+    cluster.write_node_home(home, settings, parts["router-2"])
+    assert parts["router-2"].home is not None
+    node = load_settings(Home(parts["router-2"].home))
+    [cardio] = node.receivers
+    assert (cardio.host, cardio.port) == ("127.0.0.1", 21125)
+    assert cardio.rules == str(home.root / "rules-cardio.yaml")  # the one file for all
+
+
+def test_a_node_port_on_another_receivers_port_is_refused(tmp_path: Path) -> None:
+    home = Home(tmp_path / "home")
+    home.root.mkdir()
+    home.config_file.write_text(CLUSTER_YAML.replace("21123", "21114"))
+    cluster.set_nodes(home, 2)
+    result = CliRunner().invoke(stack, ["up", "--detach"],
+                                obj=types.SimpleNamespace(home=home))
+    assert result.exit_code == 1
+    assert "port 21115 is configured for both router-1 and router-2" in result.output

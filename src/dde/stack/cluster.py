@@ -15,6 +15,11 @@ is the main one. HAProxy (Debian's, TCP mode) listens on the public ports (``rec
 ``receiver.port``, ``web.host``:``web.port``) and spreads associations over the nodes that
 pass its health checks (a TCP connect on DICOM, ``GET /healthz`` on the web port).
 
+Each ``receivers:`` entry gets the same: node K listens for it on its ``port + K`` (on
+127.0.0.1, its rules file the main state folder's), HAProxy on its own ``host:port`` with a
+frontend of its own. Leave room between the receivers' ports (e.g. 11113, 11123): a node's
+port must not be another receiver's.
+
 Behind HAProxy the nodes see HAProxy's address (127.0.0.1) as the sender's: allow-lists by
 calling AE title still apply, allow-lists by address do not.
 """
@@ -35,7 +40,7 @@ from dde.config import Home, Settings, StoreBackend, load_settings, settings_to_
 from dde.config.yaml_rewrite import rewrite_yaml
 from dde.config_store import ConfigStore, _write_atomically
 from dde.stack.errors import StackError
-from dde.stack.parts import HAPROXY, POSTGRESQL, Part, PartKind
+from dde.stack.parts import HAPROXY, POSTGRESQL, Part, PartKind, more_receivers
 from dde.store.postgres import database_exists
 from dde.web.auth import load_token, token_file
 
@@ -91,25 +96,21 @@ def cluster_parts(home: Home, settings: Settings) -> list[Part]:
         ports: tuple[int, ...] = (settings.receiver.port + number,)
         if settings.web.enabled:
             ports += (settings.web.port + number,)
+        more = tuple((receiver, port + number) for receiver, port in more_receivers(settings))
         parts.append(Part(
-            name=name, ports=ports, log=home.logs_dir / f"{name}.log",
+            name=name, ports=ports + tuple(port for _, port in more),
+            log=home.logs_dir / f"{name}.log",
             pid_file=home.run_dir / f"{name}.pid", config=folder / "dde.yaml",
-            kind=PartKind.ROUTER, home=folder, ae_title=settings.receiver.ae_title))
+            kind=PartKind.ROUTER, home=folder, ae_title=settings.receiver.ae_title,
+            more_receivers=more))
     public = (settings.receiver.port,) + ((settings.web.port,) if settings.web.enabled else ())
     parts.append(Part(
-        name=HAPROXY, ports=public, log=home.logs_dir / f"{HAPROXY}.log",
+        name=HAPROXY, ports=public + tuple(port for _, port in more_receivers(settings)),
+        log=home.logs_dir / f"{HAPROXY}.log",
         pid_file=home.run_dir / f"{HAPROXY}.pid", config=home.root / "haproxy.cfg",
-        kind=PartKind.HAPROXY, ae_title=settings.receiver.ae_title))
+        kind=PartKind.HAPROXY, ae_title=settings.receiver.ae_title,
+        more_receivers=more_receivers(settings)))
     return parts
-
-
-def refuse_receivers_in_cluster(home: Home, settings: Settings) -> None:
-    """Several nodes front ``receiver.port`` only (each node on its own port behind
-    HAProxy): ``receivers:`` would have every node bind the same extra ports."""
-    if settings.stack.nodes > 1 and settings.receivers:
-        raise StackError(f"{home.config_file}: receivers: (more receiving AE titles and "
-                         f"ports) is not supported with stack.nodes {settings.stack.nodes} "
-                         f"yet: HAProxy fronts receiver.port only; run one node")
 
 
 # ---------------------------------------------------------------------------------------
@@ -151,6 +152,8 @@ def write_node_home(home: Home, settings: Settings, part: Part) -> None:
     raw.pop("stack", None)
     raw["receiver"] = {**(raw.get("receiver") or {}), "host": "127.0.0.1",
                        "port": part.dicom_port}
+    if raw.get("receivers"):
+        raw["receivers"] = _node_receivers(home, settings, part, raw["receivers"])
     web = {**(raw.get("web") or {}), "host": "127.0.0.1"}
     if part.web_port is not None:
         web["port"] = part.web_port
@@ -248,6 +251,21 @@ def postgres_ready(home: Home) -> bool:
 # HAProxy
 
 
+def _node_receivers(home: Home, settings: Settings, part: Part,
+                    entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The node's ``receivers:``: each entry on 127.0.0.1 and the node's port for it, its
+    rules file the main state folder's (every node reads the one file, so a change with
+    ``dde rules apply --receiver`` reaches them all)."""
+    ports = dict(part.more_receivers)
+    written = []
+    for entry, receiver in zip(entries, settings.receivers, strict=True):
+        node_entry = {**entry, "host": "127.0.0.1", "port": ports[receiver.name]}
+        if receiver.rules is not None and not Path(receiver.rules).expanduser().is_absolute():
+            node_entry["rules"] = str(home.root / receiver.rules)
+        written.append(node_entry)
+    return written
+
+
 def haproxy_argv(home: Home, settings: Settings, nodes: list[Part]) -> list[str]:
     """Write HAProxy's configuration (every start); its argv (foreground, ``-db``)."""
     if not HAPROXY_BINARY.exists():
@@ -275,6 +293,14 @@ def haproxy_config(settings: Settings, nodes: list[Part]) -> str:
         *(f"    server {n.name} 127.0.0.1:{n.dicom_port} check inter 1s fall 2 rise 2"
           for n in nodes),
     ]
+    for entry in settings.receivers:  # each receiver: its own public port, the same nodes
+        lines += [
+            f"frontend dicom_{entry.name}", f"    bind {entry.host}:{entry.port}",
+            f"    default_backend routers_dicom_{entry.name}",
+            f"backend routers_dicom_{entry.name}", "    balance leastconn",
+            *(f"    server {n.name} 127.0.0.1:{dict(n.more_receivers)[entry.name]} check "
+              "inter 1s fall 2 rise 2" for n in nodes),
+        ]
     if settings.web.enabled:
         lines += [
             "frontend web", f"    bind {settings.web.host}:{settings.web.port}",

@@ -51,7 +51,7 @@ class Part:
     ae_title: str = ""
     """A router's (or HAProxy's, in front of the routers) called AE title."""
     more_receivers: tuple[tuple[str, int], ...] = ()
-    """A router's ``receivers:`` (name, port): the last of its ports."""
+    """A router's (or HAProxy's) ``receivers:`` (name, port): the last of its ports."""
 
     @property
     def is_router(self) -> bool:
@@ -61,10 +61,11 @@ class Part:
         """Where in dde.yaml ``port`` is configured, for error messages."""
         if self.orthanc is not None:
             return self.orthanc.port_setting(port)
-        more = dict((p, n) for n, p in self.more_receivers)
+        more = {p: n for n, p in self.more_receivers}
         if port in more and port != self.ports[0]:
-            return f"the port of receivers entry {more[port]}"
-        where = "receiver.port" if port == self.ports[0] else "web.port"
+            where = f"the port of receivers entry {more[port]}"
+        else:
+            where = "receiver.port" if port == self.ports[0] else "web.port"
         if self.kind is PartKind.ROUTER and self.name != ROUTER:
             return f"{where} (+ the node's number)"
         return where

@@ -41,7 +41,6 @@ from dde.stack.cluster import (
     postgres_folder,
     postgres_ready,
     prepare_postgres,
-    refuse_receivers_in_cluster,
     runs_postgres,
     write_node_home,
 )
@@ -133,7 +132,6 @@ def _select(home: Home, settings: Settings, names: Sequence[str] | None) -> list
 
 
 def _check_settings(home: Home, settings: Settings, to_start: Sequence[Part]) -> None:
-    refuse_receivers_in_cluster(home, settings)
     names = [e.name for e in settings.stack.orthancs]
     taken = [p.name for p in stack_parts(home, settings) if p.kind is not PartKind.ORTHANC]
     if any(name in taken for name in names) or len(set(names)) != len(names):
