@@ -129,3 +129,20 @@ def test_an_invalid_configuration_is_one_error(tmp_path: Path, a_file: Path,
     assert result.exit_code == 1
     assert result.stderr.startswith("dde: error: ") and "receiver.port" in result.stderr
     assert sent_to == []
+
+
+def test_receiver_picks_one_of_the_routers_receivers(tmp_path: Path, a_file: Path,
+                                                     sent_to: list[dict[str, Any]]) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dde.yaml").write_text(
+        "receivers:\n  - {name: cardio, ae_title: DDE_CARDIO, host: 10.0.0.5, port: 11114}\n")
+
+    result = send("--home", str(home), "send", str(a_file), "--receiver", "cardio")
+
+    assert result.exit_code == 0, result.output
+    assert sent_to == [{"host": "10.0.0.5", "port": 11114, "called_aet": "DDE_CARDIO",
+                        "calling_aet": "DDE_SEND"}]
+    unknown = CliRunner().invoke(main, ["--home", str(home), "send", str(a_file),
+                                        "--receiver", "nobody"])
+    assert unknown.exit_code == 2 and "no receiver 'nobody'" in unknown.output

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dde.cli.context import settings_if_any
 from dde.cli.errors import CliError, ExitCode
 from dde.cli.output import console
-from dde.config import ReceiverSettings
+from dde.config import MAIN_RECEIVER, ReceiverSettings
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 
@@ -38,16 +38,24 @@ def router_address(receiver: ReceiverSettings) -> tuple[str, int, str]:
 @click.option("--aec", default=None,
               help="Called AE title. Default: the router's receiver.ae_title (DDE_AE_TITLE).")
 @click.option("--aet", default="DDE_SEND", show_default=True, help="Calling AE title.")
+@click.option("--receiver", metavar="NAME", default=MAIN_RECEIVER, show_default=True,
+              help="Which of the router's receivers the defaults are (a receivers: entry).")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file results as JSON.")
 @click.pass_context
 def send(ctx: click.Context, paths: tuple[Path, ...], host: str | None, port: int | None,
-         aec: str | None, aet: str, as_json: bool) -> None:
+         aec: str | None, aet: str, receiver: str, as_json: bool) -> None:
     """Send files and folders (recursively) by C-STORE to the router of the state folder
     (or --host/--port/--aec); exit 1 if any file failed."""
     from dde.sending import FileResult, collect_files, send_files
 
     if host is None or port is None or aec is None:
-        default_host, default_port, default_aec = router_address(settings_if_any(ctx).receiver)
+        settings = settings_if_any(ctx)
+        taking = settings.receiving_ae(receiver)
+        if taking is None:
+            names = ", ".join(r.name for r in settings.receiving_aes())
+            raise CliError(f"no receiver {receiver!r} (the receivers: {names})",
+                           ExitCode.USAGE)
+        default_host, default_port, default_aec = router_address(taking.settings)
         host = default_host if host is None else host
         port = default_port if port is None else port
         aec = default_aec if aec is None else aec
