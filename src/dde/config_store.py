@@ -145,7 +145,7 @@ class ConfigStore:
         """The active rules document (of ``receiver`` when it has its own), or None when
         the default rule applies."""
         if receiver is not None:
-            path = self.receiver_rules_path(self._receiving_ae(settings, receiver))
+            path = self.receiver_rules_path(settings.named_receiving_ae(receiver))
             if path is not None:
                 return _read_rules(path, receiver)
         shared = self._shared_config()
@@ -179,14 +179,6 @@ class ConfigStore:
             return None
         path = Path(receiver.rules).expanduser()
         return path if path.is_absolute() else self.home.root / path
-
-    @staticmethod
-    def _receiving_ae(settings: Settings, name: str) -> ReceivingAE:
-        found = settings.receiving_ae(name)
-        if found is None:
-            names = ", ".join(r.name for r in settings.receiving_aes())
-            raise ConfigError(f"no receiver {name!r} (the receivers: {names})")
-        return found
 
     def _receivers_rules_files(self) -> tuple[Path, ...]:
         if self._receiver_rules is None:
@@ -396,7 +388,7 @@ class ConfigStore:
     def _apply_receiver_rules(self, text: str, name: str) -> RuleSet:
         with self.locked():
             settings = self.settings()
-            path = self.receiver_rules_path(self._receiving_ae(settings, name))
+            path = self.receiver_rules_path(settings.named_receiving_ae(name))
             if path is None:
                 raise ConfigError(f"receiver {name!r} has no rules file of its own (its rules "
                                   f"are {self.rules_path.name}'s): give its receivers: entry "

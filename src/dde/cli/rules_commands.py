@@ -81,10 +81,7 @@ def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: 
     store = config_store(ctx)
     settings = store.settings()
     ruleset = store.ruleset(settings)
-    taking = settings.receiving_ae(receiver)
-    if taking is None:
-        names = ", ".join(r.name for r in settings.receiving_aes())
-        raise CliError(f"no receiver {receiver!r} (the receivers: {names})")
+    taking = settings.named_receiving_ae(receiver)
     origin = Origin(calling_aet, called_aet or taking.settings.ae_title, source_ip,
                     taking.settings.port, taking.name)
     with quiet_pydicom():  # a header pydicom finds odd is explained, not warned about

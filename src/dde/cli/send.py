@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dde.cli.context import settings_if_any
 from dde.cli.errors import CliError, ExitCode
 from dde.cli.output import console
-from dde.config import MAIN_RECEIVER, ReceiverSettings
+from dde.config import MAIN_RECEIVER, ConfigError, ReceiverSettings
 
 ANY_ADDRESS = ("", "0.0.0.0", "::")
 
@@ -49,12 +49,10 @@ def send(ctx: click.Context, paths: tuple[Path, ...], host: str | None, port: in
     from dde.sending import FileResult, collect_files, send_files
 
     if host is None or port is None or aec is None:
-        settings = settings_if_any(ctx)
-        taking = settings.receiving_ae(receiver)
-        if taking is None:
-            names = ", ".join(r.name for r in settings.receiving_aes())
-            raise CliError(f"no receiver {receiver!r} (the receivers: {names})",
-                           ExitCode.USAGE)
+        try:
+            taking = settings_if_any(ctx).named_receiving_ae(receiver)
+        except ConfigError as exc:
+            raise CliError(str(exc), ExitCode.USAGE) from None
         default_host, default_port, default_aec = router_address(taking.settings)
         host = default_host if host is None else host
         port = default_port if port is None else port

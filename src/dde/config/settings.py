@@ -109,6 +109,14 @@ class Settings(_Strict):
     def receiving_ae(self, name: str) -> ReceivingAE | None:
         return next((r for r in self.receiving_aes() if r.name == name), None)
 
+    def named_receiving_ae(self, name: str) -> ReceivingAE:
+        """The receiver ``name``; ConfigError naming the receivers there are."""
+        found = self.receiving_ae(name)
+        if found is None:
+            names = ", ".join(r.name for r in self.receiving_aes())
+            raise ConfigError(f"no receiver {name!r} (the receivers: {names})")
+        return found
+
     @model_validator(mode="after")
     def _no_metadata_endpoints(self) -> Settings:
         bad = [f"endpoint {e.name}: {p}" for e in self.endpoints
