@@ -49,8 +49,9 @@ def send(ctx: click.Context, paths: tuple[Path, ...], host: str | None, port: in
     from dde.sending import FileResult, collect_files, send_files
 
     if host is None or port is None or aec is None:
+        settings = settings_if_any(ctx)  # an invalid dde.yaml: its own error
         try:
-            taking = settings_if_any(ctx).named_receiving_ae(receiver)
+            taking = settings.named_receiving_ae(receiver)
         except ConfigError as exc:
             raise CliError(str(exc), ExitCode.USAGE) from None
         default_host, default_port, default_aec = router_address(taking.settings)
