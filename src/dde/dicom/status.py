@@ -29,6 +29,7 @@ CANNOT_UNDERSTAND: Final = 0xC000
 CANNOT_UNDERSTAND_NO_ROUTE: Final = 0xC001
 """Refused: no route for this instance (no destination is configured or available)."""
 PROCESSING_FAILURE: Final = 0x0110
+NO_SUCH_SOP_CLASS: Final = 0x0118
 SOP_CLASS_NOT_SUPPORTED: Final = 0x0122
 NOT_AUTHORIZED: Final = 0x0124
 DUPLICATE_INVOCATION: Final = 0x0210
@@ -81,6 +82,7 @@ def describe(status: int) -> str:
         DATASET_DOES_NOT_MATCH_SOP_CLASS: "dataset does not match SOP class",
         CANNOT_UNDERSTAND: "cannot understand",
         PROCESSING_FAILURE: "processing failure",
+        NO_SUCH_SOP_CLASS: "no such SOP class",
         SOP_CLASS_NOT_SUPPORTED: "SOP class not supported",
         NOT_AUTHORIZED: "not authorized",
         DUPLICATE_INVOCATION: "duplicate invocation",

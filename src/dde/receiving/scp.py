@@ -9,7 +9,9 @@ from outside the allow-lists get an A-ASSOCIATE-RJ. Each dataset is written, as 
 arrives, into a spool file prepared in advance (or the incoming folder) and handed to the
 ingest pipeline when complete; the C-STORE-RSP carries the status the pipeline returns,
 with the reason in Error Comment (0000,0902) when it is not success. An exception anywhere
-becomes ``OUT_OF_RESOURCES`` at this boundary, never success.
+becomes ``OUT_OF_RESOURCES`` at this boundary, never success. Storage commitment reports
+(N-EVENT-REPORT) from the PACS the router asked go to ``on_commitment_report`` (the
+ledger); without one they are answered "processing failure".
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dde.config import MAIN_RECEIVER, ReceiverSettings
+from dde.dicom import status as dimse
+from dde.dicom.commitment import CommitmentReport
 from dde.dicom.engine.acceptance import Proposal, Rejection, RejectResult, RejectSource
 from dde.dicom.engine.acceptor import (
     AcceptorLimits,
+    Peer,
     ReceivedDataset,
     StoreOutcome,
 )
@@ -41,6 +46,7 @@ REQUEST_TIMEOUT_CAP = 5.0
 """A connection must send its A-ASSOCIATE-RQ within this many seconds (or ``acse_timeout``
 if shorter): bare connections must not hold the receiver."""
 STORE_WORKERS = 8
+CommitmentHandler = Callable[[CommitmentReport, str], int]
 
 
 class _Services:
@@ -48,11 +54,13 @@ class _Services:
 
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline,
                  incoming_dir: Path, prepared: PreparedFiles | None,
-                 on_association: Callable[[], None] | None, name: str) -> None:
+                 on_association: Callable[[], None] | None, name: str,
+                 on_commitment_report: CommitmentHandler | None = None) -> None:
         self.settings = settings
         self.name = name
         self.port = settings.port
         """The bound port (set once listening): what rules see as ``ReceivingPort``."""
+        self._on_commitment_report = on_commitment_report
         self.incoming_dir = incoming_dir
         self._prepared = prepared
         self._pipeline = pipeline
@@ -97,13 +105,21 @@ class _Services:
         result = self._pipeline.ingest(incoming)
         return StoreOutcome(result.status, result.detail)
 
+    def commitment_report(self, report: CommitmentReport, peer: Peer) -> int:
+        if self._on_commitment_report is None:
+            log.warning("a storage commitment report from %s, and none is awaited here",
+                        peer.calling_aet)
+            return dimse.PROCESSING_FAILURE
+        return self._on_commitment_report(report, peer.calling_aet)
+
 
 class StorageSCP:
     def __init__(self, settings: ReceiverSettings, pipeline: IngestPipeline, *,
                  shared_port: bool = False, incoming_dir: Path | None = None,
                  prepared: PreparedFiles | None = None,
                  on_association: Callable[[], None] | None = None,
-                 name: str = MAIN_RECEIVER) -> None:
+                 name: str = MAIN_RECEIVER,
+                 on_commitment_report: CommitmentHandler | None = None) -> None:
         """``name``: the receiver's (``main``, or a ``receivers:`` entry's): what it takes
         is routed by its rules. ``shared_port``: listen with ``SO_REUSEPORT`` beside other
         receiver processes.
@@ -112,9 +128,11 @@ class StorageSCP:
         folder). Without it, ``incoming_dir`` (default: a private temporary folder) gets a
         new file per dataset. ``on_association``: called as each association is requested, before
         anything else (a receiver process brings its configuration and endpoint picture
-        up to date)."""
+        up to date). ``on_commitment_report``: takes a storage commitment report (and the
+        calling AE title), returns the status to answer."""
         self.settings = settings
         self.name = name
+        self._on_commitment_report = on_commitment_report
         self._pipeline = pipeline
         self._shared_port = shared_port
         self._prepared = prepared
@@ -148,7 +166,7 @@ class StorageSCP:
             network_timeout=settings.network_timeout,
             preferred_syntaxes=tuple(preferred), sender_rest=sender_rest)
         services = _Services(settings, self._pipeline, incoming, self._prepared,
-                             self._on_association, self.name)
+                             self._on_association, self.name, self._on_commitment_report)
         server = AssociationServer(
             settings.host, settings.port, services, limits,
             max_associations=settings.max_associations,

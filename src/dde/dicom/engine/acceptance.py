@@ -2,19 +2,25 @@
 contexts we accept with which transfer syntax, and the A-ASSOCIATE-AC/RJ we answer
 (pynetdicom's PDU classes do the byte-level encoding and decoding).
 
-Accepted: Verification, and every storage SOP class, known or private (any abstract syntax
-that is not a known non-storage service such as query/retrieve or worklist). Of the
-transfer syntaxes a context proposes, the first in the receiver's preference order is taken
-(:func:`dde.dicom.transfer_syntaxes.order_transfer_syntaxes`); a context with none left is
-rejected. SCP/SCU role selection and SOP class extended negotiation items are not answered
-(the default roles apply; no extended behaviour is agreed). An asynchronous operations
-window is answered 1/1. User identity is accepted without a server response.
+Accepted: Verification, the Storage Commitment Push Model (the router receives the
+N-EVENT-REPORTs of the commitments it requested), and every storage SOP class, known or
+private (any abstract syntax that is not a known non-storage service such as query/retrieve
+or worklist). Of the transfer syntaxes a context proposes, the first in the receiver's
+preference order is taken (:func:`dde.dicom.transfer_syntaxes.order_transfer_syntaxes`); a
+context with none left is rejected. SCP/SCU role selection is answered for the Storage
+Commitment Push Model only: a PACS reporting a commitment invokes N-EVENT-REPORT, the SCP's
+operation, so it proposes the SCP role, which is accepted (the SCU role is refused: the
+router is no commitment SCP); for other SOP classes the item is not answered (the default
+roles apply). A report is taken even when the requestor asked for no role (many do not).
+SOP class extended negotiation items are not answered (no extended behaviour is agreed).
+An asynchronous operations window is answered 1/1. User identity is accepted without a
+server response.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final
 
@@ -24,10 +30,12 @@ from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     AsynchronousOperationsWindowNegotiation,
     MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import uid_to_service_class
 
+from dde.dicom.commitment import STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS
 from dde.dicom.engine import pdus
 from dde.dicom.engine.commands import VERIFICATION_SOP_CLASS
 from dde.dicom.engine.negotiation import implementation_items
@@ -103,6 +111,8 @@ class Proposal:
     """The largest P-DATA-TF the requestor takes (0: no limit)."""
     asks_async_window: bool
     primitive: Any
+    roles: dict[str, tuple[bool, bool]] = field(default_factory=dict)
+    """SCP/SCU role selection items: SOP class -> (SCU role, SCP role) proposed."""
 
 
 @dataclass(frozen=True)
@@ -129,27 +139,46 @@ def decode_proposal(body: bytes) -> Proposal:
         raise ProtocolError(f"an A-ASSOCIATE-RQ that cannot be decoded: {exc}") from None
     max_pdu = 0
     asks_window = False
+    roles: dict[str, tuple[bool, bool]] = {}
     for item in primitive.user_information or []:
         if isinstance(item, MaximumLengthNotification):
             max_pdu = int(item.maximum_length_received or 0)
         elif isinstance(item, AsynchronousOperationsWindowNegotiation):
             asks_window = True
+        elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+            roles[str(item.sop_class_uid).strip()] = (bool(item.scu_role),
+                                                      bool(item.scp_role))
     return Proposal(
         calling_aet=str(primitive.calling_ae_title or "").strip(),
         called_aet=str(primitive.called_ae_title or "").strip(),
         application_context=str(primitive.application_context_name or "").strip(),
         protocol_version=int(pdu.protocol_version or 0),
         contexts=contexts, max_pdu=max_pdu, asks_async_window=asks_window,
-        primitive=primitive)
+        primitive=primitive, roles=roles)
 
 
 def is_acceptable_abstract_syntax(uid: str) -> bool:
-    """Verification, or a storage SOP class (known, or unknown to the router: private)."""
-    if uid == VERIFICATION_SOP_CLASS:
+    """Verification, the Storage Commitment Push Model (its reports), or a storage SOP
+    class (known, or unknown to the router: private)."""
+    if uid in (VERIFICATION_SOP_CLASS, STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS):
         return True
     if not uid or len(uid) > 64:
         return False
     return uid_to_service_class(uid).__name__ in _STORAGE_SERVICES
+
+
+def _role_answers(proposal: Proposal, accepted: dict[int, tuple[str, str]]) -> list[Any]:
+    """The role selection answers: the SCP role of the Storage Commitment Push Model when
+    it was asked for (and its context accepted), never the SCU role."""
+    roles = proposal.roles.get(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS)
+    if roles is None or not roles[1] or not any(abstract == STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS
+                                for abstract, _ in accepted.values()):
+        return []
+    answer = SCP_SCU_RoleSelectionNegotiation()
+    answer.sop_class_uid = STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS
+    answer.scu_role = False
+    answer.scp_role = roles[1]
+    return [answer]
 
 
 def agree(proposal: Proposal, *, max_pdu: int, preferred: Sequence[str],
@@ -186,6 +215,7 @@ def agree(proposal: Proposal, *, max_pdu: int, preferred: Sequence[str],
         window.maximum_number_operations_invoked = 1
         window.maximum_number_operations_performed = 1
         items.append(window)
+    items.extend(_role_answers(proposal, accepted))
     primitive.user_information = items
     primitive.presentation_context_definition_results_list = results
     pdu = A_ASSOCIATE_AC()

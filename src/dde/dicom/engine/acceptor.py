@@ -2,6 +2,8 @@
 close: negotiation, C-ECHO, and C-STORE with each dataset written to a file as its
 fragments arrive (never whole in memory), handed to the caller's ``store`` (in a worker
 thread) only when its last fragment is in, and answered with the status ``store`` returns.
+An N-EVENT-REPORT-RQ (a storage commitment report from a PACS) has its small dataset read
+in memory and handed to ``commitment_report`` (:mod:`dde.dicom.engine.event_reports`).
 
 Bounds against hostile peers, by construction: every PDU's length is checked before its
 body is read (``max_pdu`` for P-DATA-TF, :data:`MAX_CONTROL_PDU` for the rest); the
@@ -24,7 +26,8 @@ from pathlib import Path
 from typing import Final, Protocol
 
 from dde.dicom import status as dimse
-from dde.dicom.engine import commands, pdus
+from dde.dicom.commitment import MAX_EVENT_INFORMATION_BYTES, CommitmentReport
+from dde.dicom.engine import commands, event_reports, pdus
 from dde.dicom.engine.acceptance import (
     APPLICATION_CONTEXT_NOT_SUPPORTED,
     LOCAL_LIMIT_EXCEEDED,
@@ -101,6 +104,10 @@ class AcceptorServices(Protocol):
         """Make the instance durable (blocking: a worker thread). The file at
         ``received.path`` is the store's from here: it keeps it or removes it."""
 
+    def commitment_report(self, report: CommitmentReport, peer: Peer) -> int:
+        """Take a storage commitment report (blocking: a worker thread); the status of the
+        N-EVENT-REPORT-RSP."""
+
 
 class Slots:
     """Association slots of one server, in all and per source address (event-loop thread
@@ -170,6 +177,8 @@ class PendingStore:
     refusal: str = ""
     """Why the instance is refused once its dataset is in (no file is then written)."""
     refusal_status: int = dimse.CANNOT_UNDERSTAND
+    report: bytearray | None = None
+    """The dataset of an N-EVENT-REPORT-RQ, read in memory (no file)."""
 
 
 def store_response(command: Command, status: int, detail: str) -> bytes:
@@ -319,6 +328,10 @@ class Acceptor:
                 raise ProtocolError("a dataset fragment without its command")
             if pending.file is not None:
                 pending.file.write(pdv.data)
+            elif pending.report is not None:
+                pending.report += pdv.data
+                if len(pending.report) > MAX_EVENT_INFORMATION_BYTES:
+                    raise ProtocolError("an N-EVENT-REPORT dataset longer than any real one")
             if pdv.is_last:
                 self.pending = None
                 await self._stored(pending)
@@ -331,6 +344,10 @@ class Acceptor:
             return
         if field_ == CommandField.C_STORE_RQ and command.has_data_set:
             self.pending = self._begin_store(command, context_id)
+            return
+        if field_ == CommandField.N_EVENT_REPORT_RQ and command.has_data_set:
+            self.pending = PendingStore(command, context_id, time.monotonic(), None,
+                                        report=bytearray())
             return
         if field_ == CommandField.C_CANCEL_RQ:
             return
@@ -368,6 +385,9 @@ class Acceptor:
 
     async def _stored(self, pending: PendingStore) -> None:
         command = pending.command
+        if pending.report is not None:
+            await self._event_report(pending, pending.report)
+            return
         if pending.file is None:
             if command.command_field != CommandField.C_STORE_RQ:
                 answer = self._failure(command, pending.refusal_status, pending.refusal)
@@ -392,6 +412,19 @@ class Acceptor:
             pending.file.path.unlink(missing_ok=True)
         await self._respond(pending.context_id, store_response(
             command, outcome.status, outcome.detail))
+
+    async def _event_report(self, pending: PendingStore, dataset: bytearray) -> None:
+        peer = self.peer
+        assert peer is not None
+        _, syntax = self.accepted[pending.context_id]
+
+        def handler(report: CommitmentReport) -> int:
+            return self.services.commitment_report(report, peer)
+
+        answer = await asyncio.get_running_loop().run_in_executor(
+            self.executor, event_reports.answer, pending.command, bytes(dataset), syntax,
+            handler, peer.calling_aet)
+        await self._respond(pending.context_id, answer)
 
     @staticmethod
     def _failure(command: Command, status: int, detail: str) -> bytes:

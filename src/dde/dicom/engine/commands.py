@@ -183,6 +183,22 @@ class Command:
     def error_comment(self) -> str | None:
         return self.text(ERROR_COMMENT)
 
+    @property
+    def requested_sop_class_uid(self) -> str | None:
+        return self.text(REQUESTED_SOP_CLASS_UID)
+
+    @property
+    def requested_sop_instance_uid(self) -> str | None:
+        return self.text(REQUESTED_SOP_INSTANCE_UID)
+
+    @property
+    def event_type_id(self) -> int | None:
+        return self.uint(EVENT_TYPE_ID)
+
+    @property
+    def action_type_id(self) -> int | None:
+        return self.uint(ACTION_TYPE_ID)
+
 
 def decode(raw: bytes | bytearray | memoryview) -> Command:
     """Decode a command set; raise :class:`CommandError` unless every element is a whole
@@ -263,3 +279,64 @@ def c_echo_rsp(responded_to: int, status: int) -> bytes:
         COMMAND_DATA_SET_TYPE: NO_DATA_SET,
         STATUS: status,
     })
+
+
+def n_action_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                action_type_id: int) -> bytes:
+    """N-ACTION-RQ (PS3.7 10.3.4): the Action Information follows as a dataset."""
+    return encode({
+        REQUESTED_SOP_CLASS_UID: sop_class_uid,
+        COMMAND_FIELD: CommandField.N_ACTION_RQ,
+        MESSAGE_ID: message_id,
+        COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+        REQUESTED_SOP_INSTANCE_UID: sop_instance_uid,
+        ACTION_TYPE_ID: action_type_id,
+    })
+
+
+def _n_response(field: int, type_tag: int, responded_to: int, sop_class_uid: str,
+                sop_instance_uid: str, status: int, type_id: int | None,
+                error_comment: str | None) -> bytes:
+    """A DIMSE-N response without a dataset: the Affected SOP Class and Instance UID always
+    there (Orthanc, for one, refuses a response without them)."""
+    elements: dict[int, Value] = {
+        AFFECTED_SOP_CLASS_UID: sop_class_uid,
+        COMMAND_FIELD: field,
+        MESSAGE_ID_BEING_RESPONDED_TO: responded_to,
+        COMMAND_DATA_SET_TYPE: NO_DATA_SET,
+        STATUS: status,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+    }
+    if type_id is not None:
+        elements[type_tag] = type_id
+    if error_comment:
+        elements[ERROR_COMMENT] = error_comment
+    return encode(elements)
+
+
+def n_action_rsp(responded_to: int, sop_class_uid: str, sop_instance_uid: str, status: int,
+                 action_type_id: int | None = None, error_comment: str | None = None) -> bytes:
+    """N-ACTION-RSP without Action Reply (what a Storage Commitment SCP answers)."""
+    return _n_response(CommandField.N_ACTION_RSP, ACTION_TYPE_ID, responded_to, sop_class_uid,
+                       sop_instance_uid, status, action_type_id, error_comment)
+
+
+def n_event_report_rq(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                      event_type_id: int) -> bytes:
+    """N-EVENT-REPORT-RQ (PS3.7 10.3.1): the Event Information follows as a dataset."""
+    return encode({
+        AFFECTED_SOP_CLASS_UID: sop_class_uid,
+        COMMAND_FIELD: CommandField.N_EVENT_REPORT_RQ,
+        MESSAGE_ID: message_id,
+        COMMAND_DATA_SET_TYPE: DATA_SET_PRESENT,
+        AFFECTED_SOP_INSTANCE_UID: sop_instance_uid,
+        EVENT_TYPE_ID: event_type_id,
+    })
+
+
+def n_event_report_rsp(responded_to: int, sop_class_uid: str, sop_instance_uid: str,
+                       status: int, event_type_id: int | None = None,
+                       error_comment: str | None = None) -> bytes:
+    """N-EVENT-REPORT-RSP without Event Reply."""
+    return _n_response(CommandField.N_EVENT_REPORT_RSP, EVENT_TYPE_ID, responded_to,
+                       sop_class_uid, sop_instance_uid, status, event_type_id, error_comment)

@@ -82,6 +82,12 @@ class Negotiated:
     def context_for(self, sop_class_uid: str, transfer_syntax_uid: str) -> AcceptedContext | None:
         return self._by_pair.get((sop_class_uid, transfer_syntax_uid))
 
+    def context_of(self, sop_class_uid: str) -> AcceptedContext | None:
+        """The first accepted context of ``sop_class_uid``, whatever its transfer syntax
+        (a service whose datasets are encoded by the router: Verification, Storage
+        Commitment)."""
+        return next((c for c in self.accepted if c.abstract_syntax == sop_class_uid), None)
+
 
 class AssociationRejected(Exception):
     """The acceptor answered A-ASSOCIATE-RJ."""

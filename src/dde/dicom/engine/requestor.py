@@ -1,5 +1,5 @@
 """An association we request (the router as SCU): open, C-STORE a Part-10 file's dataset
-as it lies on disk, C-ECHO, release, abort.
+as it lies on disk, C-ECHO, N-ACTION (storage commitment), release, abort.
 
 The dataset is streamed from the file in P-DATA-TF PDUs sized to the acceptor's maximum
 (never decoded, never re-encoded, never whole in memory). Every wait has a limit: the
@@ -7,19 +7,38 @@ connection and the A-ASSOCIATE answer (``connect_timeout``), each PDU's way out
 (``send_timeout``: a peer that stops reading makes :class:`SendStalled`), each response
 (``response_timeout``: :class:`NoResponse`). After any of those the association is
 aborted; the caller starts a new one.
+
+An SCP may send an N-EVENT-REPORT-RQ on this association while we wait for a response (a
+Storage Commitment SCP that reports on the N-ACTION's association): its dataset is read,
+handed to ``on_event_report`` (whose status is answered in the N-EVENT-REPORT-RSP), and the
+wait goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from dde.dicom import part10
+from dde.dicom import status as dimse
+from dde.dicom.commitment import (
+    MAX_EVENT_INFORMATION_BYTES,
+    REQUEST_STORAGE_COMMITMENT,
+    STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+    STORAGE_COMMITMENT_PUSH_MODEL_SOP_INSTANCE,
+    CommitmentDataError,
+    CommitmentReport,
+    CommitmentRequest,
+    decode_event_information,
+    encode_action_information,
+)
 from dde.dicom.engine import commands, pdus, sockets
 from dde.dicom.engine.commands import Command, CommandField
 from dde.dicom.engine.negotiation import (
@@ -31,6 +50,8 @@ from dde.dicom.engine.negotiation import (
     encode_request,
 )
 from dde.dicom.engine.pdus import PduType, ProtocolError
+
+log = logging.getLogger(__name__)
 
 FRAGMENT_CAP: Final = 1 << 20
 """The largest dataset fragment we put in one PDU when the acceptor sets no limit."""
@@ -59,6 +80,20 @@ class Response:
     command: Command
 
 
+EventReportHandler = Callable[[CommitmentReport], int]
+"""Takes a storage commitment report that came on this association; returns the status
+of the N-EVENT-REPORT-RSP."""
+
+
+@dataclass
+class _IncomingReport:
+    """An N-EVENT-REPORT-RQ whose dataset is arriving."""
+
+    command: Command
+    context_id: int
+    dataset: bytearray
+
+
 class Requestor:
     """One established association. Not thread-safe: one task uses it at a time; another
     thread stops it with ``loop.call_soon_threadsafe(requestor.abort)``."""
@@ -71,6 +106,8 @@ class Requestor:
         self._send_timeout = send_timeout
         self._message_id = 0
         self.closed = False
+        self.on_event_report: EventReportHandler | None = None
+        self._incoming: _IncomingReport | None = None
         fragment = negotiated.peer_max_pdu - pdus.PDV_HEADER.size
         self.fragment_size = FRAGMENT_CAP if negotiated.peer_max_pdu <= 0 else max(
             1, min(FRAGMENT_CAP, fragment))
@@ -175,6 +212,27 @@ class Requestor:
                                      commands.c_echo_rq(message_id)))
         return await self._response(message_id, CommandField.C_ECHO_RSP, response_timeout)
 
+    async def n_action(self, request: CommitmentRequest, *,
+                       response_timeout: float) -> Response:
+        """Request storage commitment (N-ACTION, Action Type 1, on the well-known SOP
+        Instance) for ``request``'s instances; the answer says whether the SCP took the
+        request, not whether it commits (that comes in an N-EVENT-REPORT)."""
+        context = self.negotiated.context_of(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS)
+        if context is None:
+            raise ProtocolError("the acceptor did not accept the Storage Commitment Push "
+                                "Model SOP Class")
+        message_id = self._next_message_id()
+        command = commands.n_action_rq(message_id, STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+                                       STORAGE_COMMITMENT_PUSH_MODEL_SOP_INSTANCE,
+                                       REQUEST_STORAGE_COMMITMENT)
+        dataset = encode_action_information(request, context.transfer_syntax)
+        await self._send(pdus.p_data(context.context_id, pdus.COMMAND | pdus.LAST, command))
+        for start in range(0, len(dataset), self.fragment_size):
+            chunk = dataset[start:start + self.fragment_size]
+            last = start + self.fragment_size >= len(dataset)
+            await self._send(pdus.p_data(context.context_id, pdus.LAST if last else 0, chunk))
+        return await self._response(message_id, CommandField.N_ACTION_RSP, response_timeout)
+
     async def _response(self, message_id: int, expected: int, timeout: float) -> Response:
         fragments = bytearray()
         try:
@@ -183,7 +241,8 @@ class Requestor:
                     pdu = await self._read()
                     for pdv in pdus.split_pdvs(pdu.body):
                         if not pdv.is_command:
-                            continue  # a dataset with a response we do not ask for
+                            await self._report_data(pdv)
+                            continue  # else: a dataset with a response we do not ask for
                         fragments += pdv.data
                         if len(fragments) > commands.MAX_COMMAND_BYTES:
                             raise ProtocolError("a response command set is too long")
@@ -191,6 +250,9 @@ class Requestor:
                             continue
                         command = commands.decode(fragments)
                         fragments.clear()
+                        if command.command_field == CommandField.N_EVENT_REPORT_RQ:
+                            await self._report_begins(command, pdv.context_id)
+                            continue
                         if command.command_field != expected or \
                                 command.responded_to != message_id:
                             continue  # not the answer to this request
@@ -199,11 +261,50 @@ class Requestor:
                             raise ProtocolError("a response without Status")
                         return Response(status, command.error_comment, command)
         except TimeoutError:
-            service = CommandField(expected).name.split("_")[1]
-            raise NoResponse(f"no C-{service} response within {timeout:g} s") from None
+            service = "-".join(CommandField(expected).name.split("_")[:-1])
+            raise NoResponse(f"no {service} response within {timeout:g} s") from None
         except (ProtocolError, commands.CommandError) as exc:
             self.abort()
             raise ProtocolError(f"a response that cannot be read: {exc}") from None
+
+    async def _report_begins(self, command: Command, context_id: int) -> None:
+        """An N-EVENT-REPORT-RQ from the SCP on this association."""
+        self._incoming = _IncomingReport(command, context_id, bytearray())
+        if not command.has_data_set:
+            await self._report_complete()
+
+    async def _report_data(self, pdv: pdus.Pdv) -> None:
+        incoming = self._incoming
+        if incoming is None or incoming.context_id != pdv.context_id:
+            return
+        incoming.dataset += pdv.data
+        if len(incoming.dataset) > MAX_EVENT_INFORMATION_BYTES:
+            raise ProtocolError("an N-EVENT-REPORT dataset longer than any real one")
+        if pdv.is_last:
+            await self._report_complete()
+
+    async def _report_complete(self) -> None:
+        incoming, self._incoming = self._incoming, None
+        assert incoming is not None
+        command = incoming.command
+        syntax = next((c.transfer_syntax for c in self.negotiated.accepted
+                       if c.context_id == incoming.context_id), "")
+        status = dimse.PROCESSING_FAILURE
+        try:
+            report = decode_event_information(bytes(incoming.dataset), syntax,
+                                              command.event_type_id or 0)
+            if self.on_event_report is not None:
+                status = self.on_event_report(report)
+        except CommitmentDataError as exc:
+            log.warning("an N-EVENT-REPORT that cannot be read: %s", exc)
+        except Exception:  # the boundary: the SCP is told, the association goes on
+            log.exception("a storage commitment report could not be recorded")
+        await self._send(pdus.p_data(incoming.context_id, pdus.COMMAND | pdus.LAST,
+                                     commands.n_event_report_rsp(
+                                         command.message_id or 0,
+                                         command.affected_sop_class_uid or "",
+                                         command.affected_sop_instance_uid or "", status,
+                                         command.event_type_id)))
 
     async def _read(self) -> pdus.Pdu:
         """The next P-DATA-TF; anything else ends the association."""
