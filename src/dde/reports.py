@@ -49,7 +49,9 @@ def delivery_document(d: DeliveryRecord, received_syntax: str | None = None,
                       show_phi: bool = False) -> dict[str, Any]:
     """One delivery; ``transfer_syntax_uid`` is what the destination got (the received
     syntax unless ``transcoded_from`` says it was transcoded; null while not delivered
-    or, without ``received_syntax``, unknown here)."""
+    or, without ``received_syntax``, unknown here). ``commitment``: the latest storage
+    commitment's state (``pending``, ``committed``, ``failed`` with
+    ``commitment_reason``; null when none was asked)."""
     delivered_syntax = d.transfer_syntax_uid or (
         received_syntax if d.state == "delivered" else None)
     return {"id": d.id, "endpoint": d.endpoint, "role": d.role, "state": d.state,
@@ -57,7 +59,8 @@ def delivery_document(d: DeliveryRecord, received_syntax: str | None = None,
             "delivered_at": iso(d.delivered_at),
             "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
             "transfer_syntax_uid": delivered_syntax, "transcoded_from": d.transcoded_from,
-            "variant": d.variant_rule, "edits": edits_document(d.edits_json, show_phi)}
+            "variant": d.variant_rule, "edits": edits_document(d.edits_json, show_phi),
+            "commitment": d.commitment, "commitment_reason": d.commitment_reason}
 
 
 def where_document(records: Sequence[InstanceRecord], show_phi: bool = False

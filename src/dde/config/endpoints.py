@@ -73,6 +73,11 @@ class EndpointSettings(_Strict):
     associations: int | None = Field(default=None, ge=1, le=16)
     """Associations (or HTTP connections) delivering to it at once; None:
     ``delivery.associations``."""
+    storage_commitment: bool = False
+    """``dicom``: after each delivered batch, ask the destination to commit to the
+    instances (Storage Commitment Push Model, one N-ACTION per study); its report comes to
+    the router's receiver (the PACS must know the router's AE title, host and port), and
+    an instance it does not commit to is sent again."""
 
     @model_validator(mode="before")
     @classmethod
@@ -91,6 +96,13 @@ class EndpointSettings(_Strict):
         if self.kind is EndpointKind.DICOMWEB and not self.url:
             raise ValueError("a dicomweb endpoint needs a url (the DICOMweb service root, "
                              "e.g. http://host:8042/dicom-web)")
+        return self
+
+    @model_validator(mode="after")
+    def _commitment_is_dicom(self) -> EndpointSettings:
+        if self.storage_commitment and self.kind is not EndpointKind.DICOM:
+            raise ValueError("storage_commitment is a DICOM service: only dicom endpoints "
+                             "have it")
         return self
 
     @model_validator(mode="after")

@@ -187,6 +187,9 @@ class DeliverySettings(_Strict):
     capability_max_age_seconds: float = Field(default=86400.0, gt=0)
     """How long what an association learned of a destination (which SOP class and transfer
     syntax it accepts) is trusted before the next association learns it again."""
+    commitment_timeout_seconds: float = Field(default=600.0, gt=0)
+    """A storage commitment with no report from the destination after this long fails, and
+    its deliveries are sent again (endpoints with ``storage_commitment``)."""
 
 
 class HealthSettings(_Strict):

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from dde.config import EndpointSettings, EndpointState
+from dde.delivery.commitment import CommitmentRecorder
 from dde.delivery.crew import EndpointCrew
 from dde.delivery.retry import RetryPolicy
 from dde.delivery.worker import LEASE_SECONDS
@@ -53,11 +54,15 @@ class Dispatcher:
                  sender_factory: SenderFactory, *, batch_size: int, idle_release: float,
                  poll: float, retention: float, health: HealthMonitor | None = None,
                  telemetry: Telemetry = NULL_TELEMETRY, nice: int = 0,
-                 associations: int = 1, node: str = "", lease: float = LEASE_SECONDS) -> None:
+                 associations: int = 1, node: str = "", lease: float = LEASE_SECONDS,
+                 commitment_timeout: float = 600.0) -> None:
         """``nice``: how much lower the workers' CPU priority is than the receiver's;
         ``associations``: workers per endpoint unless the endpoint sets its own; ``node``:
         this router's name when several share the ledger (its workers' claims carry it; at
-        start only its own are cleared); ``lease``: how long a claim lasts unrenewed."""
+        start only its own are cleared); ``lease``: how long a claim lasts unrenewed;
+        ``commitment_timeout``: a storage commitment unreported this long fails (checked
+        by the janitor)."""
+        self._commitment_timeout = commitment_timeout
         self._node = node
         self._lease = lease
         self._nice = nice
@@ -98,13 +103,16 @@ class Dispatcher:
 
     def reconfigure(self, policy: RetryPolicy, *, batch_size: int, idle_release: float,
                     poll: float, retention: float, nice: int,
-                    associations: int | None = None) -> None:
+                    associations: int | None = None,
+                    commitment_timeout: float | None = None) -> None:
         """New delivery settings: every worker is started again with them at the next
         :meth:`sync` (their associations are released in order first)."""
         with self._sync_lock:
             with self._lock:
                 if associations is not None:
                     self._associations = associations
+                if commitment_timeout is not None:
+                    self._commitment_timeout = commitment_timeout
                 self._policy, self._batch_size = policy, batch_size
                 self._idle_release, self._poll = idle_release, poll
                 self._retention, self._nice = retention, nice
@@ -203,9 +211,17 @@ class Dispatcher:
             self._spool.remove(path)
         return len(removable)
 
+    def expire_commitments_once(self) -> int:
+        """Fail the storage commitments unreported for too long (their deliveries are sent
+        again); how many."""
+        return CommitmentRecorder(self._ledger, self._policy.max_attempts).expire(
+            self._commitment_timeout)
+
     def _janitor_run(self) -> None:
         while not self._stop.is_set():
             try:
+                if self.expire_commitments_once():
+                    self.wake(list(self.workers()))
                 while self.clean_spool_once():
                     pass
             except LedgerError as exc:

@@ -10,7 +10,9 @@ endpoint, no attempt spent). A C-STORE that gets no answer makes its delivery *s
 the stuck association is dropped, the rest of the batch goes on at once over a fresh one,
 and the suspect delivery is from then on sent only by the endpoint's suspect lane (a worker
 with ``suspects=True``: one delivery at a time, each on an association of its own, on the
-delivery's own backoff). Sending before recording is at-least-once by design.
+delivery's own backoff). Sending before recording is at-least-once by design. To an
+endpoint with ``storage_commitment``, the delivered ones are then asked to be committed,
+study by study (:mod:`dde.delivery.commitment`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ import uuid
 from collections.abc import Callable
 
 from dde.config import DeliverySettings, EndpointSettings
+from dde.delivery import commitment
 from dde.delivery.retry import RetryPolicy
 from dde.dicom.uids import uid_name
 from dde.endpoints.health import HealthMonitor
 from dde.endpoints.load import LoadBook
-from dde.endpoints.sending import BundleSender, Sender, SendResult, SendStatus, Shipment
+from dde.endpoints.sending import (
+    BundleSender,
+    CommitmentRequester,
+    Sender,
+    SendResult,
+    SendStatus,
+    Shipment,
+)
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.records import DeliveryOutcome, QueuedDelivery
@@ -112,6 +122,9 @@ class EndpointWorker:
         """A ledger error left claims this worker could not give back: release them first."""
         self.consecutive_unreachable = 0
         self.last_error: str | None = None
+        self._committing = (sender if endpoint.storage_commitment
+                            and isinstance(sender, CommitmentRequester) else None)
+        """The sender, when deliveries to this endpoint are asked to be committed."""
 
     def start(self) -> None:
         self._thread.start()
@@ -291,8 +304,13 @@ class EndpointWorker:
             if throttled:
                 outcomes.extend(self._throttled(throttled))
                 break
-        self._ledger.queue.record_outcomes(outcomes)
+        commitments = (commitment.plan(self.name, batch, outcomes)
+                       if self._committing is not None else [])
+        self._ledger.queue.record_outcomes(outcomes, commitments=commitments)
         settled.update(outcome.delivery_id for outcome in outcomes)
+        if commitments and self._committing is not None:
+            commitment.request(self._committing, commitment.CommitmentRecorder(
+                self._ledger, self._policy.max_attempts), commitments)
         self._report(outcomes, received_at)
         if delivered:
             self._loads.note_delivered(self.name, delivered)

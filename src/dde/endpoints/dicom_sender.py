@@ -11,6 +11,12 @@ as such (the delivery records both syntaxes); a SOP class the destination reject
 syntax nothing can decode, is a permanent refusal with the reason. What each association's
 answers say about the destination is handed to ``on_learned`` (the ledger keeps it).
 
+With ``storage_commitment`` on the endpoint, every association also proposes the Storage
+Commitment Push Model, and :meth:`DicomSender.request_commitment` sends the N-ACTION of a
+delivered study on the association in hand (or on one of its own when that one is gone);
+the N-EVENT-REPORT comes later, to the router's receiver (or, from an SCP that reports on
+the same association, while this one waits for a response: handed to ``on_report``).
+
 Senders are called from one delivery thread each: every sender runs its association on an
 event loop of its own, created for the association and closed with it. ``abort`` (from
 another thread, when stopping) drops the connection so a send blocked on the peer returns.
@@ -29,6 +35,12 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dde.config import DeliverySettings, EndpointSettings
 from dde.dicom import status as dimse
+from dde.dicom.commitment import (
+    COMMITMENT_TRANSFER_SYNTAXES,
+    STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+    CommitmentReport,
+    CommitmentRequest,
+)
 from dde.dicom.engine.blocking import BlockingLoop
 from dde.dicom.engine.commands import VERIFICATION_SOP_CLASS
 from dde.dicom.engine.negotiation import (
@@ -124,14 +136,18 @@ def c_echo(endpoint: EndpointSettings, calling_aet: str, timeout: float) -> str 
 class DicomSender:
     def __init__(self, endpoint: EndpointSettings, delivery: DeliverySettings,
                  calling_aet: str, *, scratch: Path | None = None,
-                 on_learned: Callable[[list[LearnedPair]], None] | None = None) -> None:
+                 on_learned: Callable[[list[LearnedPair]], None] | None = None,
+                 on_report: Callable[[CommitmentReport], int] | None = None) -> None:
         """``scratch``: the folder for transcoded copies (the spool's incoming folder, so
         that a crash's leftovers are swept); ``on_learned``: what each association says
-        about the destination."""
+        about the destination; ``on_report``: a storage commitment report that comes on
+        one of this sender's associations (its status is answered)."""
         self.endpoint = endpoint
         self._calling_aet = calling_aet
         self._scratch = scratch
         self._on_learned = on_learned
+        self._on_report = on_report
+        self._commitment = endpoint.storage_commitment
         self._transcode_max = delivery.transcode_max_bytes
         self._connect_timeout = delivery.connect_timeout
         self._send_timeout = delivery.dimse_timeout
@@ -166,8 +182,30 @@ class DicomSender:
     def _associate(self, needed: Pair) -> SendResult | None:
         self._end_association()
         contexts, pairs = syntax_fallback.proposals(
-            [needed] + [p for p in self._upcoming if p != needed], MAX_CONTEXTS,
-            self._transcode_max > 0)
+            [needed] + [p for p in self._upcoming if p != needed],
+            MAX_CONTEXTS - (1 if self._commitment else 0), self._transcode_max > 0)
+        storage = list(contexts)
+        if self._commitment:
+            contexts.append(ProposedContext(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+                                            COMMITMENT_TRANSFER_SYNTAXES))
+        problem = self._open(contexts)
+        if problem is not None:
+            return problem
+        self._proposed = set(pairs)
+        assoc = self._assoc
+        assert assoc is not None
+        log.debug("associated with %s: %d of %d contexts accepted", self.endpoint.name,
+                  len(assoc.negotiated.accepted), len(contexts))
+        if self._on_learned is not None:
+            try:
+                self._on_learned(syntax_fallback.learned(storage, assoc.negotiated))
+            except Exception as exc:  # what is learned is a hint; delivery goes on
+                log.warning("could not record what %s accepts: %s", self.endpoint.name, exc)
+        return None
+
+    def _open(self, contexts: list[ProposedContext]) -> SendResult | None:
+        """A new association proposing ``contexts`` (the one in hand ended first)."""
+        self._end_association()
         request = request_for(self.endpoint, self._calling_aet, contexts)
         try:
             assoc = self._run(Requestor.open(
@@ -178,16 +216,41 @@ class DicomSender:
             return SendResult.unreachable(str(exc))
         except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as exc:
             return SendResult.unreachable(f"cannot associate: {connection_problem(exc)}")
-        self._proposed = set(pairs)
+        assoc.on_event_report = self._on_report
         with self._lock:
             self._assoc = assoc
-        log.debug("associated with %s: %d of %d contexts accepted", self.endpoint.name,
-                  len(assoc.negotiated.accepted), len(contexts))
-        if self._on_learned is not None:
-            try:
-                self._on_learned(syntax_fallback.learned(contexts, assoc.negotiated))
-            except Exception as exc:  # what is learned is a hint; delivery goes on
-                log.warning("could not record what %s accepts: %s", self.endpoint.name, exc)
+        return None
+
+    def request_commitment(self, request: CommitmentRequest) -> str | None:
+        """Ask the destination to commit to ``request``'s instances (N-ACTION); None when
+        it took the request (the report comes later), else why not. On the association in
+        hand when it accepted the Storage Commitment Push Model, else on a new one."""
+        if self._aborting:
+            return "not requested: delivery is stopping"
+        assoc = self._assoc
+        if assoc is None or assoc.closed or \
+                assoc.negotiated.context_of(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS) is None:
+            problem = self._open([ProposedContext(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+                                                  COMMITMENT_TRANSFER_SYNTAXES)])
+            if problem is not None:
+                return f"storage commitment not requested: {problem.detail}"
+            assoc = self._assoc
+            assert assoc is not None
+            self._proposed = set()
+        if assoc.negotiated.context_of(STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS) is None:
+            return (f"{self.endpoint.name} does not accept the Storage Commitment Push Model "
+                    "SOP Class")
+        try:
+            response = self._run(assoc.n_action(request,
+                                                response_timeout=self._response_timeout))
+        except (NoResponse, SendStalled, AssociationAborted, ProtocolError, OSError) as exc:
+            self._end_association(abort=True)
+            return f"storage commitment not requested: {exc}"
+        if response.status != dimse.SUCCESS:
+            detail = f"N-ACTION refused: {dimse.describe(response.status)}"
+            if response.error_comment:
+                detail += f": {response.error_comment[:200]}"
+            return detail
         return None
 
     def send(self, shipment: Shipment) -> SendResult:

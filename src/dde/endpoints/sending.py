@@ -7,6 +7,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from dde.dicom.commitment import CommitmentRequest
+
 
 class SendStatus(Enum):
     DELIVERED = "delivered"
@@ -100,3 +102,11 @@ class BundleSender(Sender, Protocol):
 
     def send_bundle(self, shipments: list[Shipment]) -> list[SendResult]:
         """Send one bundle; one result per shipment, in order."""
+
+
+@runtime_checkable
+class CommitmentRequester(Sender, Protocol):
+    """A sender that can ask its destination for storage commitment (DICOM)."""
+
+    def request_commitment(self, request: CommitmentRequest) -> str | None:
+        """Send the N-ACTION; None when the destination took it, else why not."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from dde.config import ReceiverSettings, ReceivingAE
 from dde.receiving.ingest import IngestPipeline
-from dde.receiving.scp import StorageSCP
+from dde.receiving.scp import CommitmentHandler, StorageSCP
 from dde.store.prepared_files import PreparedFiles
 
 log = logging.getLogger(__name__)
@@ -28,14 +28,17 @@ class Receivers:
     def __init__(self, receivers: Sequence[ReceivingAE], pipeline: IngestPipeline, *,
                  shared_port: bool = False, prepared: PreparedFiles | None = None,
                  on_association: Callable[[], None] | None = None,
-                 ports: dict[str, int] | None = None) -> None:
+                 ports: dict[str, int] | None = None,
+                 on_commitment_report: CommitmentHandler | None = None) -> None:
         """``ports``: the port each receiver listens on instead of its configured one
-        (a receiver process is given the ports the main process reserved)."""
+        (a receiver process is given the ports the main process reserved);
+        ``on_commitment_report``: storage commitment reports (any receiver may get one)."""
         ports = ports or {}
         self.scps = [
             StorageSCP(r.settings.model_copy(update={"port": ports.get(r.name, r.settings.port)}),
                        pipeline, shared_port=shared_port, prepared=prepared,
-                       on_association=on_association, name=r.name)
+                       on_association=on_association, name=r.name,
+                       on_commitment_report=on_commitment_report)
             for r in receivers]
         self.settings: ReceiverSettings = self.scps[0].settings
 

@@ -14,9 +14,11 @@ from typing import Any
 
 from dde.config import DeliverySettings, EndpointKind, EndpointSettings, Home, Settings
 from dde.config_store import ConfigStore
+from dde.delivery.commitment import CommitmentRecorder
 from dde.delivery.dispatcher import Dispatcher
 from dde.delivery.failover import fail_over_once
 from dde.delivery.retry import RetryPolicy
+from dde.dicom.commitment import CommitmentReport
 from dde.endpoints.dicom_sender import DicomSender
 from dde.endpoints.dicomweb_sender import DicomWebSender
 from dde.endpoints.health import HealthMonitor
@@ -50,7 +52,8 @@ def _dispatch_options(settings: Settings) -> dict[str, Any]:
     delivery = settings.delivery
     return {"batch_size": delivery.batch_size, "idle_release": delivery.idle_release_seconds,
             "poll": delivery.poll_seconds, "retention": settings.spool.retention_seconds,
-            "nice": delivery.nice, "associations": delivery.associations}
+            "nice": delivery.nice, "associations": delivery.associations,
+            "commitment_timeout": delivery.commitment_timeout_seconds}
 
 
 class RouterApp:
@@ -96,7 +99,8 @@ class RouterApp:
                                          home.root, config_file, self._notes.name, verbose)
         else:
             self.receiver = Receivers(settings.receiving_aes(), self.pipeline,
-                                      prepared=self.spool.prepared)
+                                      prepared=self.spool.prepared,
+                                      on_commitment_report=self._commitment_report)
         self.web: WebServer | None = None
         self._stopped = threading.Event()
         self._loops: list[threading.Thread] = []
@@ -117,7 +121,13 @@ class RouterApp:
         capabilities, name = self.ledger.capabilities, endpoint.name
         return DicomSender(endpoint, self.settings.delivery, self.settings.receiver.ae_title,
                            scratch=self.spool.incoming_dir,
-                           on_learned=lambda pairs: capabilities.learn(name, pairs))
+                           on_learned=lambda pairs: capabilities.learn(name, pairs),
+                           on_report=lambda report: self._commitment_report(report,
+                                                                            endpoint.aet))
+
+    def _commitment_report(self, report: CommitmentReport, calling_aet: str) -> int:
+        recorder = CommitmentRecorder(self.ledger, self.settings.delivery.max_attempts)
+        return recorder.report(report, calling_aet)
 
     # -- live configuration ------------------------------------------------------------
     def reload(self) -> bool:

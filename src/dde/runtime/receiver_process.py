@@ -27,6 +27,8 @@ from pathlib import Path
 from dde import logs
 from dde.config import MAIN_RECEIVER, ConfigError, Home, Settings
 from dde.config_store import ConfigStore
+from dde.delivery.commitment import CommitmentRecorder
+from dde.dicom.commitment import CommitmentReport
 from dde.receiving.notify import Notifier
 from dde.receiving.pool import READY
 from dde.receiving.receivers import Receivers
@@ -72,7 +74,8 @@ class ReceiverWorker:
                               "restart the router")
         self.scp = Receivers(receivers, self.core.pipeline, shared_port=True,
                              prepared=self.core.spool.prepared,
-                             on_association=self.refresh, ports=ports)
+                             on_association=self.refresh, ports=ports,
+                             on_commitment_report=self.commitment_report)
         self._config_lock = threading.Lock()
 
     def run(self, parent_pid: int) -> None:
@@ -96,6 +99,12 @@ class ReceiverWorker:
         self._apply_changes()
         if self.core.published is not None:
             self.core.published.expire()
+
+    def commitment_report(self, report: CommitmentReport, calling_aet: str) -> int:
+        """A storage commitment report that came to this process: into the shared ledger."""
+        recorder = CommitmentRecorder(self.core.ledger,
+                                      self.core.settings.delivery.max_attempts)
+        return recorder.report(report, calling_aet)
 
     def _apply_changes(self) -> None:
         with self._config_lock:

@@ -11,6 +11,7 @@ published endpoint status — one database, one repository per kind of use.
 | ``event_log`` (:class:`EventLog`) | moves, the dashboard | what happened |
 | ``status_board`` (:class:`EndpointStatusBoard`) | router, receivers, explain | health and load |
 | ``capabilities`` (:class:`EndpointCapabilities`) | senders, receivers | what a PACS accepts |
+| ``commitments`` (:class:`CommitmentBook`) | receivers, dispatcher, where | commitment states |
 | ``diagnostics`` (:class:`Diagnostics`) | tests, benchmarks, readiness | counts, rows as records |
 | ``shared_documents`` (:class:`SharedDocuments`) | config store | shared endpoints, rules |
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from dde.config import StoreBackend, StoreSettings
 from dde.store.capabilities import EndpointCapabilities
+from dde.store.commitments import CommitmentBook
 from dde.store.database import Backend, Database
 from dde.store.diagnostics import Diagnostics
 from dde.store.events import EventLog
@@ -60,6 +62,7 @@ class Ledger:
         self.event_log = EventLog(self.database)
         self.status_board = EndpointStatusBoard(self.database)
         self.capabilities = EndpointCapabilities(self.database)
+        self.commitments = CommitmentBook(self.database)
         self.diagnostics = Diagnostics(self.database)
         self.shared_documents = SharedDocuments(self.database)
 

@@ -6,7 +6,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from dde.store.database import Backend, database_errors_as_ledger_errors
+from dde.store.commitments import latest_commitments
+from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
 from dde.store.intake import VARIANT_JOIN, IngestView
 from dde.store.records import (
     DeliveryRecord,
@@ -42,6 +43,7 @@ class OperatorQueries:
                 (record.id,),
             ).fetchall()
             record.deliveries = [DeliveryRecord(*d) for d in deliveries]
+        _with_commitments(connection, [d for r in records for d in r.deliveries])
         return records
 
     def search(self, *, patient_id: str | None = None, accession_number: str | None = None,
@@ -88,6 +90,7 @@ class OperatorQueries:
             ).fetchall()
             for instance_id, *delivery in deliveries:
                 by_id[int(instance_id)].deliveries.append(DeliveryRecord(*delivery))
+            _with_commitments(connection, [d for s in found for d in s.deliveries])
         return total, found
 
     def queue_summary(self) -> dict[str, QueueSummary]:
@@ -199,3 +202,13 @@ class OperatorQueries:
 
     def pin_for(self, study_instance_uid: str, group: str | None = None) -> str | None:
         return IngestView(self._database.connection()).pin_for(study_instance_uid, group)
+
+
+def _with_commitments(connection: Connection, deliveries: Sequence[DeliveryRecord]) -> None:
+    """Fill in each delivery's latest storage commitment."""
+    latest = latest_commitments(connection, (d.id for d in deliveries))
+    for delivery in deliveries:
+        found = latest.get(delivery.id)
+        if found is not None:
+            delivery.commitment = found.state.value
+            delivery.commitment_reason = found.reason

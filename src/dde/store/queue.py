@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
+from dde.store.commitments import NewCommitment, write_requests
 from dde.store.database import Backend, Connection, database_errors_as_ledger_errors
 from dde.store.intake import VARIANT_JOIN, queued_counts
 from dde.store.records import DeliveryOutcome, QueuedDelivery
@@ -203,7 +204,11 @@ class DeliveryQueue:
         return None if row is None or row[0] is None else float(row[0])
 
     def record_outcomes(self, outcomes: Sequence[DeliveryOutcome],
-                        now: float | None = None) -> None:
+                        now: float | None = None,
+                        commitments: Sequence[NewCommitment] = ()) -> None:
+        """Write ``outcomes``; ``commitments``: the storage commitments about to be asked
+        for deliveries delivered here, written pending in the same transaction (see
+        :mod:`dde.store.commitments`)."""
         if not outcomes:
             return
         now = time.time() if now is None else now
@@ -260,6 +265,7 @@ class DeliveryQueue:
                 elif outcome.state is DeliveryState.DELIVERED:
                     connection.execute("DELETE FROM delivery_suspects WHERE delivery_id = ?",
                                        (outcome.delivery_id,))
+            write_requests(connection, commitments, now)
 
     def note_error(self, delivery_ids: Iterable[int], error: str) -> None:
         """Record an endpoint-level error on waiting deliveries without spending attempts."""

@@ -85,6 +85,10 @@ class DeliveryRecord:
     """The rule whose edited bytes this delivery sends (None: as received)."""
     edits_json: str | None = None
     """What that rule changed in this instance (:class:`NewVariant`)."""
+    commitment: str | None = None
+    """The latest storage commitment's state (pending, committed, failed); None: none was
+    asked (an endpoint without storage commitment, or not delivered yet)."""
+    commitment_reason: str | None = None
 
 
 @dataclass

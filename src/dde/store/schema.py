@@ -4,14 +4,14 @@ Version 1 is the first schema. A migration is a function from the version before
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
 and refuses a ledger written by a newer version of dde. Tables added later without touching
 an existing one (``delivery_claims``, ``delivery_suspects``, ``delivery_transcodings``,
-``endpoint_capabilities``, ``instance_variants``, ``delivery_variants``) are created by
-:data:`SCHEMA` itself at every open, so they need no version step (an older dde simply
-ignores them; on a ledger several nodes share, a node not yet upgraded keeps working beside
-upgraded ones, where a version step would make it refuse the ledger). One caveat: a node
-older than ``instance_variants`` would send the received bytes for a delivery that should
-send a rule's edited variant, so every node is upgraded before rules use ``set``/``remove``.
-``shared_documents`` (the configuration the nodes share,
-:mod:`dde.store.shared_documents`) is one of them.
+``endpoint_capabilities``, ``instance_variants``, ``delivery_variants``, ``commitments``,
+``delivery_commitments``) are created by :data:`SCHEMA` itself at every open, so they need no
+version step (an older dde simply ignores them; on a ledger several nodes share, a node not
+yet upgraded keeps working beside upgraded ones, where a version step would make it refuse
+the ledger). One caveat: a node older than ``instance_variants`` would send the received
+bytes for a delivery that should send a rule's edited variant, so every node is upgraded
+before rules use ``set``/``remove``. ``shared_documents`` (the configuration the nodes
+share, :mod:`dde.store.shared_documents`) is one of them.
 
 One schema text serves both backends: it is written for SQLite, and :func:`schema_for`
 renders it for PostgreSQL (identity keys, 64-bit integers, double-precision times).
@@ -101,6 +101,31 @@ CREATE TABLE IF NOT EXISTS delivery_variants (
     delivery_id INTEGER PRIMARY KEY REFERENCES deliveries(id) ON DELETE CASCADE,
     variant_id INTEGER NOT NULL REFERENCES instance_variants(id)
 );
+CREATE TABLE IF NOT EXISTS commitments (
+    transaction_uid TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    requested_at REAL NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'failed')),
+    reason TEXT,
+    resolved_at REAL
+);
+CREATE INDEX IF NOT EXISTS commitments_pending ON commitments(state, requested_at);
+CREATE TABLE IF NOT EXISTS delivery_commitments (
+    delivery_id INTEGER NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+    transaction_uid TEXT NOT NULL REFERENCES commitments(transaction_uid) ON DELETE CASCADE,
+    sop_instance_uid TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'committed', 'failed')),
+    reason TEXT,
+    requested_at REAL NOT NULL,
+    resolved_at REAL,
+    PRIMARY KEY (delivery_id, transaction_uid)
+);
+CREATE INDEX IF NOT EXISTS delivery_commitments_transaction
+    ON delivery_commitments(transaction_uid);
+CREATE INDEX IF NOT EXISTS delivery_commitments_pending ON delivery_commitments(delivery_id)
+    WHERE state = 'pending';
+CREATE INDEX IF NOT EXISTS delivery_commitments_resolved ON delivery_commitments(resolved_at)
+    WHERE resolved_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS endpoint_capabilities (
     endpoint TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,

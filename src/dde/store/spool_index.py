@@ -8,7 +8,11 @@ from collections.abc import Sequence
 from dde.store.database import Backend, database_errors_as_ledger_errors
 
 _ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
-                  " AND (d.state != 'delivered' OR d.delivered_at > ?))")
+                  " AND (d.state != 'delivered' OR d.delivered_at > ?"
+                  " OR EXISTS (SELECT 1 FROM delivery_commitments c"
+                  " WHERE c.delivery_id = d.id AND c.state = 'pending')))")
+"""Every delivery delivered (before the retention) and none waiting for the destination
+to commit to it (a failed commitment sends the instance again: its file must stay)."""
 
 
 @database_errors_as_ledger_errors
@@ -18,9 +22,11 @@ class SpoolIndex:
 
     def releasable_spool_files(self, older_than: float, limit: int = 500,
                                since: float | None = None) -> list[tuple[int, str]]:
-        """Spool files whose every delivery is delivered, the last one before ``older_than``.
+        """Spool files whose every delivery is delivered, the last one before ``older_than``,
+        and committed when storage commitment was asked for.
 
-        ``since``: look only at instances with a delivery delivered after it (indexed), so
+        ``since``: look only at instances with a delivery delivered (or a commitment
+        resolved) after it (indexed), so
         that a large queue of pending deliveries is not read again at every clean-up; None
         looks at every instance that still has a spool file (instances without any delivery
         included)."""
@@ -30,11 +36,13 @@ class SpoolIndex:
                 f" AND {_ALL_DELIVERED} LIMIT ?", (older_than, limit)).fetchall()
         else:
             rows = self._database.connection().execute(
-                "SELECT i.id, i.spool_path FROM instances i WHERE i.id IN ("
+                "SELECT i.id, i.spool_path FROM instances i WHERE (i.id IN ("
                 "   SELECT d0.instance_id FROM deliveries d0"
-                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?)"
+                "   WHERE d0.delivered_at > ? AND d0.delivered_at <= ?) OR i.id IN ("
+                "   SELECT d1.instance_id FROM delivery_commitments c1"
+                "   JOIN deliveries d1 ON d1.id = c1.delivery_id WHERE c1.resolved_at > ?))"
                 f" AND i.spool_path IS NOT NULL AND {_ALL_DELIVERED} LIMIT ?",
-                (since, older_than, older_than, limit)).fetchall()
+                (since, older_than, since, older_than, limit)).fetchall()
         return [(int(a), str(b)) for a, b in rows]
 
     def variant_spool_files(self, instance_ids: Sequence[int]) -> list[str]:

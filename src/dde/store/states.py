@@ -32,3 +32,20 @@ def check_transition(old: DeliveryState, new: DeliveryState) -> None:
     """
     if (old, new) not in _ALLOWED:
         raise InvalidTransition(f"a delivery cannot go from {old} to {new}")
+
+
+_AFTER_COMMITMENT_FAILURE: frozenset[tuple[DeliveryState, DeliveryState]] = frozenset(
+    {
+        (DeliveryState.DELIVERED, DeliveryState.PENDING),  # sent again
+        (DeliveryState.DELIVERED, DeliveryState.FAILED),  # its attempts are spent
+    }
+)
+
+
+def check_commitment_failure(old: DeliveryState, new: DeliveryState) -> None:
+    """The one way out of delivered: the destination did not commit to the instance
+    (storage commitment failed), so the delivery is queued again or, its attempts spent,
+    failed. Outcomes of sending (:func:`check_transition`) never leave delivered."""
+    if (old, new) not in _AFTER_COMMITMENT_FAILURE:
+        raise InvalidTransition(f"a failed commitment cannot take a delivery from {old} "
+                                f"to {new}")
