@@ -58,6 +58,15 @@ def test_rendered_config_is_an_open_local_pacs(tmp_path: Path) -> None:
     assert config["SaveJobs"] is False
     assert config["HttpDescribeErrors"] is True
     json.dumps(config)  # serialisable as is
+    assert "DicomModalities" not in config
+
+
+def test_the_router_is_a_modality_of_each_stack_orthanc(tmp_path: Path) -> None:
+    config = render_orthanc_config("ORTHANC1", "ORTHANC1", 4242, 8042, tmp_path / "db",
+                                   router=("DYNAMIC_DICOM_MW", 11112))
+
+    # Orthanc answers storage commitment only to a modality it knows, and reports to it
+    assert config["DicomModalities"] == {"router": ["DYNAMIC_DICOM_MW", "127.0.0.1", 11112]}
 
 
 def test_config_is_written_once_and_never_over_a_users_file(tmp_path: Path) -> None:
@@ -298,8 +307,10 @@ def test_the_stack_takes_aet_and_ports_from_the_endpoints(tmp_path: Path) -> Non
     parts = supervisor.status(home, load_settings(home))
     assert [parts[name]["ports"] for name in PARTS[:3]] == [[5001, 9001], [5002, 9002],
                                                             [5003, 9003]]
-    specs = stack_orthancs(load_settings(home), home.config_file)
+    settings = load_settings(home)
+    specs = stack_orthancs(settings, home.config_file)
     assert (specs[0].aet, specs[0].config_file) == ("PACS_ONE", "orthanc_storage_1.json")
+    assert specs[0].router == (settings.receiver.ae_title, settings.receiver.port)
 
 
 def test_an_old_form_stack_that_agrees_still_loads(tmp_path: Path) -> None:

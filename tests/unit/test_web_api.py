@@ -483,3 +483,27 @@ def test_the_yaml_written_by_the_api_is_what_the_cli_reads(kit: WebKit) -> None:
     assert [e["name"] for e in listed][-1] == "ORTHANC3"
     raw = yaml.safe_load(kit.services.home.config_file.read_text())
     assert raw["endpoints"][-1]["name"] == "ORTHANC3"
+
+
+def test_storage_commitment_is_asked_for_through_the_api_and_the_cli(kit: WebKit) -> None:
+    body = {"name": "ORTHANC3", "aet": "ORTHANC3", "host": "10.0.0.3", "port": 4245,
+            "groups": ["storage"], "storage_commitment": True}
+    response = kit.client.post("/api/endpoints", json=body, headers=AUTH)
+    assert response.status_code == 201, response.text
+    assert response.json()["storage_commitment"] is True
+    result = CliRunner().invoke(main, [
+        "--home", str(kit.services.home.root), "endpoints", "add", "ORTHANC4", "--aet",
+        "ORTHANC4", "--host", "10.0.0.4", "--port", "4246", "--storage-commitment"])
+    assert result.exit_code == 0, result.output
+    assert "storage commitment" in result.output
+    settings = file_settings(kit)
+    assert [settings.endpoint(n).storage_commitment for n in  # type: ignore[union-attr]
+            ("ORTHANC3", "ORTHANC4", "ORTHANC1")] == [True, True, False]
+
+    changed = kit.client.patch("/api/endpoints/ORTHANC3", headers=AUTH,
+                               json={"storage_commitment": False})
+    assert changed.status_code == 200 and changed.json()["storage_commitment"] is False
+    web = {"name": "WEB1", "kind": "dicomweb", "url": "http://10.0.0.5/dicom-web",
+           "storage_commitment": True}
+    assert_error(kit.client.post("/api/endpoints", json=web, headers=AUTH), 422,
+                 "validation_error", "storage_commitment")

@@ -22,6 +22,7 @@ from dde.delivery.dispatcher import EndpointWorker
 from dde.delivery.retry import RetryPolicy
 from dde.endpoints.sending import SendResult
 from dde.receiving.ingest import IngestPipeline
+from dde.store.commitments import CommitmentItem, NewCommitment
 from dde.store.diagnostics import backend_error
 from dde.store.records import DeliveryOutcome
 from dde.store.spool import encode_file_meta
@@ -191,3 +192,20 @@ def test_ack_latency_starts_at_the_handler_entry(kit: WebKit) -> None:
                               services.dispatcher.wake, Recording())
     pipeline.ingest(generated().incoming(started=time.monotonic() - 5.0))
     assert len(seen) == 1 and 5.0 <= seen[0] < 60.0
+
+
+def test_metrics_count_commitments_per_state(kit: WebKit) -> None:
+    kit.client.post("/api/instances", headers=AUTH, files={"file": ("a", dicom_bytes()[0])})
+    (instance,) = kit.ledger.diagnostics.instances()
+    probe = delivery_rows(kit.ledger, instance.id)["ORTHANC-PROBE"][0]
+    kit.ledger.queue.record_outcomes(
+        [DeliveryOutcome(probe, DeliveryState.DELIVERED)],
+        commitments=[NewCommitment("2.25.7", "ORTHANC-PROBE", (CommitmentItem(
+            probe, instance.sop_class_uid, instance.sop_instance_uid),))])
+
+    text = scrape(kit)
+
+    labels = 'endpoint="ORTHANC-PROBE",state="{}"'
+    assert metric_value(text, "dde_commitments", labels.format("pending")) == 1
+    assert metric_value(text, "dde_commitments", labels.format("committed")) == 0
+    assert "dde_commitments{endpoint=\"ORTHANC1\"" not in text  # no commitment asked of it

@@ -65,11 +65,15 @@ def endpoints_list(ctx: click.Context, as_json: bool) -> None:
               help="File holding an HTTP bearer token; read by the router, never copied.")
 @click.option("--no-qido-load", is_flag=True,
               help="dicomweb: do not count studies by QIDO-RS (load unknown).")
+@click.option("--storage-commitment", is_flag=True,
+              help="dicom: ask the PACS to commit to each delivered study (it must know the "
+              "router's AE title, host and port to send its report).")
 @click.pass_context
 def endpoints_add(ctx: click.Context, name: str, aet: str | None, host: str | None,
                   port: int | None, url: str | None, groups: tuple[str, ...], kind: str,
                   weight: float, username: str | None, password_file: str | None,
-                  token_file: str | None, no_qido_load: bool) -> None:
+                  token_file: str | None, no_qido_load: bool,
+                  storage_commitment: bool) -> None:
     """Add an endpoint; it takes part in routing at once (no restart)."""
     endpoint_kind = EndpointKind(kind)
     if endpoint_kind not in HTTP_KINDS and (aet is None or host is None or port is None):
@@ -81,11 +85,13 @@ def endpoints_add(ctx: click.Context, name: str, aet: str | None, host: str | No
               "password_file": password_file, "token_file": token_file}
     endpoint = EndpointSettings.model_validate({
         "name": name, "groups": list(groups), "kind": endpoint_kind, "weight": weight,
-        "qido_load": not no_qido_load, **{k: v for k, v in fields.items() if v is not None}})
+        "qido_load": not no_qido_load, "storage_commitment": storage_commitment,
+        **{k: v for k, v in fields.items() if v is not None}})
     registry.add_endpoint(config_store(ctx), endpoint)
     where = (endpoint.url if endpoint_kind in HTTP_KINDS
              else f"{endpoint.aet} at {endpoint.host}:{endpoint.port}")
-    click.echo(f"added {name} ({kind}: {where}, groups: {', '.join(groups) or 'none'})")
+    click.echo(f"added {name} ({kind}: {where}, groups: {', '.join(groups) or 'none'}"
+               + (", storage commitment" if storage_commitment else "") + ")")
 
 
 def _set_state(ctx: click.Context, name: str, state: EndpointState, message: str) -> None:

@@ -66,14 +66,18 @@ def _print_where(document: dict[str, Any]) -> None:
     if not document["deliveries"]:  # a discard rule: acknowledged, sent nowhere
         out.print(f"deliveries        none: discarded by rule {escape(document['rule'])}")
         return
-    table = Table("id", "endpoint", "role", "state", "attempts", "last error")
+    table = Table("id", "endpoint", "role", "state", "attempts", "commitment", "last error")
     for d in document["deliveries"]:
         state = str(d["state"])
         if d["transcoded_from"]:
             state += (f" as {uid_name(d['transfer_syntax_uid'] or '')}, transcoded from "
                       f"{uid_name(d['transcoded_from'])}")
+        commitment = str(d.get("commitment") or "")
+        if d.get("commitment_reason"):
+            commitment += f": {d['commitment_reason']}"
         table.add_row(str(d["id"]), escape(str(d["endpoint"])), str(d["role"]),
-                      escape(state), str(d["attempts"]), escape(str(d["last_error"] or "")))
+                      escape(state), str(d["attempts"]), escape(commitment),
+                      escape(str(d["last_error"] or "")))
     out.print(table)
     _print_edits(document["deliveries"])
 

@@ -38,7 +38,7 @@ def describe(settings: Settings, ledger: Ledger | None) -> list[dict[str, Any]]:
         rows.append({
             "name": e.name, "kind": e.kind.value, "aet": e.aet, "host": e.host,
             "port": e.port, "url": e.url, "groups": list(e.groups), "weight": e.weight,
-            "state": e.state.value,
+            "state": e.state.value, "storage_commitment": e.storage_commitment,
             "health": live.health, "breaker": live.breaker,
             "last_error": live.last_error, "load": live.load,
             "queued": int(c.get("pending", 0)),

@@ -9,6 +9,7 @@ alone when there is none.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +29,9 @@ class OrthancSpec:
     config_file: str
     from_endpoint: bool = True
     """Described by an endpoint (else by an old-form ``stack.orthancs`` entry alone)."""
+    router: tuple[str, int] | None = None
+    """The router's AE title and DICOM port: listed in the Orthanc's ``DicomModalities``,
+    so that it sends its storage commitment reports to the router."""
 
     def port_setting(self, port: int) -> str:
         """Where in dde.yaml ``port`` is configured, for error messages."""
@@ -43,7 +47,9 @@ def stack_orthancs(settings: Settings, config_file: Path) -> list[OrthancSpec]:
     """The stack's Orthancs, in order; StackError (naming ``config_file``) when an entry
     names no endpoint, its endpoint has no url with a port, or an old-form entry disagrees
     with its endpoint."""
-    return [_resolve(entry, settings.endpoint(entry.endpoint), config_file)
+    router = (settings.receiver.ae_title, settings.receiver.port)
+    return [dataclasses.replace(_resolve(entry, settings.endpoint(entry.endpoint), config_file),
+                                router=router)
             for entry in settings.stack.orthancs]
 
 

@@ -59,10 +59,18 @@ def orthanc_binary() -> str:
     raise StackError("Orthanc is not installed: run `make deps` (apt-get install -y orthanc)")
 
 
+ROUTER_MODALITY = "router"
+"""The router's name in each stack Orthanc's ``DicomModalities``."""
+
+
 def render_orthanc_config(
-    name: str, aet: str, dicom_port: int, http_port: int, storage_dir: Path
+    name: str, aet: str, dicom_port: int, http_port: int, storage_dir: Path,
+    router: tuple[str, int] | None = None,
 ) -> dict[str, Any]:
-    """An Orthanc 1.10 configuration: a local, open PACS that stores whatever it is sent."""
+    """An Orthanc 1.10 configuration: a local, open PACS that stores whatever it is sent.
+    ``router`` (its AE title and DICOM port on this host) is listed as a modality: Orthanc
+    answers a storage commitment request only from a modality it knows, and sends the
+    report to that modality's address."""
     storage = str(storage_dir)
     config: dict[str, Any] = {
         "Name": name,
@@ -92,17 +100,20 @@ def render_orthanc_config(
         "SaveJobs": False,
     }
     config.update(dict.fromkeys(_TRANSFER_SYNTAX_GROUPS, True))
+    if router is not None:
+        config["DicomModalities"] = {ROUTER_MODALITY: [router[0], "127.0.0.1", router[1]]}
     return config
 
 
 def write_orthanc_config(
-    path: Path, name: str, aet: str, dicom_port: int, http_port: int, storage_dir: Path
+    path: Path, name: str, aet: str, dicom_port: int, http_port: int, storage_dir: Path,
+    router: tuple[str, int] | None = None,
 ) -> bool:
     """Write the rendered configuration to ``path`` unless it exists. True if written."""
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = render_orthanc_config(name, aet, dicom_port, http_port, storage_dir)
+    config = render_orthanc_config(name, aet, dicom_port, http_port, storage_dir, router)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     with open(tmp, "w") as out:
         json.dump(config, out, indent=2)

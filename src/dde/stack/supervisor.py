@@ -246,7 +246,7 @@ def _prepare_orthanc(part: Part) -> None:
     assert entry is not None and config is not None and storage is not None
     storage.mkdir(parents=True, exist_ok=True)
     write_orthanc_config(config, entry.name, entry.aet, entry.dicom_port, entry.http_port,
-                         storage)
+                         storage, entry.router)
     actual = read_orthanc_config(config)
     for key, expected in (("DicomPort", entry.dicom_port), ("HttpPort", entry.http_port)):
         found = actual.get(key)

@@ -62,6 +62,9 @@ class EndpointCreate(BaseModel):
     password: SecretStr | None = None
     token: SecretStr | None = Field(default=None, description="An HTTP bearer token")
     qido_load: bool = True
+    storage_commitment: bool = Field(
+        default=False, description="dicom: ask the destination to commit to each delivered "
+                                   "study (Storage Commitment Push Model)")
 
 
 class EndpointChange(BaseModel):
@@ -76,6 +79,7 @@ class EndpointChange(BaseModel):
     port: int | None = None
     url: str | None = None
     kind: EndpointKind | None = None
+    storage_commitment: bool | None = None
 
 
 def _invalid(exc: ValidationError) -> ApiError:

@@ -125,13 +125,23 @@ class StateCollector(Collector):
         up = GaugeMetricFamily("dde_endpoint_up",
                                "1 when the endpoint answers its health probe, else 0.",
                                labels=["endpoint"])
+        commitments = GaugeMetricFamily(
+            "dde_commitments", "Storage commitment transactions in the ledger, per endpoint "
+            "and state (pending, committed, failed); read from the ledger, so reports taken "
+            "by any receiver process count.", labels=["endpoint", "state"])
         now = time.time()
         try:
             summary = self._services.ledger.operators.queue_summary()
             counts = self._services.ledger.operators.state_counts()
+            committing = self._services.ledger.commitments.counts()
         except LedgerError as exc:
             log.warning("metrics: ledger not readable: %s", exc)
-            summary, counts = {}, {}
+            summary, counts, committing = {}, {}, {}
+        for endpoint in self._services.settings.endpoints:
+            if endpoint.storage_commitment or endpoint.name in committing:
+                for kind in ("pending", "committed", "failed"):
+                    commitments.add_metric([endpoint.name, kind],
+                                           committing.get(endpoint.name, {}).get(kind, 0))
         health = self._services.health.snapshot()
         for name in names:
             entry = summary.get(name)
@@ -142,7 +152,7 @@ class StateCollector(Collector):
             state = health.get(name, {})
             breaker.add_metric([name], 0 if state.get("breaker", "closed") == "closed" else 1)
             up.add_metric([name], 1 if state.get("health") == "up" else 0)
-        yield from (queued, oldest, failed, breaker, up)
+        yield from (queued, oldest, failed, breaker, up, commitments)
         spool = self._services.spool
         yield GaugeMetricFamily("dde_spool_bytes",
                                 "Bytes of received instances held in the spool.",

@@ -99,6 +99,9 @@ class EndpointRow(BaseModel):
     groups: list[str]
     weight: float
     state: EndpointState
+    storage_commitment: bool = Field(
+        default=False, description="Deliveries are asked to be committed (DICOM storage "
+                                   "commitment)")
     health: str = Field(description="up, down, or unknown when no router publishes it")
     breaker: str | None = Field(description="The circuit breaker's state; null when unknown")
     last_error: str | None

@@ -50,6 +50,13 @@ class DeliveryDocument(BaseModel):
                                   "null: the instance as received")
     edits: list[EditDocument] = Field(default_factory=list,
                                       description="What that rule changed in this instance")
+    commitment: Literal["pending", "committed", "failed"] | None = Field(
+        default=None, description="The latest storage commitment the destination was "
+                                  "asked for (null: none asked: an endpoint without "
+                                  "storage_commitment, or not delivered yet)")
+    commitment_reason: str | None = Field(
+        default=None, description="Why the commitment failed (the delivery was queued "
+                                  "again)")
 
 
 class InstanceDocument(BaseModel):

@@ -71,6 +71,7 @@
     };
     if (f.aet.value.trim()) body.aet = f.aet.value.trim();
     if (f.url.value.trim()) body.url = f.url.value.trim();
+    if (f.storage_commitment.checked) body.storage_commitment = true;
     const result = await DDE.api("POST", "/api/endpoints", body);
     if (!result.ok) {
       error.textContent = `Not added: ${DDE.problem(result)}`;

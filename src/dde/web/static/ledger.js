@@ -27,14 +27,20 @@
     return values;
   }
 
+  function commitment(d) {
+    if (!d.commitment) return "";
+    return d.commitment_reason ? `; commitment ${d.commitment}: ${d.commitment_reason}` : `; commitment ${d.commitment}`;
+  }
+
   function detail(d) {
     if (d.state === "delivered") {
       const at = `at ${DDE.when(d.delivered_at).slice(11)}`;
-      return [d.transcoded_from ? `${at}, transcoded from ${d.transcoded_from} to ${d.transfer_syntax_uid}` : at, ""];
+      const text = d.transcoded_from ? `${at}, transcoded from ${d.transcoded_from} to ${d.transfer_syntax_uid}` : at;
+      return [text + commitment(d), d.commitment === "failed" ? "error" : ""];
     }
     if (d.state === "failed") return [DDE.text(d.last_error), "error"];
     const due = d.next_attempt_at ? `next attempt ${DDE.when(d.next_attempt_at).slice(11)}` : "queued";
-    return [d.last_error ? `${due}; last error: ${d.last_error}` : due, d.last_error ? "error" : ""];
+    return [(d.last_error ? `${due}; last error: ${d.last_error}` : due) + commitment(d), d.last_error ? "error" : ""];
   }
 
   /* A rule's set/remove in the bytes this delivery sends (old values come hidden). */
