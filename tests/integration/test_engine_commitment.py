@@ -1,10 +1,13 @@
 """The engine's storage commitment against pynetdicom, an independent implementation: the
 router's N-ACTION (sender and requestor) read by a pynetdicom Storage Commitment SCP, and
 a pynetdicom SCP's N-EVENT-REPORT (on an association it opens with the SCP role, as
-Orthanc does) taken by the router's receiver."""
+Orthanc does) taken by the router's receiver. An SCP that reports on the N-ACTION's own
+association (before its response, or while the router releases) speaks raw PDUs here."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -18,12 +21,18 @@ from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr
 from dde.config import DeliverySettings, EndpointSettings, ReceiverSettings
 from dde.dicom import status as dimse
 from dde.dicom.commitment import (
+    STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
     STORAGE_COMMITMENT_PUSH_MODEL_SOP_INSTANCE,
     CommitmentReport,
     CommitmentRequest,
     FailedReference,
     SopReference,
+    decode_action_information,
+    encode_event_information,
 )
+from dde.dicom.engine import commands, pdus
+from dde.dicom.engine.acceptance import agree, decode_proposal
+from dde.dicom.engine.commands import CommandField
 from dde.endpoints.dicom_sender import DicomSender
 from dde.receiving.ingest import IngestPipeline
 from dde.receiving.scp import StorageSCP
@@ -146,3 +155,110 @@ def test_the_receiver_takes_a_report_sent_with_the_scp_role(tmp_path: Path) -> N
     assert taken == [(CommitmentReport(
         "2.25.45", 2, (SopReference(CT, "1.2.3.1"),),
         (FailedReference(SopReference(CT, "1.2.3.2"), 0x0112),)), "PACS")]
+
+
+class PduReader:
+    """Whole PDUs from a raw socket (a buffer keeps what one recv read past a PDU)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+
+    def next(self) -> tuple[int, bytes]:
+        while len(self.buffer) < 6 or \
+                len(self.buffer) < 6 + int.from_bytes(self.buffer[2:6], "big"):
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed")
+            self.buffer += data
+        length = 6 + int.from_bytes(self.buffer[2:6], "big")
+        pdu, self.buffer = bytes(self.buffer[:length]), self.buffer[length:]
+        return pdu[0], pdu[6:]
+
+    def message(self) -> tuple[commands.Command, bytes, int]:
+        """The next command and its dataset (empty when it has none), and its context."""
+        command, dataset, context = bytearray(), bytearray(), 0
+        while True:
+            kind, body = self.next()
+            assert kind == pdus.PduType.P_DATA_TF, kind
+            for pdv in pdus.split_pdvs(body):
+                context = pdv.context_id
+                (command if pdv.is_command else dataset).extend(pdv.data)
+                if pdv.is_command and pdv.is_last:
+                    decoded = commands.decode(command)
+                    if not decoded.has_data_set:
+                        return decoded, b"", context
+                elif not pdv.is_command and pdv.is_last:
+                    return commands.decode(command), bytes(dataset), context
+
+
+def reporting_scp(server: socket.socket, report_first: bool, answers: list[int]) -> None:
+    """One association of a Storage Commitment SCP that reports on the N-ACTION's own
+    association: before its N-ACTION-RSP (``report_first``) or after it, while the
+    requestor releases. The status of the N-EVENT-REPORT-RSP goes to ``answers``."""
+    conn, _ = server.accept()
+    with conn:
+        reader = PduReader(conn)
+        _, body = reader.next()
+        agreement = agree(decode_proposal(body), max_pdu=16384,
+                          preferred=(ExplicitVRLittleEndian,), sender_rest=True)
+        conn.sendall(agreement.answer)
+        action, dataset, context = reader.message()
+        syntax = agreement.accepted[context][1]
+        request = decode_action_information(dataset, syntax)
+        report = encode_event_information(
+            CommitmentReport(request.transaction_uid, 1, request.references, ()), syntax)
+        event = pdus.p_data(context, pdus.COMMAND | pdus.LAST, commands.n_event_report_rq(
+            1, STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+            STORAGE_COMMITMENT_PUSH_MODEL_SOP_INSTANCE, 1)) + pdus.p_data(
+            context, pdus.LAST, report)
+        response = pdus.p_data(context, pdus.COMMAND | pdus.LAST, commands.n_action_rsp(
+            action.message_id or 0, STORAGE_COMMITMENT_PUSH_MODEL_SOP_CLASS,
+            STORAGE_COMMITMENT_PUSH_MODEL_SOP_INSTANCE, dimse.SUCCESS, 1))
+        conn.sendall(event if report_first else response + event)
+        while True:
+            kind, body = reader.next()
+            if kind == pdus.PduType.A_RELEASE_RQ:
+                if answers:
+                    conn.sendall(pdus.A_RELEASE_RP)
+                    return
+                continue
+            (pdv,) = pdus.split_pdvs(body)
+            answered = commands.decode(pdv.data)
+            assert answered.command_field == CommandField.N_EVENT_REPORT_RSP
+            answers.append(answered.status or 0)
+            if report_first:
+                conn.sendall(response)
+            else:  # the A-RELEASE-RQ came before the report was read
+                conn.sendall(pdus.A_RELEASE_RP)
+                return
+
+
+@pytest.mark.parametrize("report_first", [True, False], ids=["before-response", "at-release"])
+def test_a_report_on_the_n_actions_association_is_taken_and_answered(
+        report_first: bool) -> None:
+    taken: list[CommitmentReport] = []
+
+    def take(report: CommitmentReport) -> int:
+        taken.append(report)
+        return dimse.SUCCESS
+
+    answers: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(10)
+        scp = threading.Thread(target=reporting_scp, args=(server, report_first, answers),
+                               daemon=True)
+        scp.start()
+        endpoint = EndpointSettings(name="PACS", aet="PACS", host="127.0.0.1",
+                                    port=server.getsockname()[1], storage_commitment=True)
+        sender = DicomSender(endpoint, DeliverySettings(connect_timeout=5, dimse_timeout=10),
+                             ROUTER_AET, on_report=take)
+        try:
+            references = (SopReference(CT, "1.2.3.1"),)
+            assert sender.request_commitment(CommitmentRequest("2.25.46", references)) is None
+        finally:
+            sender.release()
+        scp.join(10)
+
+    assert answers == [dimse.SUCCESS]
+    assert taken == [CommitmentReport("2.25.46", 1, (SopReference(CT, "1.2.3.1"),), ())]

@@ -8,10 +8,11 @@ connection and the A-ASSOCIATE answer (``connect_timeout``), each PDU's way out
 (``response_timeout``: :class:`NoResponse`). After any of those the association is
 aborted; the caller starts a new one.
 
-An SCP may send an N-EVENT-REPORT-RQ on this association while we wait for a response (a
-Storage Commitment SCP that reports on the N-ACTION's association): its dataset is read,
-handed to ``on_event_report`` (whose status is answered in the N-EVENT-REPORT-RSP), and the
-wait goes on.
+An SCP may send an N-EVENT-REPORT-RQ on this association while we wait for a response or
+for the A-RELEASE-RP (a Storage Commitment SCP that reports on the N-ACTION's association):
+its dataset is read, handed to ``on_event_report`` (whose status is answered in the
+N-EVENT-REPORT-RSP), and the wait goes on. A report sent while the association is idle is
+read at the next wait (the next response, or the release).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class Requestor:
         self.closed = False
         self.on_event_report: EventReportHandler | None = None
         self._incoming: _IncomingReport | None = None
+        self._fragments = bytearray()
         fragment = negotiated.peer_max_pdu - pdus.PDV_HEADER.size
         self.fragment_size = FRAGMENT_CAP if negotiated.peer_max_pdu <= 0 else max(
             1, min(FRAGMENT_CAP, fragment))
@@ -233,26 +235,34 @@ class Requestor:
             await self._send(pdus.p_data(context.context_id, pdus.LAST if last else 0, chunk))
         return await self._response(message_id, CommandField.N_ACTION_RSP, response_timeout)
 
+    async def _commands(self, body: bytes) -> list[Command]:
+        """The complete commands of one P-DATA-TF (a command's fragments may span PDUs);
+        an N-EVENT-REPORT-RQ and its dataset are taken here (answered when complete), a
+        dataset nobody asked for is skipped."""
+        complete: list[Command] = []
+        for pdv in pdus.split_pdvs(body):
+            if not pdv.is_command:
+                await self._report_data(pdv)
+                continue
+            self._fragments += pdv.data
+            if len(self._fragments) > commands.MAX_COMMAND_BYTES:
+                raise ProtocolError("a command set is too long")
+            if not pdv.is_last:
+                continue
+            command = commands.decode(self._fragments)
+            self._fragments.clear()
+            if command.command_field == CommandField.N_EVENT_REPORT_RQ:
+                await self._report_begins(command, pdv.context_id)
+            else:
+                complete.append(command)
+        return complete
+
     async def _response(self, message_id: int, expected: int, timeout: float) -> Response:
-        fragments = bytearray()
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     pdu = await self._read()
-                    for pdv in pdus.split_pdvs(pdu.body):
-                        if not pdv.is_command:
-                            await self._report_data(pdv)
-                            continue  # else: a dataset with a response we do not ask for
-                        fragments += pdv.data
-                        if len(fragments) > commands.MAX_COMMAND_BYTES:
-                            raise ProtocolError("a response command set is too long")
-                        if not pdv.is_last:
-                            continue
-                        command = commands.decode(fragments)
-                        fragments.clear()
-                        if command.command_field == CommandField.N_EVENT_REPORT_RQ:
-                            await self._report_begins(command, pdv.context_id)
-                            continue
+                    for command in await self._commands(pdu.body):
                         if command.command_field != expected or \
                                 command.responded_to != message_id:
                             continue  # not the answer to this request
@@ -335,9 +345,12 @@ class Requestor:
                     pdu = await pdus.read_pdu(self._reader, RESPONSE_PDU_LIMIT)
                     if pdu.type in (PduType.A_RELEASE_RP, PduType.A_ABORT):
                         break
+                    if pdu.type == PduType.P_DATA_TF:  # a report may still come (PS3.8 Sta7)
+                        await self._commands(pdu.body)
                     if pdu.type == PduType.A_RELEASE_RQ:  # release collision (PS3.8 7.2)
                         self._writer.write(pdus.A_RELEASE_RP)
-        except (TimeoutError, OSError, ProtocolError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, ProtocolError, commands.CommandError,
+                asyncio.IncompleteReadError):
             self.abort()
             return
         self.closed = True
