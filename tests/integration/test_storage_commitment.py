@@ -42,10 +42,11 @@ class Deployment:
     orthanc: RunningOrthanc
 
 
-def deploy(orthanc: RunningOrthanc, home: Path) -> Deployment:
+def deploy(orthanc: RunningOrthanc, home: Path, processes: int = 1) -> Deployment:
     """The router with a storage-commitment endpoint for ``orthanc``, pointing at a closed
-    port until :func:`connect`; Orthanc told where the router is."""
-    settings = router_settings([orthanc], None)
+    port until :func:`connect`, receiving in ``processes`` receiver processes (0: in the
+    main one); Orthanc told where the router is."""
+    settings = router_settings([orthanc], None, receiver={"processes": processes})
     endpoint = settings.endpoints[0].model_copy(update={"storage_commitment": True,
                                                         "port": free_port()})
     router = start_router(home, settings.model_copy(update={"endpoints": [endpoint]}))
@@ -64,9 +65,11 @@ def connect(deployment: Deployment) -> None:
                      router.app.core.ruleset)
 
 
-@pytest.fixture
-def committing(orthanc_factory: OrthancFactory, tmp_path: Path) -> Iterator[Deployment]:
-    deployment = deploy(orthanc_factory("ORTHANC1"), tmp_path / "home")
+@pytest.fixture(params=[1, 0], ids=["receiver-process", "main-process"])
+def committing(orthanc_factory: OrthancFactory, tmp_path: Path,
+               request: pytest.FixtureRequest) -> Iterator[Deployment]:
+    """The report reaches a receiver process, or the main process's receiver."""
+    deployment = deploy(orthanc_factory("ORTHANC1"), tmp_path / "home", request.param)
     try:
         yield deployment
     finally:

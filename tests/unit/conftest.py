@@ -1,5 +1,6 @@
 """Fixtures of the unit tests: a ledger (on each backend: a SQLite file in a temporary
-folder, and a database of its own on the session's PostgreSQL server) and a spool."""
+folder, and a database of its own on the session's PostgreSQL server), a spool, and the
+delivery workers and dispatchers a test starts (stopped at teardown)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from tests.support.postgres import PostgresServer
 
+from dde.delivery.dispatcher import Dispatcher, EndpointWorker
 from dde.store.ledger import Ledger
 from dde.store.spool import Spool
 
@@ -56,3 +58,12 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
 @pytest.fixture
 def spool(tmp_path: Path) -> Spool:
     return Spool(tmp_path / "spool")
+
+
+@pytest.fixture
+def workers() -> Iterator[list[EndpointWorker | Dispatcher]]:
+    """Started workers/dispatchers, stopped at teardown even when a test fails."""
+    started: list[EndpointWorker | Dispatcher] = []
+    yield started
+    for item in reversed(started):
+        item.stop()

@@ -4,11 +4,9 @@ request each; per-instance outcomes reach the ledger; a throttle defers the batc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from tests.support.orthanc import wait_until
 from tests.support.stowkit import StowServer, stow_answer
 from tests.support.unitkit import delivery_rows, generated, ingest_to
@@ -26,14 +24,6 @@ from dde.store.states import DeliveryState
 ENDPOINT = EndpointSettings.model_validate(
     {"name": "WEB1", "kind": "dicomweb", "url": "http://pacs.example/dicom-web"})
 POLICY = RetryPolicy(max_attempts=3, base=0.02, cap=0.05)
-
-
-@pytest.fixture
-def workers() -> Iterator[list[EndpointWorker]]:
-    started: list[EndpointWorker] = []
-    yield started
-    for worker in started:
-        worker.stop()
 
 
 def queue_study(ledger: Ledger, spool: Spool, study_uid: str, count: int) -> dict[str, int]:

@@ -82,15 +82,6 @@ def watched_ledger(tmp_path: Path) -> Iterator[WatchedLedger]:
     book.close()
 
 
-@pytest.fixture
-def workers() -> Iterator[list[EndpointWorker | Dispatcher]]:
-    """Started workers/dispatchers, stopped at teardown even when a test fails."""
-    started: list[EndpointWorker | Dispatcher] = []
-    yield started
-    for item in reversed(started):
-        item.stop()
-
-
 def spooled(ledger: Ledger, spool: Spool, destinations: list[str],
             mirrors: list[str] | None = None) -> tuple[int, str, str]:
     """Spool a generated instance and commit it; (instance id, spool path, SOP inst UID)."""
