@@ -11,6 +11,7 @@ from collections.abc import Set as AbstractSet
 from tests.support.unitkit import ingest_to
 
 from dde.delivery.commitment import CommitmentRecorder, plan
+from dde.delivery.retry import RetryPolicy
 from dde.dicom import status as dimse
 from dde.dicom.commitment import (
     CommitmentReport,
@@ -25,6 +26,8 @@ from dde.store.records import DeliveryOutcome, QueuedDelivery
 from dde.store.states import DeliveryState
 
 ENDPOINT = "ORTHANC1"
+POLICY = RetryPolicy(max_attempts=8, base=0.0001, cap=0.0001)
+"""Re-queued deliveries due at once (well, after a tenth of a millisecond)."""
 
 
 def delivered_with_commitment(ledger: Ledger, studies: dict[str, int],
@@ -65,7 +68,7 @@ def test_one_transaction_per_study_pending_until_reported(ledger: Ledger) -> Non
     assert {shown(ledger, item)["commitment"] for item in batch} == {"pending"}
     assert ledger.commitments.counts() == {ENDPOINT: {"pending": 2}}
 
-    recorder = CommitmentRecorder(ledger, max_attempts=8)
+    recorder = CommitmentRecorder(ledger, POLICY)
     assert recorder.report(report_for(commitments[0]), "ORTHANC1") == dimse.SUCCESS
 
     states = [shown(ledger, item)["commitment"] for item in batch]
@@ -113,7 +116,7 @@ def test_attempts_spent_fail_the_delivery(ledger: Ledger) -> None:
 
 def test_a_report_twice_or_for_an_unknown_transaction_changes_nothing(ledger: Ledger) -> None:
     batch, (commitment,) = delivered_with_commitment(ledger, {"1.2.1": 1})
-    recorder = CommitmentRecorder(ledger, 8)
+    recorder = CommitmentRecorder(ledger, POLICY)
     recorder.report(report_for(commitment), "ORTHANC1")
 
     again = report_for(commitment, failed={batch[0].sop_instance_uid})
@@ -126,7 +129,7 @@ def test_a_report_twice_or_for_an_unknown_transaction_changes_nothing(ledger: Le
 
 def test_an_unreported_transaction_expires_and_its_deliveries_go_again(ledger: Ledger) -> None:
     batch, _ = delivered_with_commitment(ledger, {"1.2.1": 1}, now=time.time() - 100)
-    recorder = CommitmentRecorder(ledger, 8)
+    recorder = CommitmentRecorder(ledger, POLICY)
 
     assert recorder.expire(timeout=200) == 0
     assert recorder.expire(timeout=50) == 1
@@ -139,7 +142,7 @@ def test_an_unreported_transaction_expires_and_its_deliveries_go_again(ledger: L
 def test_a_refused_request_fails_the_transaction_at_once(ledger: Ledger) -> None:
     batch, (commitment,) = delivered_with_commitment(ledger, {"1.2.1": 2})
 
-    result = CommitmentRecorder(ledger, 8).fail(commitment.transaction_uid,
+    result = CommitmentRecorder(ledger, POLICY).fail(commitment.transaction_uid,
                                                 "N-ACTION refused: 0x0110")
 
     assert sorted(result.requeued) == sorted(item.id for item in batch)
@@ -190,3 +193,13 @@ def test_deliveries_without_commitment_show_null(ledger: Ledger) -> None:
     assert (found["commitment"], found["commitment_reason"]) == (None, None)
     total, summaries = ledger.operators.search()
     assert total == 1 and summaries[0].deliveries[0].commitment is None
+
+
+def test_a_requeued_delivery_waits_the_backoff(ledger: Ledger) -> None:
+    batch, (commitment,) = delivered_with_commitment(ledger, {"1.2.1": 1})
+    slow = CommitmentRecorder(ledger, RetryPolicy(max_attempts=8, base=100, cap=100))
+
+    slow.fail(commitment.transaction_uid, "N-ACTION refused")
+
+    assert ledger.queue.due(ENDPOINT, time.time() + 10, 10) == []
+    assert [d.id for d in ledger.queue.due(ENDPOINT, time.time() + 101, 10)] == [batch[0].id]

@@ -17,6 +17,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+from dde.config import DeliverySettings
+from dde.delivery.retry import RetryPolicy
 from dde.dicom import status as dimse
 from dde.dicom.commitment import (
     CommitmentReport,
@@ -66,17 +68,25 @@ def request(sender: CommitmentRequester, recorder: CommitmentRecorder,
 
 
 class CommitmentRecorder:
-    """Writes what is learned of commitments to the ledger, and says it in the log."""
+    """Writes what is learned of commitments to the ledger, and says it in the log. A
+    delivery queued again waits the retry policy's backoff (a PACS that refuses every
+    N-ACTION is not sent the instances in a tight loop)."""
 
-    def __init__(self, ledger: Ledger, max_attempts: int) -> None:
+    def __init__(self, ledger: Ledger, policy: RetryPolicy) -> None:
         self._ledger = ledger
-        self.max_attempts = max_attempts
+        self.policy = policy
+
+    @classmethod
+    def of(cls, ledger: Ledger, delivery: DeliverySettings) -> CommitmentRecorder:
+        return cls(ledger, RetryPolicy(delivery.max_attempts, delivery.backoff_base_seconds,
+                                       delivery.backoff_cap_seconds))
 
     def report(self, report: CommitmentReport, calling_aet: str) -> int:
         """An N-EVENT-REPORT; the status to answer (a ledger error: processing failure,
         so the PACS may report again)."""
         try:
-            result = self._ledger.commitments.report(report, self.max_attempts)
+            result = self._ledger.commitments.report(report, self.policy.max_attempts,
+                                                     backoff=self.policy.backoff)
         except LedgerError as exc:
             log.error("a storage commitment report from %s was not recorded: %s",
                       calling_aet, exc)
@@ -90,7 +100,9 @@ class CommitmentRecorder:
         return dimse.SUCCESS
 
     def fail(self, transaction_uid: str, reason: str) -> CommitmentResult:
-        result = self._ledger.commitments.fail(transaction_uid, reason, self.max_attempts)
+        result = self._ledger.commitments.fail(transaction_uid, reason,
+                                               self.policy.max_attempts,
+                                               backoff=self.policy.backoff)
         if result.endpoint is not None:
             self._say(result, transaction_uid)
         return result

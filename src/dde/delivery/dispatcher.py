@@ -214,7 +214,7 @@ class Dispatcher:
     def expire_commitments_once(self) -> int:
         """Fail the storage commitments unreported for too long (their deliveries are sent
         again); how many."""
-        return CommitmentRecorder(self._ledger, self._policy.max_attempts).expire(
+        return CommitmentRecorder(self._ledger, self._policy).expire(
             self._commitment_timeout)
 
     def _janitor_run(self) -> None:

@@ -310,7 +310,7 @@ class EndpointWorker:
         settled.update(outcome.delivery_id for outcome in outcomes)
         if commitments and self._committing is not None:
             commitment.request(self._committing, commitment.CommitmentRecorder(
-                self._ledger, self._policy.max_attempts), commitments)
+                self._ledger, self._policy), commitments)
         self._report(outcomes, received_at)
         if delivered:
             self._loads.note_delivered(self.name, delivered)

@@ -126,7 +126,7 @@ class RouterApp:
                                                                             endpoint.aet))
 
     def _commitment_report(self, report: CommitmentReport, calling_aet: str) -> int:
-        recorder = CommitmentRecorder(self.ledger, self.settings.delivery.max_attempts)
+        recorder = CommitmentRecorder.of(self.ledger, self.settings.delivery)
         return recorder.report(report, calling_aet)
 
     # -- live configuration ------------------------------------------------------------

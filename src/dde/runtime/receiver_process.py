@@ -102,8 +102,7 @@ class ReceiverWorker:
 
     def commitment_report(self, report: CommitmentReport, calling_aet: str) -> int:
         """A storage commitment report that came to this process: into the shared ledger."""
-        recorder = CommitmentRecorder(self.core.ledger,
-                                      self.core.settings.delivery.max_attempts)
+        recorder = CommitmentRecorder.of(self.core.ledger, self.core.settings.delivery)
         return recorder.report(report, calling_aet)
 
     def _apply_changes(self) -> None:

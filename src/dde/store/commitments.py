@@ -7,9 +7,10 @@ A transaction is committed when the destination committed to every instance in i
 delivery is committed when its instance was in the report's Referenced SOP Sequence. A
 delivery whose instance failed (in the Failed SOP Sequence, missing from the report, the
 N-ACTION refused, or no report within the timeout) is *re-queued*: delivered → pending,
-due now, the reason as its last error (one more attempt spent, as any refusal); after
-``max_attempts`` it is failed instead. Its spool file stays while any commitment of the
-instance is pending (:mod:`dde.store.spool_index`), so a re-queued delivery has its bytes.
+due after the caller's ``backoff`` (the retry policy's, by the attempts spent), the reason as
+its last error; once ``max_attempts`` are spent it is failed instead. Its spool file stays
+while any commitment of the instance is pending (:mod:`dde.store.spool_index`), so a
+re-queued delivery has its bytes.
 
 The commitment rows are written in the transaction that records the deliveries as
 delivered (:meth:`~dde.store.queue.DeliveryQueue.record_outcomes`), before the N-ACTION is
@@ -21,7 +22,7 @@ of any node sharing the ledger (the receiver processes write it too).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -34,6 +35,10 @@ class CommitmentState(StrEnum):
     PENDING = "pending"
     COMMITTED = "committed"
     FAILED = "failed"
+
+
+Backoff = Callable[[int], float]
+"""Seconds before a re-queued delivery is due, by the attempts it has spent."""
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,8 @@ class CommitmentBook:
     def __init__(self, database: Backend) -> None:
         self._database = database
 
-    def report(self, report: CommitmentReport, max_attempts: int,
-               now: float | None = None) -> CommitmentResult:
+    def report(self, report: CommitmentReport, max_attempts: int, now: float | None = None,
+               backoff: Backoff | None = None) -> CommitmentResult:
         """Record an N-EVENT-REPORT: each delivery of the transaction committed or failed
         (a failed one re-queued); an unknown or already resolved transaction changes
         nothing (``endpoint`` None)."""
@@ -134,13 +139,13 @@ class CommitmentBook:
                 else:
                     failures[int(delivery_id)] = "the commitment report does not name it"
             self._fail(connection, report.transaction_uid, failures, max_attempts, now,
-                       result)
+                       result, backoff)
             self._close(connection, report.transaction_uid,
                         next(iter(failures.values()), None), now)
         return result
 
     def fail(self, transaction_uid: str, reason: str, max_attempts: int,
-             now: float | None = None) -> CommitmentResult:
+             now: float | None = None, backoff: Backoff | None = None) -> CommitmentResult:
         """The whole transaction failed (the N-ACTION refused or unanswerable): its pending
         deliveries are re-queued with ``reason``."""
         now = time.time() if now is None else now
@@ -153,7 +158,7 @@ class CommitmentBook:
                 "SELECT delivery_id FROM delivery_commitments WHERE transaction_uid = ?"
                 " AND state = 'pending' ORDER BY delivery_id", (transaction_uid,)).fetchall()]
             self._fail(connection, transaction_uid, dict.fromkeys(ids, reason), max_attempts,
-                       now, result)
+                       now, result, backoff)
             self._close(connection, transaction_uid, reason, now)
         return result
 
@@ -202,9 +207,13 @@ class CommitmentBook:
             (state.value, reason, now, delivery_id, transaction_uid))
 
     def _fail(self, connection: Connection, transaction_uid: str, failures: dict[int, str],
-              max_attempts: int, now: float, result: CommitmentResult) -> None:
+              max_attempts: int, now: float, result: CommitmentResult,
+              backoff: Backoff | None) -> None:
         """Mark ``failures`` ({delivery id: reason}) failed and re-queue their deliveries
         (in id order, each delivery row before anything else of it, as the queue does)."""
+        # One draw per attempt count: deliveries failed together are due together (and are
+        # sent again in one batch, under one new transaction).
+        delays: dict[int, float] = {}
         for delivery_id in sorted(failures):
             reason = failures[delivery_id]
             self._resolve(connection, delivery_id, transaction_uid, CommitmentState.FAILED,
@@ -214,13 +223,17 @@ class CommitmentBook:
                                      (delivery_id,)).fetchone()
             if row is None or DeliveryState(row[0]) is not DeliveryState.DELIVERED:
                 continue  # already queued again (or gone): nothing to undo
-            give_up = int(row[1]) >= max_attempts
+            attempts = int(row[1])
+            give_up = attempts >= max_attempts
             state = DeliveryState.FAILED if give_up else DeliveryState.PENDING
             check_commitment_failure(DeliveryState.DELIVERED, state)
+            if backoff is not None and not give_up and attempts not in delays:
+                delays[attempts] = backoff(attempts)
+            due = now + delays.get(attempts, 0.0)
             connection.execute(
                 "UPDATE deliveries SET state = ?, last_error = ?, next_attempt_at = ?,"
                 " updated_at = ?, delivered_at = NULL WHERE id = ?",
-                (state.value, f"storage commitment failed: {reason}", now, now, delivery_id))
+                (state.value, f"storage commitment failed: {reason}", due, now, delivery_id))
             (result.given_up if give_up else result.requeued).append(delivery_id)
 
     @staticmethod
