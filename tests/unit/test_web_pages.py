@@ -203,6 +203,22 @@ def test_a_session_change_made_from_a_page_needs_the_csrf_token_of_its_meta_tag(
     assert 'data-field="state" data-value="draining">draining</span>' in page
 
 
+
+def test_the_endpoints_page_says_which_endpoints_ask_for_storage_commitment(
+        kit: WebKit) -> None:
+    log_in(kit.client)
+    html = kit.client.get("/endpoints").text
+    csrf = re.search(r'<meta name="csrf-token" content="([^"]+)">', html)
+    assert csrf is not None and '<input name="storage_commitment" type="checkbox">' in html
+    changed = kit.client.patch("/api/endpoints/ORTHANC2", json={"storage_commitment": True},
+                               headers={"X-CSRF-Token": csrf.group(1)})
+    assert changed.status_code == 200
+
+    page = kit.client.get("/endpoints").text
+    assert '<td data-field="kind">dicom, commitment</td>' in page
+    assert '<td data-field="kind">dicom</td>' in page  # the others
+
+
 # -- hostile values ----------------------------------------------------------------------
 def test_hostile_values_are_escaped_in_every_server_rendered_page(tmp_path: Path) -> None:
     settings = default_settings(endpoints=[

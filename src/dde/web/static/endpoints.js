@@ -5,7 +5,10 @@
 (() => {
   const table = document.querySelector("#endpoints tbody");
   const template = document.getElementById("row-template");
-  const formatters = { address: (_, e) => `${e.host}:${e.port}` };
+  const formatters = {
+    address: (_, e) => `${e.host}:${e.port}`,
+    kind: (kind, e) => (e.storage_commitment ? `${kind}, commitment` : kind),
+  };
 
   function render(endpoints) {
     const rows = endpoints.map((endpoint) => {
