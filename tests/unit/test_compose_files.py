@@ -6,6 +6,7 @@ installed by ``make test``) validates the Compose file offline."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -77,6 +78,22 @@ def test_every_endpoint_is_a_service_with_its_ae_title_and_ports(
         assert environment["ORTHANC__AUTHENTICATION_ENABLED"] == "false"
 
 
+@pytest.mark.parametrize(("path", "router_host"), [
+    (COMPOSE, "router"), (ROOT / "deploy" / "docker" / "compose-cluster.yaml", "haproxy")])
+def test_every_orthanc_knows_the_router_for_storage_commitment(path: Path,
+                                                             router_host: str) -> None:
+    """Orthanc answers storage commitment only to a modality it lists, and reports to it:
+    the router's AE title and DICOM port, at the service that receives for it."""
+    services = yaml.safe_load(path.read_text())["services"]
+    receiver = router_settings().receiver
+    assert router_host in services
+    for name, service in services.items():
+        if not str(service.get("image", "")).startswith("orthancteam/orthanc:"):
+            continue
+        modalities = json.loads(service["environment"]["ORTHANC__DICOM_MODALITIES"])
+        assert modalities == {"router": [receiver.ae_title, router_host, receiver.port]}, name
+
+
 def test_the_state_is_kept_in_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
     named = set(compose["volumes"])
@@ -127,8 +144,11 @@ def test_the_cluster_is_the_reference_stack_with_two_nodes_postgresql_and_haprox
     services = cluster["services"]
 
     assert set(services) == ORTHANCS | NODES | {"postgres", "haproxy"}
-    for name in ORTHANCS:  # the same PACS as the single-node deployment
-        assert services[name]["environment"] == compose["services"][name]["environment"]
+    for name in ORTHANCS:  # the same PACS as the single-node deployment (the router is
+        # reached through HAProxy: see test_every_orthanc_knows_the_router_…)
+        here, there = (dict(s[name]["environment"]) for s in (services, compose["services"]))
+        here.pop("ORTHANC__DICOM_MODALITIES"), there.pop("ORTHANC__DICOM_MODALITIES")
+        assert here == there
         assert services[name]["ports"] == compose["services"][name]["ports"]
     assert set(services["haproxy"]["ports"]) == {"11113:11113", "8080:8080"}
     assert not any("ports" in services[name] for name in NODES)  # only through HAProxy
