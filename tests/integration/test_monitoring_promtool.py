@@ -24,7 +24,7 @@ def test_the_alert_rules_are_valid() -> None:
     result = promtool("check", "rules", "alerts.yml")
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout + result.stderr
 
 
 def test_each_alert_fires_on_its_series_and_not_on_healthy_ones() -> None:

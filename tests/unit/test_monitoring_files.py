@@ -69,7 +69,8 @@ def test_the_alerts_cover_what_an_operator_must_hear_about() -> None:
 
     assert set(by_name) == {"DdeNodeDown", "DdeDeliveriesStuck", "DdeDeliveriesFailed",
                             "DdeBreakerOpen", "DdeEndpointDown", "DdeInstancesRefused",
-                            "DdeLeasesTakenOver", "DdeSpoolNearlyFull"}
+                            "DdeLeasesTakenOver", "DdeSpoolNearlyFull",
+                            "DdeCommitmentsFailing"}
     for name, rule in by_name.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert rule["annotations"]["summary"], name
