@@ -10,12 +10,16 @@ from click.testing import CliRunner, Result
 from tests.support.unitkit import delivery_rows, ingest_to
 
 from dde.cli import main
+from dde.dicom.commitment import CommitmentReport, FailedReference, SopReference
+from dde.store.commitments import CommitmentItem, NewCommitment
 from dde.store.ledger import Ledger
 from dde.store.records import DeliveryOutcome
 from dde.store.states import DeliveryState
 
 UID_DONE = "1.2.826.0.1.3680043.10.1"
 UID_WAITING = "1.2.826.0.1.3680043.10.2"
+UID_COMMITTED = "1.2.826.0.1.3680043.10.3"
+UID_LOST = "1.2.826.0.1.3680043.10.4"
 
 
 @pytest.fixture
@@ -92,6 +96,34 @@ def test_where_as_a_table(home: Path) -> None:
     assert result.exit_code == 0, result.output
     assert UID_DONE in result.stdout
     assert "PROBE" in result.stdout and "0x0122 not supported" in result.stdout
+
+
+def test_where_shows_the_storage_commitment_and_why_it_failed(home: Path) -> None:
+    ledger = Ledger(home / "dde.sqlite3")
+    try:
+        committed = ingest_to(ledger, ["C"], sop_instance_uid=UID_COMMITTED)
+        lost = ingest_to(ledger, ["C"], sop_instance_uid=UID_LOST)
+        ids = [delivery_rows(ledger, i)["C"][0] for i in (committed, lost)]
+        items = tuple(CommitmentItem(i, "1.2.840.10008.5.1.4.1.1.2", uid)
+                      for i, uid in zip(ids, (UID_COMMITTED, UID_LOST), strict=True))
+        ledger.queue.record_outcomes(
+            [DeliveryOutcome(i, DeliveryState.DELIVERED) for i in ids],
+            commitments=[NewCommitment("2.25.9", "C", items)])
+        ledger.commitments.report(CommitmentReport(
+            "2.25.9", 2, (SopReference(items[0].sop_class_uid, UID_COMMITTED),),
+            (FailedReference(SopReference(items[1].sop_class_uid, UID_LOST), 0x0112),)), 8)
+    finally:
+        ledger.close()
+
+    assert json.loads(run(home, "where", UID_COMMITTED, "--json").stdout)["deliveries"][0][
+        "commitment"] == "committed"
+    (lost_delivery,) = json.loads(run(home, "where", UID_LOST, "--json").stdout)["deliveries"]
+    assert (lost_delivery["state"], lost_delivery["commitment"]) == ("pending", "failed")
+    table = run(home, "where", UID_LOST).stdout
+    assert "commitment" in table and "failed: the destination did not commit" in " ".join(
+        table.split())
+    assert json.loads(run(home, "where", UID_DONE, "--json").stdout)["deliveries"][0][
+        "commitment"] is None
 
 
 def test_where_of_an_unknown_uid_is_an_error_without_traceback(home: Path) -> None:
