@@ -203,3 +203,16 @@ def test_a_requeued_delivery_waits_the_backoff(ledger: Ledger) -> None:
 
     assert ledger.queue.due(ENDPOINT, time.time() + 10, 10) == []
     assert [d.id for d in ledger.queue.due(ENDPOINT, time.time() + 101, 10)] == [batch[0].id]
+
+
+def test_a_delivery_moved_to_another_endpoint_shows_no_commitment_of_the_old_one(
+        ledger: Ledger) -> None:
+    batch, (commitment,) = delivered_with_commitment(ledger, {"1.2.1": 1})
+    ledger.commitments.report(report_for(commitment, failed={batch[0].sop_instance_uid}), 8)
+    assert shown(ledger, batch[0])["commitment"] == "failed"
+
+    ledger.moves.redirect_all(ENDPOINT, "ORTHANC2", "removed")
+
+    moved = shown(ledger, batch[0])
+    assert (moved["endpoint"], moved["commitment"]) == ("ORTHANC2", None)
+    assert [h.endpoint for h in ledger.commitments.history(batch[0].id)] == [ENDPOINT]

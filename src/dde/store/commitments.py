@@ -64,6 +64,8 @@ class DeliveryCommitment:
     state: CommitmentState
     reason: str | None
     transaction_uid: str
+    endpoint: str
+    """Whom it was asked of (a delivery moved to another endpoint keeps its history)."""
 
 
 @dataclass
@@ -94,15 +96,19 @@ def write_requests(connection: Connection, requests: Sequence[NewCommitment],
 
 def latest_commitments(connection: Connection,
                        delivery_ids: Iterable[int]) -> dict[int, DeliveryCommitment]:
-    """The latest commitment of each of ``delivery_ids`` that has one (``dde where``)."""
+    """The latest commitment of each of ``delivery_ids`` that has one (``dde where``), and
+    whom it was asked of."""
     ids = sorted(set(delivery_ids))
     if not ids:
         return {}
     rows = connection.execute(
-        "SELECT delivery_id, state, reason, transaction_uid FROM delivery_commitments"
-        f" WHERE delivery_id IN ({', '.join('?' * len(ids))})"
-        " ORDER BY requested_at, transaction_uid", ids).fetchall()
-    return {int(d): DeliveryCommitment(CommitmentState(s), r, str(t)) for d, s, r, t in rows}
+        "SELECT d.delivery_id, d.state, d.reason, d.transaction_uid, c.endpoint"
+        " FROM delivery_commitments d JOIN commitments c"
+        " ON c.transaction_uid = d.transaction_uid"
+        f" WHERE d.delivery_id IN ({', '.join('?' * len(ids))})"
+        " ORDER BY d.requested_at, d.transaction_uid", ids).fetchall()
+    return {int(d): DeliveryCommitment(CommitmentState(s), r, str(t), str(e))
+            for d, s, r, t, e in rows}
 
 
 @database_errors_as_ledger_errors
@@ -176,10 +182,13 @@ class CommitmentBook:
     def history(self, delivery_id: int) -> list[DeliveryCommitment]:
         """Every commitment of one delivery, oldest first."""
         rows = self._database.connection().execute(
-            "SELECT state, reason, transaction_uid FROM delivery_commitments"
-            " WHERE delivery_id = ? ORDER BY requested_at, transaction_uid",
+            "SELECT d.state, d.reason, d.transaction_uid, c.endpoint"
+            " FROM delivery_commitments d JOIN commitments c"
+            " ON c.transaction_uid = d.transaction_uid"
+            " WHERE d.delivery_id = ? ORDER BY d.requested_at, d.transaction_uid",
             (delivery_id,)).fetchall()
-        return [DeliveryCommitment(CommitmentState(s), r, str(t)) for s, r, t in rows]
+        return [DeliveryCommitment(CommitmentState(s), r, str(t), str(e))
+                for s, r, t, e in rows]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Transactions per endpoint and state (the metric)."""

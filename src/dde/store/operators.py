@@ -205,10 +205,11 @@ class OperatorQueries:
 
 
 def _with_commitments(connection: Connection, deliveries: Sequence[DeliveryRecord]) -> None:
-    """Fill in each delivery's latest storage commitment."""
+    """Fill in each delivery's latest storage commitment, when it was asked of the
+    delivery's endpoint (one moved elsewhere since shows none)."""
     latest = latest_commitments(connection, (d.id for d in deliveries))
     for delivery in deliveries:
         found = latest.get(delivery.id)
-        if found is not None:
+        if found is not None and found.endpoint == delivery.endpoint:
             delivery.commitment = found.state.value
             delivery.commitment_reason = found.reason
