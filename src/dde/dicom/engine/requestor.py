@@ -334,8 +334,9 @@ class Requestor:
         raise ProtocolError(f"unexpected {PduType(pdu.type).name} from the acceptor")
 
     async def release(self, timeout: float) -> None:
-        """A-RELEASE-RQ and wait for A-RELEASE-RP (anything else in between is ignored);
-        abort when the acceptor does not answer in time. Never raises for a broken peer."""
+        """A-RELEASE-RQ and wait for A-RELEASE-RP (an N-EVENT-REPORT in between is taken
+        and answered, anything else ignored); abort when the acceptor does not answer in
+        time. Never raises for a broken peer."""
         if self.closed:
             return
         try:
