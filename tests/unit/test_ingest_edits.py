@@ -12,7 +12,7 @@ from typing import Any
 from pydicom import dcmread
 from tests.support.orthanc import wait_until
 from tests.support.unitkit import FakeSender, endpoint, generated, load_book, part10_bytes
-from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher, workers  # noqa: F401
+from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher
 from tests.unit.test_streamed_ingest import incoming_for
 
 from dde.config import RoutingSettings
