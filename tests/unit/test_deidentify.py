@@ -340,3 +340,15 @@ print(out.file_meta.TransferSyntaxUID, out.PixelData == ds.PixelData, out.Patien
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["1.2.840.10008.1.2.8.1", "True", "YES"]
+
+
+def test_what_cannot_be_deidentified_is_held_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dde.dicom.deidentify as engine
+
+    def broken(self: object, value: str) -> str:
+        raise UnicodeDecodeError("ascii", b"\xff", 0, 1, "Doe^John is not ascii")
+
+    monkeypatch.setattr(engine._Run, "uid", broken)
+    held = deidentify(bundled("CT_small.dcm"), Profile(SALT))
+    assert isinstance(held, HeldBack)
+    assert held.reason == "held back: cannot de-identify (UnicodeDecodeError)"

@@ -33,7 +33,8 @@ the table leaves it to the implementation:
   Modified (UNMODIFIED, MODIFIED or REMOVED).
 
 An instance marked Burned In Annotation YES is held back (pixels are not cleaned here)
-unless the profile allows it.
+unless the profile allows it; so is one whose elements cannot be decoded (fail closed: the
+reason names the error's type, never a value).
 """
 
 from __future__ import annotations
@@ -204,13 +205,18 @@ def deidentify(dataset: Dataset, profile: Profile,
     if str(dataset.get("BurnedInAnnotation", "")).strip().upper() == "YES" \
             and not profile.allow_burned_in:
         return HeldBack(BURNED_IN_REASON)
-    run = _Run(profile, table or load_table(), str(dataset.get("PatientID", "") or ""))
-    out = copy.deepcopy(dataset)
-    run.dataset(out, "")
-    meta = getattr(out, "file_meta", None)
-    if meta is not None and MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
-        run.element(meta, meta[MEDIA_STORAGE_SOP_INSTANCE_UID], "")
-    _mark(out, profile)
+    table = table or load_table()
+    try:
+        run = _Run(profile, table, str(dataset.get("PatientID", "") or ""))
+        out = copy.deepcopy(dataset)  # bytes are shared, not copied: pixel data cost nothing
+        run.dataset(out, "")
+        meta = getattr(out, "file_meta", None)
+        if meta is not None and MEDIA_STORAGE_SOP_INSTANCE_UID in meta:
+            run.element(meta, meta[MEDIA_STORAGE_SOP_INSTANCE_UID], "")
+        _mark(out, profile)
+    except Exception as exc:  # fail closed: what cannot be de-identified is not sent
+        # The exception's type only: pydicom's messages may quote a value.
+        return HeldBack(f"held back: cannot de-identify ({type(exc).__name__})")
     return Deidentified(out, tuple(run.actions))
 
 
