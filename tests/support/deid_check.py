@@ -5,7 +5,8 @@ table's code is under the profile's options, and whether the output shows that a
 The choices the table leaves open are restated here from docs/deidentification.md: a
 compound code takes its last alternative; C is a whole-day date shift of DA/DT (times kept)
 under Modified Dates and the Basic Profile's code otherwise; Patient ID's dummy is the keyed
-pseudonym.
+pseudonym; private attributes are removed unless the profile lists them as safe (with their
+creators).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dde.dicom.deid_table import ConfidentialityTable, DeidOption, TableRow
 from dde.dicom.deidentify import (
     DUMMY_VALUES,
     Profile,
+    SafePrivate,
     date_shift_days,
     patient_pseudonym,
     uid_for,
@@ -86,13 +88,29 @@ class TableCheck:
         for elem in original:
             if top and int(elem.tag) in MARKS:
                 continue
-            self.element(elem, output, f"{path}{elem.tag}")
+            self.element(elem, output, f"{path}{elem.tag}", original)
 
     def fail(self, where: str, elem: DataElement, what: str) -> None:
         self.problems.append(f"{where} {elem.keyword or 'private'}: {what}")
 
-    def element(self, elem: DataElement, output: Dataset, where: str) -> None:
+    def safe(self, elem: DataElement, original: Dataset) -> bool:
+        """Listed in the profile's safe private attributes (or their creator)."""
+        group, element = elem.tag.group, elem.tag.element
+        listed = self.profile.safe_private
+        if 0x10 <= element <= 0xFF:
+            return any((p.creator, p.group) == (str(elem.value), group) for p in listed)
+        creator = original.get((group << 16) | (element >> 8)) if element >= 0x1000 else None
+        return creator is not None and SafePrivate(str(creator.value), group,
+                                                   element & 0xFF) in listed
+
+    def element(self, elem: DataElement, output: Dataset, where: str,
+                original: Dataset) -> None:
         out = output.get(elem.tag)
+        if elem.tag.is_private and self.safe(elem, original):
+            self.count("K")
+            if out is None or out.value != elem.value:
+                self.fail(where, elem, "a listed safe private attribute not kept as it was")
+            return
         if elem.tag.is_private or elem.tag.element == 0:
             self.count("X")
             if out is not None:

@@ -27,10 +27,12 @@ from dde.dicom.deidentify import (
     HeldBack,
     OptionError,
     Profile,
+    SafePrivate,
     date_shift_days,
     deidentify,
     encode_part10,
     parse_options,
+    parse_safe_private,
     uid_for,
 )
 
@@ -38,8 +40,12 @@ SALT = b"unit-test-salt"
 BUNDLED = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm",
            "test-SR.dcm", "rtstruct.dcm", "waveform_ecg.dcm", "examples_overlay.dcm",
            "nested_priv_SQ.dcm", "image_dfl.dcm", "reportsi.dcm", "liver_1frame.dcm"]
-PROFILES = [Profile(SALT)] + [Profile(SALT, frozenset({o}))
-                              for o in sorted(SUPPORTED_OPTIONS, key=lambda o: o.value)]
+SAFE = frozenset({SafePrivate("GEMS_PARM_01", 0x0043, 0x10)})
+TABLE_OPTIONS = sorted(SUPPORTED_OPTIONS - {DeidOption.RETAIN_SAFE_PRIVATE},
+                       key=lambda o: o.value)
+"""The options with a column of public attributes (Retain Safe Private's is the private row)."""
+PROFILES = [Profile(SALT)] + [Profile(SALT, frozenset({o})) for o in TABLE_OPTIONS] + [
+    Profile(SALT, frozenset({DeidOption.RETAIN_SAFE_PRIVATE}), safe_private=SAFE)]
 SAMPLE = {"AE": "STATION1", "AS": "045Y", "CS": "VALUE", "DA": "20200102", "DS": "1.5",
           "DT": "20200102101010", "IS": "5", "LO": "Some value", "LT": "Some text",
           "PN": "Doe^John", "SH": "SHORT", "ST": "Some text", "TM": "101010",
@@ -136,16 +142,15 @@ def test_every_table_attribute_gets_its_action(generated: Dataset, profile: Prof
 
 
 @pytest.mark.parametrize("name", BUNDLED)
-@pytest.mark.parametrize("profile", PROFILES[:1] + PROFILES[-2:], ids=["basic", "full-dates",
-                                                                      "modified-dates"])
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: "+".join(
+    sorted(o.value for o in p.options)) or "basic")
 def test_bundled_files_follow_the_table(name: str, profile: Profile) -> None:
     original = bundled(name)
     checked = check(original, profile)
     assert checked.problems == []
 
 
-@pytest.mark.parametrize("option", sorted(SUPPORTED_OPTIONS, key=lambda o: o.value),
-                         ids=lambda o: o.value)
+@pytest.mark.parametrize("option", TABLE_OPTIONS, ids=lambda o: o.value)
 def test_an_option_changes_exactly_its_column(generated: Dataset, option: DeidOption) -> None:
     basic = {a.path: a.code for a in done(deidentify(generated, Profile(SALT))).actions}
     with_option = {a.path: a.code
@@ -220,6 +225,20 @@ def test_private_attributes_are_removed_with_their_creators() -> None:
     assert any(e.tag.is_private for e in walk(original))
     out = done(deidentify(original, Profile(SALT))).dataset
     assert not any(e.tag.is_private for e in walk(out))
+
+
+def test_listed_safe_private_attributes_are_kept_with_their_creator() -> None:
+    original = bundled("CT_small.dcm")
+    safe = frozenset({parse_safe_private("GEMS_PARM_01 (0043,xx10)"),
+                      parse_safe_private("GEMS_ACQU_01 (0019,xxFF)")})  # not in the file
+    profile = Profile(SALT, frozenset({DeidOption.RETAIN_SAFE_PRIVATE}), safe_private=safe)
+    out = done(deidentify(original, profile)).dataset
+    kept = sorted(str(e.tag) for e in walk(out) if e.tag.is_private)
+    assert kept == ["(0019,0010)", "(0043,0010)", "(0043,1010)"]
+    assert out[0x00431010].value == original[0x00431010].value
+    assert ("113111", "DCM") in [(i.CodeValue, i.CodingSchemeDesignator)
+                                 for i in out.DeidentificationMethodCodeSequence]
+    assert check(original, profile).problems == []
 
 
 def test_the_method_is_recorded() -> None:
@@ -308,8 +327,16 @@ def test_options_parse_and_refuse_with_the_valid_names() -> None:
         DeidOption.RETAIN_UIDS, DeidOption.RETAIN_LONGITUDINAL_DATES}
     with pytest.raises(OptionError, match="unknown option 'retain-everything'.*retain-uids"):
         parse_options(["retain-everything"])
-    with pytest.raises(OptionError, match="'retain-safe-private' is not offered.*E.3.10-1"):
-        parse_options(["retain-safe-private"])
+    with pytest.raises(OptionError, match="'clean-graphics' is not offered"):
+        parse_options(["clean-graphics"])
+    with pytest.raises(OptionError, match="none is listed.*E.3.10-1"):
+        Profile(SALT, frozenset({DeidOption.RETAIN_SAFE_PRIVATE}))
+    with pytest.raises(OptionError, match="used with the option retain-safe-private"):
+        Profile(SALT, safe_private=frozenset({parse_safe_private("X (0043,xx39)")}))
+    assert parse_safe_private(" GEMS_PARM_01 (0043,xx39) ") == SafePrivate(
+        "GEMS_PARM_01", 0x0043, 0x39)
+    with pytest.raises(OptionError, match="odd group"):
+        parse_safe_private("GEMS_PARM_01 (0042,xx39)")
     with pytest.raises(OptionError, match="exclude each other"):
         parse_options(["retain-longitudinal-dates", "retain-longitudinal-modified-dates"])
     with pytest.raises(OptionError):

@@ -11,7 +11,7 @@ import pytest
 
 from dde.config.secrets import SecretError, read_secret, secret_variable
 from dde.dicom.deid_table import DeidOption
-from dde.dicom.deidentify import Profile
+from dde.dicom.deidentify import Profile, SafePrivate
 from dde.routing.deidentify_action import (
     DeidentifyAction,
     load_profile,
@@ -57,6 +57,11 @@ def test_a_valid_action_parses() -> None:
         salt_secret="research")
     assert parse_deidentify({"salt_secret": "r", "allow_burned_in": True}) == \
         DeidentifyAction(options=frozenset(), salt_secret="r", allow_burned_in=True)
+    safe = parse_deidentify({"salt_secret": "r", "options": ["retain-safe-private"],
+                             "safe_private": ["GEMS_PARM_01 (0043,xx39)"]})
+    assert isinstance(safe, DeidentifyAction)
+    assert safe.safe_private == {SafePrivate("GEMS_PARM_01", 0x0043, 0x39)}
+    assert safe.profile(b"salt").safe_private == safe.safe_private
 
 
 @pytest.mark.parametrize(("value", "message"), [
@@ -67,6 +72,11 @@ def test_a_valid_action_parses() -> None:
     ({"salt_secret": "r", "options": ["retain-all"]}, "unknown option 'retain-all'.*valid: "
                                                       "retain-device-identity"),
     ({"salt_secret": "r", "options": ["clean-descriptors"]}, "not offered"),
+    ({"salt_secret": "r", "options": ["retain-safe-private"]}, "none is listed"),
+    ({"salt_secret": "r", "safe_private": ["GEMS (0043,xx39)"]}, "used with the option"),
+    ({"salt_secret": "r", "options": ["retain-safe-private"], "safe_private": ["(0043,1039)"]},
+     "CREATOR \\(gggg,xxyy\\)"),
+    ({"salt_secret": "r", "safe_private": "GEMS (0043,xx39)"}, "safe_private is a list"),
     ({"options": []}, "salt_secret names the secret"),
     ({"salt_secret": "a/b"}, "salt_secret names the secret"),
     ({"salt_secret": "r", "allow_burned_in": "yes"}, "true or false"),

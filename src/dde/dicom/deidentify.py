@@ -25,8 +25,10 @@ the table leaves it to the implementation:
   the salt and the patient's original ID, the same shift for every instance of a patient;
   times stay. Any other C (free text, AE titles) is done as the Basic Profile's action:
   removing more than the option allows is never less private.
-- **Private attributes** are removed; Retain Safe Private is not offered (no library ships
-  the standard's list of safe private attributes, Table E.3.10-1).
+- **Private attributes** are removed. No library ships the standard's list of safe private
+  attributes (Table E.3.10-1), so Retain Safe Private keeps only those the profile lists
+  (:class:`SafePrivate`: private creator, group, element offset), the operator's word, as
+  they are; their private creators stay with them.
 - **Group lengths** (gggg,0000) are removed: they would be wrong after the edits.
 - Added: Patient Identity Removed YES, De-identification Method (the code meanings),
   De-identification Method Code Sequence (CID 7050), Longitudinal Temporal Information
@@ -43,11 +45,12 @@ import copy
 import datetime
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom import dcmwrite
 from pydicom.dataelem import DataElement
@@ -68,14 +71,12 @@ from dde.dicom.deid_table import (
 )
 
 SUPPORTED_OPTIONS = frozenset({
-    DeidOption.RETAIN_UIDS, DeidOption.RETAIN_DEVICE_IDENTITY,
+    DeidOption.RETAIN_SAFE_PRIVATE, DeidOption.RETAIN_UIDS, DeidOption.RETAIN_DEVICE_IDENTITY,
     DeidOption.RETAIN_INSTITUTION_IDENTITY, DeidOption.RETAIN_PATIENT_CHARACTERISTICS,
     DeidOption.RETAIN_LONGITUDINAL_DATES, DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES,
 })
 """The options carried out; the others are refused with :data:`NOT_OFFERED`'s reason."""
 NOT_OFFERED: dict[DeidOption, str] = {
-    DeidOption.RETAIN_SAFE_PRIVATE: "no library ships the standard's list of safe private "
-                                    "attributes (PS3.15 Table E.3.10-1)",
     DeidOption.CLEAN_DESCRIPTORS: "free text is not cleaned here (its attributes are "
                                   "removed or emptied as the Basic Profile says)",
     DeidOption.CLEAN_STRUCTURED_CONTENT: "structured report content items are not cleaned",
@@ -128,19 +129,61 @@ def parse_options(names: Iterable[str]) -> frozenset[DeidOption]:
     return frozenset(chosen)
 
 
+class SafePrivate(NamedTuple):
+    """A private attribute known to be safe, as PS3.15 E.3.10 names one: its private
+    creator, its (odd) group and its element offset in the creator's block (the ``yy`` of
+    ``(gggg,xxyy)``). Written ``"GEMS_PARM_01 (0043,xx39)"``."""
+
+    creator: str
+    group: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.creator} ({self.group:04X},xx{self.offset:02X})"
+
+
+_SAFE_PRIVATE = re.compile(r"^(\S.*?)\s*\(([0-9A-Fa-f]{4}),xx([0-9A-Fa-f]{2})\)$")
+
+
+def parse_safe_private(text: str) -> SafePrivate:
+    """``"CREATOR (gggg,xxyy)"``; :class:`OptionError` when it is not that or the group is
+    not private (odd)."""
+    match = _SAFE_PRIVATE.match(text.strip())
+    if match is None or int(match[2], 16) % 2 == 0 or int(match[2], 16) < 9:
+        raise OptionError(f"safe private attribute {text!r}: write it 'CREATOR (gggg,xxyy)' "
+                          "with an odd group, e.g. 'GEMS_PARM_01 (0043,xx39)'")
+    return SafePrivate(match[1], int(match[2], 16), int(match[3], 16))
+
+
 @dataclass(frozen=True)
 class Profile:
     """What one route's de-identification does: the Basic Profile, the options, the salt
-    (never shown: ``repr`` leaves it out) and whether burned-in annotation may pass."""
+    (never shown: ``repr`` leaves it out), the private attributes Retain Safe Private keeps
+    and whether burned-in annotation may pass."""
 
     salt: bytes = field(repr=False)
     options: frozenset[DeidOption] = frozenset()
     allow_burned_in: bool = False
+    safe_private: frozenset[SafePrivate] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.salt:
             raise ValueError("the de-identification salt is empty")
         parse_options(o.value for o in self.options)
+        check_safe_private(self.options, self.safe_private)
+
+
+def check_safe_private(options: frozenset[DeidOption],
+                       safe_private: frozenset[SafePrivate]) -> None:
+    """Retain Safe Private and a list of safe private attributes go together."""
+    retains = DeidOption.RETAIN_SAFE_PRIVATE in options
+    if retains and not safe_private:
+        raise OptionError(f"{DeidOption.RETAIN_SAFE_PRIVATE.value} keeps the private "
+                          "attributes listed in safe_private, and none is listed (no "
+                          "library ships PS3.15 Table E.3.10-1)")
+    if safe_private and not retains:
+        raise OptionError("safe_private is used with the option "
+                          f"{DeidOption.RETAIN_SAFE_PRIVATE.value}")
 
 
 @dataclass(frozen=True)
@@ -257,6 +300,8 @@ class _Run:
         self.shift = (date_shift_days(patient_id, profile.salt)
                       if DeidOption.RETAIN_LONGITUDINAL_MODIFIED_DATES in profile.options
                       else None)
+        self.safe = profile.safe_private
+        self.safe_creators = frozenset((p.creator, p.group) for p in self.safe)
         self.uids: dict[str, str] = {}
         self.actions: list[ElementAction] = []
 
@@ -274,8 +319,10 @@ class _Run:
     def element(self, dataset: Dataset, elem: DataElement, path: str) -> None:
         where = path + _tag_text(elem.tag)
         if elem.tag.is_private:
-            del dataset[elem.tag]
-            self.actions.append(ElementAction(where, "", "X"))
+            kept = self.safe and self.safe_private(dataset, elem)
+            if not kept:
+                del dataset[elem.tag]
+            self.actions.append(ElementAction(where, "", "K" if kept else "X"))
             return
         if elem.tag.element == 0:
             del dataset[elem.tag]
@@ -287,6 +334,16 @@ class _Run:
             return
         code = self.code(row, elem)
         self.apply(dataset, elem, code, where, row)
+
+    def safe_private(self, dataset: Dataset, elem: DataElement) -> bool:
+        """A listed private attribute, or the private creator of a listed one."""
+        group, element = elem.tag.group, elem.tag.element
+        if 0x0010 <= element <= 0x00FF:
+            return (str(elem.value).strip(), group) in self.safe_creators
+        creator = dataset.get(BaseTag((group << 16) | (element >> 8))) \
+            if element >= 0x1000 else None
+        return creator is not None and SafePrivate(
+            str(creator.value).strip(), group, element & 0xFF) in self.safe
 
     def code(self, row: TableRow, elem: DataElement) -> str:
         code = row.code(self.columns)

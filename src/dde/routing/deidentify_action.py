@@ -9,6 +9,9 @@
     continue: true
 ```
 
+``retain-safe-private`` takes the list of private attributes known to be safe
+(``safe_private: ["GEMS_PARM_01 (0043,xx39)"]``): no library ships the standard's.
+
 The rules parser owns line numbers: :func:`parse_deidentify` returns the message of what is
 wrong (to be raised with the rule's line), or the action. The salt is read apart
 (:func:`load_profile`), when the rules are applied, from a named secret
@@ -24,10 +27,17 @@ from pathlib import Path
 
 from dde.config.secrets import SecretError, read_secret, valid_secret_name
 from dde.dicom.deid_table import DeidOption
-from dde.dicom.deidentify import OptionError, Profile, parse_options
+from dde.dicom.deidentify import (
+    OptionError,
+    Profile,
+    SafePrivate,
+    check_safe_private,
+    parse_options,
+    parse_safe_private,
+)
 
 PROFILES = ("basic",)
-KEYS = ("profile", "options", "salt_secret", "allow_burned_in")
+KEYS = ("profile", "options", "salt_secret", "allow_burned_in", "safe_private")
 
 
 @dataclass(frozen=True)
@@ -38,14 +48,17 @@ class DeidentifyAction:
     salt_secret: str
     allow_burned_in: bool = False
     profile_name: str = "basic"
+    safe_private: frozenset[SafePrivate] = frozenset()
 
     def profile(self, salt: bytes) -> Profile:
-        return Profile(salt=salt, options=self.options, allow_burned_in=self.allow_burned_in)
+        return Profile(salt=salt, options=self.options, allow_burned_in=self.allow_burned_in,
+                       safe_private=self.safe_private)
 
 
 def parse_deidentify(value: object) -> DeidentifyAction | str:
-    """``{profile: basic, options: [...], salt_secret: NAME, allow_burned_in: false}``; a
-    message starting ``deidentify:`` when it is not valid."""
+    """``{profile: basic, options: [...], salt_secret: NAME, allow_burned_in: false,
+    safe_private: ["CREATOR (gggg,xxyy)", ...]}`` (the last with ``retain-safe-private``
+    only); a message starting ``deidentify:`` when it is not valid."""
     if not isinstance(value, Mapping):
         return "deidentify: a mapping {profile: basic, options: [...], salt_secret: NAME}"
     unknown = sorted(str(k) for k in value if k not in KEYS)
@@ -59,8 +72,13 @@ def parse_deidentify(value: object) -> DeidentifyAction | str:
         names = []
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return "deidentify: options is a list of option names"
+    listed = value.get("safe_private", [])
+    if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+        return "deidentify: safe_private is a list like ['GEMS_PARM_01 (0043,xx39)']"
     try:
         options = parse_options(names)
+        safe = frozenset(parse_safe_private(text) for text in listed)
+        check_safe_private(options, safe)
     except OptionError as exc:
         return f"deidentify: {exc}"
     secret = value.get("salt_secret")
@@ -72,7 +90,7 @@ def parse_deidentify(value: object) -> DeidentifyAction | str:
     if not isinstance(allow, bool):
         return "deidentify: allow_burned_in takes true or false"
     return DeidentifyAction(options=options, salt_secret=secret, allow_burned_in=allow,
-                            profile_name=str(profile))
+                            profile_name=str(profile), safe_private=safe)
 
 
 def load_profile(action: DeidentifyAction, home: Path,
