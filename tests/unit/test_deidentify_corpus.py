@@ -26,6 +26,8 @@ CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "pub
 if not (CORPUS / "manifest.csv").is_file():
     pytest.skip(f"no public corpus at {CORPUS}", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # 4-12 s on the shared 2-core machine
+
 SALT = b"corpus-salt"
 PROFILES = {
     "basic": Profile(SALT, allow_burned_in=True),
