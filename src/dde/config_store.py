@@ -48,7 +48,13 @@ from dde.config import (
     settings_to_yaml,
 )
 from dde.config.yaml_rewrite import rewrite_yaml
-from dde.routing.rules import RulesError, RuleSet, default_ruleset, parse_rules
+from dde.routing.rules import (
+    RulesError,
+    RuleSet,
+    check_secrets,
+    default_ruleset,
+    parse_rules,
+)
 from dde.shared_config import (
     Endpoints,
     SharedConfig,
@@ -360,7 +366,8 @@ class ConfigStore:
         """Validate ``text`` against the configured endpoints and make it the active rules
         (``receiver``: that receiver's own rules file).
 
-        Raises :class:`RulesError` (with the line) and leaves the old rules in place.
+        Raises :class:`RulesError` (with the line) and leaves the old rules in place; so
+        does a ``salt_secret`` this node cannot read (the others read theirs when used).
         Shared mode: the rules go to the database (one transaction), then to this node's
         ``rules.yaml``; a receiver's own rules file is always this node's.
         """
@@ -374,6 +381,7 @@ class ConfigStore:
 
                 def edit(endpoints: Endpoints) -> str:
                     checked.append(parse_rules(text, *names_and_groups(endpoints)))
+                    check_secrets(checked[-1], self.home.root, os.environ)
                     return text
 
                 shared.change_rules(edit, self._own_copy)
@@ -382,6 +390,7 @@ class ConfigStore:
             settings = self.settings()
             ruleset = parse_rules(text, [e.name for e in settings.endpoints],
                                   {g for e in settings.endpoints for g in e.groups})
+            check_secrets(ruleset, self.home.root, os.environ)
             _write_atomically(self.rules_path, text)
             return ruleset
 

@@ -6,7 +6,11 @@ Times are local ISO 8601 with milliseconds (``2026-01-01T12:00:00.123``), as the
 A delivery that sends a rule's edited bytes (``set``/``remove``) names that rule
 (``variant``) and lists ``edits``: tag, keyword, action, the new value, and the old value
 as :data:`HIDDEN` unless ``show_phi`` (``dde where --show-phi``, ``?show_phi=true``): an old
-value is the instance's own data (patient data, often), a new one is the rule's.
+value is the instance's own data (patient data, often), a new one is the rule's. A
+delivery of a de-identified copy names its rule too, says how (``deidentified``: profile and
+options, no values) and the SOP Instance UID it sends under (``sent_sop_instance_uid``: a
+salted hash, no patient data; the received UID stays how the instance is looked up). One
+held back (burned-in annotation) is failed with the reason as its ``last_error``.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def delivery_document(d: DeliveryRecord, received_syntax: str | None = None,
             "next_attempt_at": iso(d.next_attempt_at) if d.state == "pending" else None,
             "transfer_syntax_uid": delivered_syntax, "transcoded_from": d.transcoded_from,
             "variant": d.variant_rule, "edits": edits_document(d.edits_json, show_phi),
+            "deidentified": d.deidentified, "sent_sop_instance_uid": d.sent_sop_instance_uid,
             "commitment": d.commitment, "commitment_reason": d.commitment_reason}
 
 

@@ -91,6 +91,11 @@ def _print_edits(deliveries: list[dict[str, Any]]) -> None:
             by_rule.setdefault(str(d["variant"]), []).append(d)
     for rule, sent in by_rule.items():
         names = ", ".join(str(d["endpoint"]) for d in sent)
+        if sent[0].get("deidentified"):
+            uid = sent[0].get("sent_sop_instance_uid")
+            out.print(f"de-identified by rule {escape(rule)} ({escape(sent[0]['deidentified'])})"
+                      f" for {escape(names)}" + (f", sent as {escape(uid)}" if uid else ""))
+            continue
         out.print(f"edited by rule {escape(rule)} (sent to {escape(names)}):")
         for edit in sent[0]["edits"]:
             name = f"{edit['tag']} {edit['keyword'] or ''}".rstrip()

@@ -101,3 +101,12 @@ def route_explain(ctx: click.Context, file: Path, calling_aet: str, called_aet: 
             was = "absent" if change["old"] is None else change["old"]
             now = "removed" if change["action"] == "remove" else change["new"]
             click.echo(f"  {name}: {now} (was {was})")
+    for plan in result.get("deidentify") or []:  # type: ignore[attr-defined]
+        click.echo(f"de-identified by rule {plan['rule']} ({plan['method']}) "
+                   f"for {', '.join(plan['destinations'])}:")
+        if plan.get("error"):
+            click.echo(f"  {plan['error']}")
+        elif plan["held_back"]:
+            click.echo(f"  {plan['held_back']}")
+        else:
+            click.echo(f"  {plan['changed_elements']} elements changed, removed or emptied")

@@ -272,7 +272,7 @@ class EndpointWorker:
                 rest = list(self._rest)
             if bundle[0].id not in shipments:
                 outcomes.append(DeliveryOutcome(bundle[0].id, DeliveryState.FAILED,
-                                                "spool file is missing"))
+                                                bundle[0].held_back or "spool file is missing"))
                 continue
             if time.time() > lease_until - self._lease / 2:
                 lease_until = time.time() + self._lease
@@ -425,7 +425,7 @@ class EndpointWorker:
                                next_attempt_at=time.time() + decision.delay, suspect=suspect)
 
     def _shipment(self, item: QueuedDelivery) -> Shipment | None:
-        if item.spool_path is None:
+        if item.spool_path is None or item.held_back is not None:
             return None
         path = self._spool.path_of(item.spool_path)
         if not path.exists():

@@ -13,9 +13,14 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from io import BytesIO
 from pathlib import Path
 
+from pydicom import dcmread
+
+from dde.config.secrets import SecretError
 from dde.dicom import status as dimse
+from dde.dicom.deidentify import HeldBack, Profile, deidentify, encode_part10
 from dde.dicom.edits import EditError, apply_edits
 from dde.dicom.header import (
     BrokenDataset,
@@ -27,6 +32,7 @@ from dde.dicom.part10 import NotPart10, dataset_offset
 from dde.dicom.uids import uid_name
 from dde.receiving.deliverability import Deliverability, Undeliverable
 from dde.routing.decision import NoRoute
+from dde.routing.deidentify_action import DeidentifyAction, describe
 from dde.routing.route import PinView, Route
 from dde.routing.router import Origin, Router
 from dde.routing.rules import Verdict
@@ -49,6 +55,7 @@ _REFUSALS: dict[type[Exception], tuple[int, str, str]] = {
     NoRoute: (dimse.CANNOT_UNDERSTAND_NO_ROUTE, "no_route", "no route"),
     EditError: (dimse.CANNOT_UNDERSTAND, "edit_failed", "edits cannot be made"),
     Undeliverable: (dimse.SOP_CLASS_NOT_SUPPORTED, "undeliverable", "undeliverable"),
+    SecretError: (dimse.OUT_OF_RESOURCES, "secret_missing", "de-identification salt missing"),
 }
 """What the routing step may refuse an instance for: (status, metric reason, what the
 detail and the log say)."""
@@ -113,10 +120,14 @@ class IngestPipeline:
     def __init__(self, ledger: Ledger, spool: Spool, router: Router,
                  on_committed: Callable[[Iterable[str]], None],
                  telemetry: Telemetry = NULL_TELEMETRY,
-                 deliverability: Deliverability | None = None) -> None:
+                 deliverability: Deliverability | None = None,
+                 profiles: Callable[[DeidentifyAction], Profile] | None = None) -> None:
         """``deliverability``: refuse what a chosen destination is known to refuse
-        (``receiver.refuse_undeliverable``); None: acknowledge it all."""
+        (``receiver.refuse_undeliverable``); None: acknowledge it all. ``profiles``: a
+        rule's de-identification with its salt (:class:`SecretError` when the secret
+        cannot be read: the instance is refused); None: de-identifying rules refuse."""
         self._ledger = ledger
+        self._profiles = profiles
         self._deliverability = deliverability
         self._spool = spool
         self._router = router
@@ -190,7 +201,8 @@ class IngestPipeline:
         made: list[NewVariant] = []
         try:
             verdict = None if fixed is not None else self._router.verdict(header, origin)
-            if verdict is not None and verdict.edits and not verdict.discard:
+            if verdict is not None and (verdict.edits or verdict.deidentify) \
+                    and not verdict.discard:
                 made = self._variants(incoming, spooled, verdict)
 
             def decide(view: PinView) -> Route:
@@ -204,7 +216,7 @@ class IngestPipeline:
                 return route
 
             instance_id, route = self._ledger.intake.ingest(record, decide, made)
-        except (NoRoute, EditError, Undeliverable) as exc:
+        except (NoRoute, EditError, Undeliverable, SecretError) as exc:
             self._remove(spooled.relative_path, made)
             status, reason, what = next(refusal for kind, refusal in _REFUSALS.items()
                                         if isinstance(exc, kind))
@@ -225,7 +237,7 @@ class IngestPipeline:
         if made:  # variants of rules whose destinations all got other bytes are not kept
             used = {rule for _, rule in route.variants}
             for variant in made:
-                if variant.rule not in used:
+                if variant.rule not in used and variant.spool_path is not None:
                     self._spool.remove(variant.spool_path)
 
         destinations = route.destinations + route.mirrors
@@ -248,7 +260,8 @@ class IngestPipeline:
         """A refused instance's spool file and the variants made of it."""
         self._spool.remove(relative_path)
         for variant in made:
-            self._spool.remove(variant.spool_path)
+            if variant.spool_path is not None:
+                self._spool.remove(variant.spool_path)
 
     def _variants(self, incoming: Incoming, spooled: SpooledFile,
                   verdict: Verdict) -> list[NewVariant]:
@@ -267,11 +280,41 @@ class IngestPipeline:
                 written = self._spool.write(file_meta, edited.dataset)
                 applied = json.dumps([asdict(a) for a in edited.applied])
                 made.append(NewVariant(rule, written.relative_path, written.size, applied))
-        except (EditError, SpoolError):
+            for rule, action in verdict.deidentify:
+                made.append(self._deidentified(rule, action, file_meta + dataset))
+        except (EditError, SpoolError, SecretError):
             for variant in made:
-                self._spool.remove(variant.spool_path)
+                if variant.spool_path is not None:
+                    self._spool.remove(variant.spool_path)
             raise
         return made
+
+    def _deidentified(self, rule: str, action: DeidentifyAction, part10: bytes) -> NewVariant:
+        """The rule's de-identified copy, written durably to the spool under its new SOP
+        Instance UID (file meta included), or held back (burned-in annotation, or what the
+        engine cannot de-identify): then no file, and the reason. Raises
+        :class:`SecretError` (no salt), :class:`EditError` (not readable) or
+        :class:`SpoolError`."""
+        if self._profiles is None:
+            raise SecretError("de-identification is not set up in this process")
+        profile = self._profiles(action)
+        method = describe(action)
+        try:
+            source = dcmread(BytesIO(part10))
+        except Exception as exc:  # the type only: a message may quote a value
+            raise EditError(f"the instance cannot be read to de-identify it "
+                            f"({type(exc).__name__})") from None
+        result = deidentify(source, profile)
+        if isinstance(result, HeldBack):
+            return NewVariant(rule, None, 0, "[]", method, None, result.reason)
+        try:
+            encoded = encode_part10(result.dataset)
+        except Exception as exc:
+            raise EditError(f"the de-identified copy cannot be encoded "
+                            f"({type(exc).__name__})") from None
+        written = self._spool.write(encoded, b"")
+        return NewVariant(rule, written.relative_path, written.size, "[]", method,
+                          str(result.dataset.SOPInstanceUID))
 
     def _spooled_dataset(self, spooled: SpooledFile) -> bytes:
         """The dataset of a streamed instance, read back whole from its spool file: an

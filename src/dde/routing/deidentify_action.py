@@ -21,6 +21,7 @@ wrong (to be raised with the rule's line), or the action. The salt is read apart
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,3 +112,38 @@ def resolve_deidentify(value: object, home: Path,
         return load_profile(action, home, environ)
     except SecretError as exc:
         return f"deidentify: {exc}"
+
+
+def describe(action: DeidentifyAction) -> str:
+    """How a rule de-identifies, as ``dde where`` and the rule tester show it (no patient
+    data, no salt): ``profile basic, options retain-uids, …``."""
+    options = sorted(o.value for o in action.options)
+    text = f"profile {action.profile_name}, options {', '.join(options) or 'none'}"
+    if action.safe_private:
+        text += f", safe private {', '.join(sorted(str(s) for s in action.safe_private))}"
+    return text + (", burned-in annotation allowed" if action.allow_burned_in else "")
+
+
+class Profiles:
+    """Each rule action's profile, its salt read once (from the secret, when first
+    needed) and kept until :meth:`clear` (new rules: a rotated secret is read again). A
+    secret that cannot be read is not remembered: :class:`SecretError` each time."""
+
+    def __init__(self, home: Path, environ: Mapping[str, str]) -> None:
+        self._home = home
+        self._environ = environ
+        self._lock = threading.Lock()
+        self._profiles: dict[DeidentifyAction, Profile] = {}
+
+    def __call__(self, action: DeidentifyAction) -> Profile:
+        with self._lock:
+            found = self._profiles.get(action)
+        if found is None:
+            found = load_profile(action, self._home, self._environ)
+            with self._lock:
+                self._profiles[action] = found
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._profiles.clear()

@@ -3,24 +3,33 @@
 The running router publishes each endpoint's health and load to the ledger; the
 explanation uses those, the persisted study pins and the queue depths, and the active rules.
 The edits (``set``/``remove``) each matching rule would make are made on the file's bytes
-here too, and shown with the old values (the caller holds the file).
+here too, and shown with the old values (the caller holds the file). Each rule that
+de-identifies is shown with its profile and options, the destinations that would get the
+copy, and whether the file would be held back (burned-in annotation) and why; no value of
+the file is shown and no salt read (the plan is made under a throwaway one).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from io import BytesIO
 from pathlib import Path
 
+from pydicom import dcmread
+
 from dde.config import Settings
+from dde.dicom.deidentify import HeldBack, deidentify
 from dde.dicom.edits import EditError, apply_edits
 from dde.dicom.header import BrokenDataset, parse_header
 from dde.dicom.part10 import NotPart10, split_part10
 from dde.routing.decision import NoRoute
+from dde.routing.deidentify_action import describe
 from dde.routing.published import PublishedEndpoints
 from dde.routing.route import Route
 from dde.routing.router import Origin, Router
 from dde.routing.rules import RuleSet
 from dde.store.ledger import Ledger
+from dde.store.spool import encode_file_meta
 
 
 class ExplainError(Exception):
@@ -80,7 +89,8 @@ def explain_dataset(dataset: bytes, syntax: str, label: str, settings: Settings,
     return {"rule": route.rule, "destinations": list(route.destinations + route.mirrors),
             "mirrors": list(route.mirrors), "discard": route.discard,
             "reason": route.reason or f"rule {route.rule}",
-            "edits": edit_plan(route, dataset, syntax)}
+            "edits": edit_plan(route, dataset, syntax),
+            "deidentify": deidentify_plan(route, dataset, syntax)}
 
 
 def edit_plan(route: Route, dataset: bytes, syntax: str) -> list[dict[str, object]]:
@@ -95,5 +105,31 @@ def edit_plan(route: Route, dataset: bytes, syntax: str) -> list[dict[str, objec
             entry["changes"] = [asdict(a) for a in apply_edits(dataset, syntax, edits).applied]
         except EditError as exc:
             entry["error"] = f"the router would refuse it: {exc}"
+        plan.append(entry)
+    return plan
+
+
+_EXPLAIN_SALT = b"dde route explain: not a real salt"
+
+
+def deidentify_plan(route: Route, dataset: bytes, syntax: str) -> list[dict[str, object]]:
+    """Per rule that de-identifies: its destinations, how (``method``), how many elements
+    it would change, and ``held_back`` (the reason, or None)."""
+    plan: list[dict[str, object]] = []
+    for rule, action in route.deidentify:
+        entry: dict[str, object] = {
+            "rule": rule, "destinations": [name for name, r in route.variants if r == rule],
+            "method": describe(action), "held_back": None, "changed_elements": 0}
+        try:
+            source = dcmread(BytesIO(encode_file_meta("1.2", "1.2", syntax) + dataset))
+        except Exception as exc:
+            entry["error"] = f"the router would refuse it: unreadable ({type(exc).__name__})"
+            plan.append(entry)
+            continue
+        result = deidentify(source, action.profile(_EXPLAIN_SALT))
+        if isinstance(result, HeldBack):
+            entry["held_back"] = result.reason
+        else:
+            entry["changed_elements"] = len(result.actions)
         plan.append(entry)
     return plan

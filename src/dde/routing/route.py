@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dde.dicom.edits import Edit
+from dde.routing.deidentify_action import DeidentifyAction
 
 Pin = tuple[str, str, str]
 """(study_instance_uid, endpoint, group)."""
@@ -38,10 +39,13 @@ class Route:
     discard: bool = False
     reason: str = ""
     variants: tuple[tuple[str, str], ...] = ()
-    """(destination or mirror, rule) for each one that gets a rule's edited bytes; the
+    """(destination or mirror, rule) for each one that gets a rule's edited (or
+    de-identified) bytes; the
     others get the instance as received."""
     edits: tuple[tuple[str, tuple[Edit, ...]], ...] = ()
-    """(rule, its edits) for each rule named in ``variants``."""
+    """(rule, its edits) for each rule named in ``variants`` that has edits."""
+    deidentify: tuple[tuple[str, DeidentifyAction], ...] = ()
+    """(rule, its de-identification) for each rule named in ``variants`` that has one."""
 
     def all_pins(self) -> tuple[Pin, ...]:
         return ((self.pin,) if self.pin is not None else ()) + self.pins
@@ -52,3 +56,6 @@ class Route:
 
     def edits_of(self, rule: str) -> tuple[Edit, ...]:
         return next((edits for name, edits in self.edits if name == rule), ())
+
+    def deidentify_of(self, rule: str) -> DeidentifyAction | None:
+        return next((action for name, action in self.deidentify if name == rule), None)

@@ -195,15 +195,17 @@ class Router:
             raise NoRoute(f"rule {verdict.rule} names no configured endpoint")
         mirrors = tuple(m for m in verdict.mirror if m in known and m not in destinations)
         variants: tuple[tuple[str, str], ...] = ()
-        if verdict.edits:  # nothing to look up for rules without edits
+        if verdict.edits or verdict.deidentify:  # nothing to look up for plain rules
             rule_of.update((m, verdict.mirror_rule) for m in mirrors)
             variants = tuple((name, rule_of[name]) for name in destinations + list(mirrors)
-                             if verdict.edits_of(rule_of[name]))
+                             if verdict.makes_variant(rule_of[name]))
         used = {rule for _, rule in variants}
         return Route(verdict.rule, tuple(destinations), mirrors, pins=tuple(pins),
                      reason="; ".join(reasons) or f"rule {verdict.rule}", variants=variants,
                      edits=tuple((rule, edits) for rule, edits in verdict.edits
-                                 if rule in used))
+                                 if rule in used),
+                     deidentify=tuple((rule, action) for rule, action in verdict.deidentify
+                                      if rule in used))
 
 
 __all__ = ["NoRoute", "Origin", "Router"]

@@ -17,6 +17,11 @@ rules:
     set: {InstitutionName: "North Campus", "(0008,1010)": "CT2"}   # tag coercion
     remove: [OtherPatientIDs]
     route: {group: storage, strategy: least-loaded}
+  - name: research
+    when: {StudyDescription: {regex: "(?i)trial"}}
+    deidentify: {profile: basic, options: [retain-uids], salt_secret: research}
+    route: [RESEARCH]
+    continue: true
   - name: default
     route: {group: storage, strategy: least-loaded}
 mirror: [ORTHANC-PROBE]
@@ -29,21 +34,25 @@ that rule's destinations only: with ``continue: true`` one instance may go as re
 one place and edited to another. The global ``mirror`` gets the bytes of the first matching
 rule (the edits of that rule, if it has any). An endpoint two matching rules send to gets
 the bytes of the first. Each value is checked against its element's VR when the rules are
-parsed, so ``rules apply`` refuses a bad one with its line.
+parsed, so ``rules apply`` refuses a bad one with its line. ``deidentify``
+(:mod:`dde.routing.deidentify_action`) is such an action too (the mirror of a first rule
+that de-identifies gets the de-identified bytes); a rule has it or ``set``/``remove``, not
+both (:mod:`dde.routing.rule_actions`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import yaml
 from pydicom.datadict import tag_for_keyword
 
 from dde.config import Strategy
-from dde.dicom.edits import Edit, EditError, SetElement, remove_element, set_element
+from dde.config.secrets import SecretError
+from dde.dicom.edits import Edit
 from dde.routing.conditions import (
     ALWAYS,
     CONTEXT_FIELDS,
@@ -61,19 +70,21 @@ from dde.routing.conditions import (
     matches,
 )
 from dde.routing.decision import NoRoute
+from dde.routing.deidentify_action import DeidentifyAction, load_profile
+from dde.routing.rule_actions import (
+    TAG,
+    deidentify_action,
+    node_line,
+    parse_edits,
+    plain,
+    scalar,
+)
+from dde.routing.rule_actions import (
+    RulesError as RulesError,
+)
 
 STRATEGIES = tuple(s.value for s in Strategy)
-_TAG = re.compile(r"^\(?\s*([0-9A-Fa-f]{4})\s*,\s*([0-9A-Fa-f]{4})\s*\)?$")
-_RULE_KEYS = {"name", "when", "route", "action", "continue", "set", "remove"}
-
-
-class RulesError(Exception):
-    """An invalid rules document; ``line`` is 1-based, or None when it has no place."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        self.message = message
-        self.line = line
-        super().__init__(f"line {line}: {message}" if line is not None else message)
+_RULE_KEYS = {"name", "when", "route", "action", "continue", "set", "remove", "deidentify"}
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,8 @@ class Rule:
     line: int | None = None
     edits: tuple[Edit, ...] = ()
     """``set``/``remove``: what this rule's destinations get changed (empty: as received)."""
+    deidentify: DeidentifyAction | None = None
+    """``deidentify:``: this rule's destinations get the instance de-identified."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +158,16 @@ class Verdict:
         """The edits of matching rule ``rule`` (empty: it sends the bytes as received)."""
         return next((edits for name, edits in self.edits if name == rule), ())
 
+    deidentify: tuple[tuple[str, DeidentifyAction], ...] = ()
+    """(rule, its de-identification) of each matching rule that de-identifies."""
+
+    def deidentify_of(self, rule: str) -> DeidentifyAction | None:
+        return next((action for name, action in self.deidentify if name == rule), None)
+
+    def makes_variant(self, rule: str) -> bool:
+        """Whether ``rule``'s destinations get other bytes than those received."""
+        return bool(self.edits_of(rule)) or self.deidentify_of(rule) is not None
+
     @property
     def mirror_rule(self) -> str:
         """The rule whose bytes the mirror gets: the first that matched."""
@@ -162,6 +185,7 @@ def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
     groups: list[GroupRoute] = []
     group_rules: list[str] = []
     edits: list[tuple[str, tuple[Edit, ...]]] = []
+    deidentify: list[tuple[str, DeidentifyAction]] = []
     for rule in ruleset.rules:
         if not matches(rule.when, subject):
             continue
@@ -177,12 +201,14 @@ def evaluate(ruleset: RuleSet, subject: Subject) -> Verdict:
             group_rules.append(rule.name)
         if rule.edits:
             edits.append((rule.name, rule.edits))
+        if rule.deidentify is not None:
+            deidentify.append((rule.name, rule.deidentify))
         if not rule.continue_:
             break
     if not matched:
         raise NoRoute("no rule matches and there is no default rule")
     return Verdict(tuple(matched), tuple(endpoints), tuple(groups), False, ruleset.mirror,
-                   tuple(endpoint_rules), tuple(group_rules), tuple(edits))
+                   tuple(endpoint_rules), tuple(group_rules), tuple(edits), tuple(deidentify))
 
 
 def default_ruleset(group: str = "storage", strategy: Strategy = Strategy.LEAST_LOADED,
@@ -193,27 +219,10 @@ def default_ruleset(group: str = "storage", strategy: Strategy = Strategy.LEAST_
 
 # -- parsing ---------------------------------------------------------------------------------
 
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _scalar(node: yaml.Node, what: str) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise RulesError(f"{what} must be a single value", _line(node))
-    return str(node.value)
-
-
-def _plain(node: yaml.Node) -> Any:
-    """A node's Python value (scalars typed as YAML would)."""
-    if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-        return None
-    return yaml.safe_load(yaml.serialize(node))
-
-
 def _field(name: str, line: int) -> Field:
     if name in CONTEXT_FIELDS:
         return Field(name, None)
-    match = _TAG.match(name)
+    match = TAG.match(name)
     if match:
         return Field(name, int(match.group(1) + match.group(2), 16))
     tag = tag_for_keyword(name)
@@ -228,7 +237,7 @@ def _field(name: str, line: int) -> Field:
 
 
 def _value_test(field: Field, node: yaml.Node) -> Condition:
-    line = _line(node)
+    line = node_line(node)
     if isinstance(node, yaml.ScalarNode):
         return Equals(field, str(node.value))
     if isinstance(node, yaml.SequenceNode):
@@ -238,20 +247,20 @@ def _value_test(field: Field, node: yaml.Node) -> Condition:
         raise RulesError(f"{field.name}: a test has exactly one operator "
                          "(in, regex, range, exists, not)", line)
     key_node, value_node = node.value[0]
-    operator = _scalar(key_node, "an operator")
-    value_line = _line(value_node)
+    operator = scalar(key_node, "an operator")
+    value_line = node_line(value_node)
     if operator == "in":
         if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
             raise RulesError(f"{field.name}: 'in' takes a non-empty list", value_line)
-        return OneOf(field, tuple(_scalar(v, "an 'in' value") for v in value_node.value))
+        return OneOf(field, tuple(scalar(v, "an 'in' value") for v in value_node.value))
     if operator == "regex":
-        pattern = _scalar(value_node, "a regex")
+        pattern = scalar(value_node, "a regex")
         try:
             return Matches(field, re.compile(pattern))
         except re.error as exc:
             raise RulesError(f"{field.name}: invalid regex: {exc}", value_line) from None
     if operator == "range":
-        bounds = _plain(value_node)
+        bounds = plain(value_node)
         if not isinstance(bounds, list) or len(bounds) != 2:
             raise RulesError(f"{field.name}: 'range' takes [low, high] (null for open)",
                              value_line)
@@ -260,156 +269,100 @@ def _value_test(field: Field, node: yaml.Node) -> Condition:
             raise RulesError(f"{field.name}: 'range' needs at least one bound", value_line)
         return InRange(field, low, high)
     if operator == "exists":
-        flag = _plain(value_node)
+        flag = plain(value_node)
         if not isinstance(flag, bool):
             raise RulesError(f"{field.name}: 'exists' takes true or false", value_line)
         return Exists(field, flag)
     if operator == "not":
         return Not(_value_test(field, value_node))
     raise RulesError(f"{field.name}: unknown operator {operator!r} "
-                     "(in, regex, range, exists, not)", _line(key_node))
+                     "(in, regex, range, exists, not)", node_line(key_node))
 
 
 def _condition(node: yaml.Node) -> Condition:
     if not isinstance(node, yaml.MappingNode):
-        raise RulesError("'when' must be a mapping of attribute: test", _line(node))
+        raise RulesError("'when' must be a mapping of attribute: test", node_line(node))
     parts: list[Condition] = []
     for key_node, value_node in node.value:
-        key = _scalar(key_node, "an attribute name")
+        key = scalar(key_node, "an attribute name")
         if key in ("any", "all"):
             if not isinstance(value_node, yaml.SequenceNode) or not value_node.value:
                 raise RulesError(f"'{key}' takes a non-empty list of conditions",
-                                 _line(value_node))
+                                 node_line(value_node))
             inner = tuple(_condition(item) for item in value_node.value)
             parts.append(AnyOf(inner) if key == "any" else AllOf(inner))
         elif key == "not":
             parts.append(Not(_condition(value_node)))
         else:
-            parts.append(_value_test(_field(key, _line(key_node)), value_node))
+            parts.append(_value_test(_field(key, node_line(key_node)), value_node))
     return parts[0] if len(parts) == 1 else AllOf(tuple(parts))
 
 
 def _names(node: yaml.Node, what: str) -> tuple[str, ...]:
     if not isinstance(node, yaml.SequenceNode) or not node.value:
-        raise RulesError(f"{what} must be a non-empty list of endpoint names", _line(node))
-    return tuple(_scalar(item, "an endpoint name") for item in node.value)
+        raise RulesError(f"{what} must be a non-empty list of endpoint names", node_line(node))
+    return tuple(scalar(item, "an endpoint name") for item in node.value)
 
 
 def _rule(node: yaml.Node, index: int) -> Rule:
-    line = _line(node)
+    line = node_line(node)
     if not isinstance(node, yaml.MappingNode):
         raise RulesError(f"rule {index + 1} must be a mapping", line)
     fields: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for k, v in node.value:
-        key = _scalar(k, "a rule key")
+        key = scalar(k, "a rule key")
         if key in fields:
-            raise RulesError(f"rule {index + 1}: {key!r} is written twice", _line(k))
+            raise RulesError(f"rule {index + 1}: {key!r} is written twice", node_line(k))
         fields[key] = (k, v)
     unknown = set(fields) - _RULE_KEYS
     if unknown:
         key = sorted(unknown)[0]
         raise RulesError(f"unknown rule key {key!r} (name, when, route, action, continue, "
-                         "set, remove)", _line(fields[key][0]))
+                         "set, remove, deidentify)", node_line(fields[key][0]))
     if "name" not in fields:
         raise RulesError(f"rule {index + 1} has no name", line)
-    name = _scalar(fields["name"][1], "name")
+    name = scalar(fields["name"][1], "name")
     when = _condition(fields["when"][1]) if "when" in fields else ALWAYS
-    action = _scalar(fields["action"][1], "action") if "action" in fields else "route"
+    action = scalar(fields["action"][1], "action") if "action" in fields else "route"
     if action not in ("route", "discard"):
         raise RulesError(f"rule {name!r}: action is 'route' or 'discard'",
-                         _line(fields["action"][1]))
+                         node_line(fields["action"][1]))
     continue_ = False
     if "continue" in fields:
-        flag = _plain(fields["continue"][1])
+        flag = plain(fields["continue"][1])
         if not isinstance(flag, bool):
             raise RulesError(f"rule {name!r}: continue takes true or false",
-                             _line(fields["continue"][1]))
+                             node_line(fields["continue"][1]))
         continue_ = flag
     if action == "discard":
         if "route" in fields:
             raise RulesError(f"rule {name!r}: a discard rule has no route",
-                             _line(fields["route"][0]))
-        for key in ("set", "remove"):
+                             node_line(fields["route"][0]))
+        for key in ("set", "remove", "deidentify"):
             if key in fields:
                 raise RulesError(f"rule {name!r}: a discard rule sends nothing to edit "
                                  f"('{key}' belongs on a rule that routes)",
-                                 _line(fields[key][0]))
+                                 node_line(fields[key][0]))
         return Rule(name, when, discard=True, continue_=False, line=line)
-    edits = _edits(name, fields)
+    edits = parse_edits(name, fields)
+    deidentify = deidentify_action(name, fields)
     if "route" not in fields:
         raise RulesError(f"rule {name!r} has neither a route nor action: discard", line)
     route_node = fields["route"][1]
     if isinstance(route_node, yaml.MappingNode):
-        route = _plain(route_node)
+        route = plain(route_node)
         if set(route) - {"group", "strategy"} or "group" not in route:
             raise RulesError(f"rule {name!r}: route is a list of endpoints or "
                              "{group: NAME, strategy: least-loaded|round-robin|weighted}",
-                             _line(route_node))
+                             node_line(route_node))
         strategy = str(route.get("strategy", Strategy.LEAST_LOADED))
         if strategy not in STRATEGIES:
             raise RulesError(f"rule {name!r}: unknown strategy {strategy!r} "
-                             f"({', '.join(STRATEGIES)})", _line(route_node))
+                             f"({', '.join(STRATEGIES)})", node_line(route_node))
         return Rule(name, when, group=GroupRoute(str(route["group"]), Strategy(strategy)),
-                    continue_=continue_, line=line, edits=edits)
+                    continue_=continue_, line=line, edits=edits, deidentify=deidentify)
     return Rule(name, when, endpoints=_names(route_node, f"rule {name!r}: route"),
-                continue_=continue_, line=line, edits=edits)
-
-
-def _edit_tag(name: str, rule: str, line: int) -> int:
-    """The tag a ``set`` key or ``remove`` item names: a keyword or ``(gggg,eeee)``."""
-    match = _TAG.match(name)
-    if match:
-        return int(match.group(1) + match.group(2), 16)
-    tag = tag_for_keyword(name)
-    if tag is None:
-        raise RulesError(f"rule {rule!r}: unknown attribute {name!r} (use a DICOM keyword "
-                         'such as InstitutionName, or a tag in quotes such as "(0008,0080)")',
-                         line)
-    return int(tag)
-
-
-def _edits(rule: str, fields: dict[str, tuple[yaml.Node, yaml.Node]]) -> tuple[Edit, ...]:
-    """The rule's ``set`` and ``remove``, checked (tags, VRs, values), in the order
-    written: sets first."""
-    edits: list[Edit] = []
-    seen: dict[int, str] = {}
-
-    def add(edit: Edit, key: str, line: int) -> None:
-        if edit.tag in seen:
-            raise RulesError(f"rule {rule!r}: {key} is edited twice (in '{seen[edit.tag]}' "
-                             "and here)", line)
-        seen[edit.tag] = "set" if isinstance(edit, SetElement) else "remove"
-        edits.append(edit)
-
-    if "set" in fields:
-        node = fields["set"][1]
-        if not isinstance(node, yaml.MappingNode) or not node.value:
-            raise RulesError(f"rule {rule!r}: 'set' is a mapping of attribute: value",
-                             _line(node))
-        for key_node, value_node in node.value:
-            key = _scalar(key_node, "an attribute name")
-            line = _line(key_node)
-            tag = _edit_tag(key, rule, line)
-            value = _plain(value_node)
-            if value is None:
-                raise RulesError(f"rule {rule!r}: {key} has no value (to empty it write "
-                                 "\"\"; to drop it use remove)", line)
-            try:
-                add(set_element(tag, value), key, line)
-            except EditError as exc:
-                raise RulesError(f"rule {rule!r}: {exc}", line) from None
-    if "remove" in fields:
-        node = fields["remove"][1]
-        if not isinstance(node, yaml.SequenceNode) or not node.value:
-            raise RulesError(f"rule {rule!r}: 'remove' is a list of attributes", _line(node))
-        for item in node.value:
-            key = _scalar(item, "an attribute name")
-            line = _line(item)
-            try:
-                add(remove_element(_edit_tag(key, rule, line)), key, line)
-            except EditError as exc:
-                raise RulesError(f"rule {rule!r}: {exc}", line) from None
-    return tuple(edits)
+                continue_=continue_, line=line, edits=edits, deidentify=deidentify)
 
 
 def parse_rules(text: str, endpoints: Iterable[str] | None = None,
@@ -427,22 +380,22 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
         raise RulesError(f"not valid YAML: {problem}", line) from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise RulesError("a rules document is a mapping with 'rules' (and 'mirror')",
-                         _line(root) if root is not None else None)
+                         node_line(root) if root is not None else None)
     top: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for k, v in root.value:
-        key = _scalar(k, "a top-level key")
+        key = scalar(k, "a top-level key")
         if key in top:
-            raise RulesError(f"{key!r} is written twice", _line(k))
+            raise RulesError(f"{key!r} is written twice", node_line(k))
         top[key] = (k, v)
     unknown = set(top) - {"rules", "mirror"}
     if unknown:
         key = sorted(unknown)[0]
-        raise RulesError(f"unknown top-level key {key!r} (rules, mirror)", _line(top[key][0]))
+        raise RulesError(f"unknown top-level key {key!r} (rules, mirror)", node_line(top[key][0]))
     if "rules" not in top:
-        raise RulesError("the document has no 'rules' list", _line(root))
+        raise RulesError("the document has no 'rules' list", node_line(root))
     rules_node = top["rules"][1]
     if not isinstance(rules_node, yaml.SequenceNode) or not rules_node.value:
-        raise RulesError("'rules' must be a non-empty list", _line(rules_node))
+        raise RulesError("'rules' must be a non-empty list", node_line(rules_node))
     rules = tuple(_rule(node, i) for i, node in enumerate(rules_node.value))
     seen: dict[str, int | None] = {}
     for rule in rules:
@@ -452,7 +405,7 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
     mirror: tuple[str, ...] = ()
     if "mirror" in top:
         mirror_node = top["mirror"][1]
-        if _plain(mirror_node) not in (None, []):
+        if plain(mirror_node) not in (None, []):
             mirror = _names(mirror_node, "mirror")
     ruleset = RuleSet(rules, mirror)
     if endpoints is not None:
@@ -463,7 +416,7 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
                     raise RulesError(f"rule {rule.name!r}: unknown endpoint {name!r}", rule.line)
         for name in mirror:
             if name not in known:
-                raise RulesError(f"mirror: unknown endpoint {name!r}", _line(top["mirror"][1]))
+                raise RulesError(f"mirror: unknown endpoint {name!r}", node_line(top["mirror"][1]))
     if groups is not None:
         known_groups = set(groups)
         for rule in rules:
@@ -471,3 +424,16 @@ def parse_rules(text: str, endpoints: Iterable[str] | None = None,
                 raise RulesError(f"rule {rule.name!r}: no endpoint is in group "
                                  f"{rule.group.group!r}", rule.line)
     return ruleset
+
+
+def check_secrets(ruleset: RuleSet, home: Path, environ: Mapping[str, str]) -> None:
+    """Every ``salt_secret`` the rules name can be read now (``rules apply``): raise
+    :class:`RulesError` with the rule's line, naming the secret and where it was looked
+    for (never a value)."""
+    for rule in ruleset.rules:
+        if rule.deidentify is None:
+            continue
+        try:
+            load_profile(rule.deidentify, home, environ)
+        except SecretError as exc:
+            raise RulesError(f"rule {rule.name!r}: deidentify: {exc}", rule.line) from None

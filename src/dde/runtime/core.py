@@ -15,6 +15,7 @@ effect at the next start.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable, Iterable
@@ -25,6 +26,7 @@ from dde.config_store import ConfigStore
 from dde.config_watch import ConfigWatch
 from dde.receiving.deliverability import Deliverability
 from dde.receiving.ingest import IngestPipeline
+from dde.routing.deidentify_action import Profiles
 from dde.routing.published import PublishedEndpoints
 from dde.routing.router import HealthView, LoadView, Router
 from dde.routing.rules import RuleSet
@@ -98,8 +100,11 @@ class RouterCore:
             deliverability = Deliverability(self.ledger.capabilities,
                                             settings.delivery.capability_max_age_seconds,
                                             transcoding=settings.delivery.transcode_max_bytes > 0)
+        # The salts of de-identifying rules: read from the state folder's secrets (or the
+        # environment) when a rule first needs one, again after the rules change.
+        self.profiles = Profiles(self.home.root, os.environ)
         self.pipeline = IngestPipeline(self.ledger, self.spool, self.router, on_committed,
-                                       telemetry, deliverability)
+                                       telemetry, deliverability, self.profiles)
         self.listeners: list[Listener] = []
 
     @classmethod
@@ -122,6 +127,7 @@ class RouterCore:
         """Apply every live-changeable setting; log the ones that wait for a restart."""
         previous = self.settings
         self.router.configure(ruleset, settings.endpoints)
+        self.profiles.clear()
         self.spool.max_bytes = settings.spool.max_bytes
         self.spool.min_free_bytes = settings.spool.min_free_bytes
         if self.published is not None:

@@ -26,9 +26,11 @@ from dde.store.group_commit import GroupCommit
 from dde.store.records import NewInstance, NewVariant
 
 VARIANT_JOIN = (" LEFT JOIN delivery_variants dv ON dv.delivery_id = d.id"
-                " LEFT JOIN instance_variants v ON v.id = dv.variant_id ")
+                " LEFT JOIN instance_variants v ON v.id = dv.variant_id"
+                " LEFT JOIN variant_deidentifications x ON x.variant_id = v.id ")
 """How a query on deliveries ``d`` reaches the edited variant ``v`` a delivery sends (its
-rule, spool file, edits); no row: the delivery sends the instance as received."""
+rule, spool file, edits) and, when it is de-identified, ``x`` (how, its SOP Instance UID,
+or why it was held back); no row: the delivery sends the instance as received."""
 
 
 class Placement(Protocol):
@@ -203,12 +205,22 @@ def _write_variant_deliveries(connection: Connection, instance_id: int, now: flo
             " VALUES (?, ?, ?, ?, ?) RETURNING id",
             (instance_id, rule, variant.spool_path, variant.size, variant.edits_json),
         ).fetchone()[0])
+        if variant.deidentified is not None:
+            connection.execute(
+                "INSERT INTO variant_deidentifications(variant_id, method, sop_instance_uid,"
+                " held_back) VALUES (?, ?, ?, ?)",
+                (variant_ids[rule], variant.deidentified, variant.sop_instance_uid,
+                 variant.held_back))
     for role, names in (("route", route.destinations), ("mirror", route.mirrors)):
         for name in names:
+            # A held-back copy's destinations get nothing: failed at once, with the reason.
+            held_back = made[rule_of[name]].held_back if name in rule_of else None
             delivery_id = int(connection.execute(
-                "INSERT INTO deliveries(instance_id, endpoint, role, state, next_attempt_at,"
-                " created_at, updated_at) VALUES (?, ?, ?, 'pending', ?, ?, ?) RETURNING id",
-                (instance_id, name, role, now, now, now)).fetchone()[0])
+                "INSERT INTO deliveries(instance_id, endpoint, role, state, last_error,"
+                " next_attempt_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
+                (instance_id, name, role, "pending" if held_back is None else "failed",
+                 held_back, now, now, now)).fetchone()[0])
             if name in rule_of:
                 connection.execute(
                     "INSERT INTO delivery_variants(delivery_id, variant_id) VALUES (?, ?)",

@@ -37,7 +37,8 @@ class OperatorQueries:
             deliveries = connection.execute(
                 "SELECT d.id, d.endpoint, d.role, d.state, d.attempts, d.last_error,"
                 " d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
-                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits FROM deliveries d"
+                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits, x.method,"
+                " x.sop_instance_uid, x.held_back FROM deliveries d"
                 " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id" + VARIANT_JOIN +
                 "WHERE d.instance_id = ? ORDER BY d.role DESC, d.id",
                 (record.id,),
@@ -83,7 +84,8 @@ class OperatorQueries:
             deliveries = connection.execute(
                 "SELECT d.instance_id, d.id, d.endpoint, d.role, d.state, d.attempts,"
                 " d.last_error, d.next_attempt_at, d.created_at, d.updated_at, d.delivered_at,"
-                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits FROM deliveries d"
+                " t.transfer_syntax_uid, t.transcoded_from, v.rule, v.edits, x.method,"
+                " x.sop_instance_uid, x.held_back FROM deliveries d"
                 " LEFT JOIN delivery_transcodings t ON t.delivery_id = d.id" + VARIANT_JOIN +
                 f"WHERE d.instance_id IN ({marks}) ORDER BY d.role DESC, d.id",
                 tuple(by_id),

@@ -29,11 +29,12 @@ from dde.store.states import DeliveryState, check_transition
 
 _QUEUED = ("SELECT d.id, d.instance_id, d.endpoint, d.attempts,"
            " CASE WHEN dv.variant_id IS NULL THEN i.spool_path ELSE v.spool_path END,"
-           " i.sop_class_uid, i.sop_instance_uid, i.transfer_syntax_uid, i.received_at,"
-           " i.study_instance_uid ")
+           " i.sop_class_uid, COALESCE(x.sop_instance_uid, i.sop_instance_uid),"
+           " i.transfer_syntax_uid, i.received_at, i.study_instance_uid, x.held_back ")
 """The columns of a :class:`QueuedDelivery`, in its field order (``d``: deliveries,
 ``i``: instances, ``v``: the edited variant a delivery sends, when it sends one: then its
-spool file, never the original's)."""
+spool file, never the original's, and, de-identified (``x``), its own SOP Instance UID;
+a held-back one has no file and its reason)."""
 _LOCK_CANDIDATES = {"postgresql": " FOR UPDATE OF d SKIP LOCKED"}
 """What the claim's candidate query ends with, per dialect: PostgreSQL locks the chosen
 delivery rows and passes over those another claimer holds. SQLite needs nothing (its one

@@ -32,9 +32,17 @@ class NewVariant:
     {tag, keyword, action, old, new})."""
 
     rule: str
-    spool_path: str
+    spool_path: str | None
+    """None only when ``held_back``."""
     size: int
     edits_json: str
+    deidentified: str | None = None
+    """A de-identified copy: how (``profile basic, options …``, no patient data)."""
+    sop_instance_uid: str | None = None
+    """The copy's own SOP Instance UID (a de-identified one's is new); None: the received."""
+    held_back: str | None = None
+    """Why no copy was made and the rule's destinations get nothing (burned-in annotation):
+    their deliveries are written failed with this reason, and can never send."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class QueuedDelivery:
     transfer_syntax_uid: str
     received_at: float | None = None
     study_instance_uid: str | None = None
+    held_back: str | None = None
+    """The rule's copy was held back: the delivery fails with this reason, never sends."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,11 @@ class DeliveryRecord:
     """The rule whose edited bytes this delivery sends (None: as received)."""
     edits_json: str | None = None
     """What that rule changed in this instance (:class:`NewVariant`)."""
+    deidentified: str | None = None
+    """The delivery sends the instance de-identified: how (:class:`NewVariant`)."""
+    sent_sop_instance_uid: str | None = None
+    """The SOP Instance UID it sends under when not the received one (de-identified)."""
+    held_back: str | None = None
     commitment: str | None = None
     """The latest storage commitment's state (pending, committed, failed); None: none was
     asked (an endpoint without storage commitment, or not delivered yet)."""

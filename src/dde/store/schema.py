@@ -4,14 +4,17 @@ Version 1 is the first schema. A migration is a function from the version before
 own version; :func:`migrate` runs the missing ones in order inside the open transaction,
 and refuses a ledger written by a newer version of dde. Tables added later without touching
 an existing one (``delivery_claims``, ``delivery_suspects``, ``delivery_transcodings``,
-``endpoint_capabilities``, ``instance_variants``, ``delivery_variants``, ``commitments``,
-``delivery_commitments``) are created by :data:`SCHEMA` itself at every open, so they need no
-version step (an older dde simply ignores them; on a ledger several nodes share, a node not
-yet upgraded keeps working beside upgraded ones, where a version step would make it refuse
-the ledger). One caveat: a node older than ``instance_variants`` would send the received
-bytes for a delivery that should send a rule's edited variant, so every node is upgraded
-before rules use ``set``/``remove``. ``shared_documents`` (the configuration the nodes
-share, :mod:`dde.store.shared_documents`) is one of them.
+``endpoint_capabilities``, ``instance_variants``, ``delivery_variants``,
+``variant_deidentifications``, ``commitments``, ``delivery_commitments``) are created by
+:data:`SCHEMA` itself at every open, so they need no version step (an older dde simply
+ignores them; on a ledger several nodes share, a node not yet upgraded keeps working beside
+upgraded ones, where a version step would make it refuse the ledger). One caveat: a node
+older than ``instance_variants`` would send the received bytes for a delivery that should
+send a rule's edited variant, so every node is upgraded before rules use ``set``/``remove``
+(and one older than ``variant_deidentifications`` would send a de-identified copy under the
+received SOP Instance UID: upgrade every node before rules use ``deidentify``).
+``shared_documents`` (the configuration the nodes share,
+:mod:`dde.store.shared_documents`) is one of them.
 
 One schema text serves both backends: it is written for SQLite, and :func:`schema_for`
 renders it for PostgreSQL (identity keys, 64-bit integers, double-precision times).
@@ -126,6 +129,12 @@ CREATE INDEX IF NOT EXISTS delivery_commitments_pending ON delivery_commitments(
     WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS delivery_commitments_resolved ON delivery_commitments(resolved_at)
     WHERE resolved_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS variant_deidentifications (
+    variant_id INTEGER PRIMARY KEY REFERENCES instance_variants(id),
+    method TEXT NOT NULL,
+    sop_instance_uid TEXT,
+    held_back TEXT
+);
 CREATE TABLE IF NOT EXISTS endpoint_capabilities (
     endpoint TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,

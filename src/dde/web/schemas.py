@@ -159,6 +159,18 @@ class EditPlan(BaseModel):
                                           "router would refuse it")
 
 
+class DeidentifyPlan(BaseModel):
+    """What one matching rule's ``deidentify`` would make of the file (no values)."""
+
+    rule: str
+    destinations: list[str] = Field(description="The endpoints that would get the copy")
+    method: str = Field(description="Profile and options")
+    held_back: str | None = Field(description="Why the file would be held back from these "
+                                              "destinations (burned-in annotation)")
+    changed_elements: int = Field(description="Elements changed, emptied or removed")
+    error: str | None = None
+
+
 class RoutedDecision(BaseModel):
     """The route a file would take now (``dde route explain --json``)."""
 
@@ -169,6 +181,9 @@ class RoutedDecision(BaseModel):
     reason: str
     edits: list[EditPlan] = Field(default_factory=list,
                                   description="Per rule with set/remove: what would change")
+    deidentify: list[DeidentifyPlan] = Field(
+        default_factory=list, description="Per rule that de-identifies: how, and whether "
+                                          "the file would be held back")
 
 
 class RefusedDecision(BaseModel):

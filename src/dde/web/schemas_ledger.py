@@ -50,6 +50,12 @@ class DeliveryDocument(BaseModel):
                                   "null: the instance as received")
     edits: list[EditDocument] = Field(default_factory=list,
                                       description="What that rule changed in this instance")
+    deidentified: str | None = Field(
+        default=None, description="The rule de-identifies: how (profile, options; no "
+                                  "values). A held-back copy fails with the reason")
+    sent_sop_instance_uid: str | None = Field(
+        default=None, description="The SOP Instance UID sent under, when not the received "
+                                  "one (de-identified)")
     commitment: Literal["pending", "committed", "failed"] | None = Field(
         default=None, description="The latest storage commitment the destination was "
                                   "asked for (null: none asked: an endpoint without "

@@ -46,6 +46,7 @@
   /* A rule's set/remove in the bytes this delivery sends (old values come hidden). */
   function edited(d) {
     if (!d.variant) return "";
+    if (d.deidentified) return `; de-identified by rule ${d.variant} (${d.deidentified})`;
     const changes = (d.edits || []).map((e) => `${e.keyword || e.tag} ${e.action === "remove" ? "removed" : `→ ${e.new}`}`);
     return `; edited by rule ${d.variant}${changes.length ? ": " + changes.join(", ") : ""}`;
   }

@@ -97,9 +97,16 @@
   }
 
   /* What each matching rule's set/remove would change in the file, per rule. */
-  function showEdits(plans) {
+  function showEdits(plans, deidentify) {
     const body = document.querySelector("#explain-edits tbody");
     const rows = [];
+    for (const plan of deidentify) {
+      const to = `${plan.rule} → ${plan.destinations.join(", ")}`;
+      const what = plan.error || plan.held_back
+        || `de-identified (${plan.method}): ${plan.changed_elements} elements changed, removed or emptied`;
+      rows.push(DDE.el("tr", {}, DDE.el("td", { text: to }),
+        DDE.el("td", { colSpan: 3, className: plan.error || plan.held_back ? "error" : "", text: what })));
+    }
     for (const plan of plans) {
       const to = `${plan.rule} → ${plan.destinations.join(", ")}`;
       if (plan.error) rows.push(DDE.el("tr", {}, DDE.el("td", { text: to }), DDE.el("td", { colSpan: 3, className: "error", text: plan.error })));
@@ -143,7 +150,7 @@
       }))
       : [DDE.el("li", { text: d.discard ? "discarded" : "none" })]));
     document.getElementById("explain-reason").textContent = DDE.text(d.reason);
-    showEdits(d.edits || []);
+    showEdits(d.edits || [], d.deidentify || []);
     decision.hidden = false;
   }
 
