@@ -13,7 +13,6 @@ there is failed with the reason, as ``dde where --json`` shows.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -24,11 +23,11 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from tests.integration.test_coercion import stored
 from tests.support.deid_check import TableCheck
 from tests.support.fixtures import OrthancFactory
-from tests.support.orthanc import RunningOrthanc, storescu, wait_until
+from tests.support.orthanc import storescu, wait_until
 from tests.support.router import ROUTER_AET, endpoint_for, router_settings, start_router
 
 from dde.dicom.deid_table import load_table
@@ -80,12 +79,6 @@ def study_files(folder: Path) -> list[Path]:
         dataset.save_as(path)
         files.append(path)
     return files
-
-
-def stored(orthanc: RunningOrthanc, uid: str) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return dcmread(io.BytesIO(orthanc.file_bytes(uid)))
 
 
 def test_a_research_route_gets_the_study_deidentified(orthanc_factory: OrthancFactory,
