@@ -119,7 +119,8 @@ def deidentify_plan(route: Route, dataset: bytes, syntax: str) -> list[dict[str,
     for rule, action in route.deidentify:
         entry: dict[str, object] = {
             "rule": rule, "destinations": [name for name, r in route.variants if r == rule],
-            "method": describe(action), "held_back": None, "changed_elements": 0}
+            "method": describe(action), "held_back": None, "changed_elements": 0,
+            "error": None}
         try:
             source = dcmread(BytesIO(encode_file_meta("1.2", "1.2", syntax) + dataset))
         except Exception as exc:
