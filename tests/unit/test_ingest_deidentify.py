@@ -222,6 +222,9 @@ def test_a_retried_held_back_delivery_fails_again_and_sends_nothing(
 
     wait_until(failed_again, TIMEOUT, "held-back deliveries failed again")
     assert senders["RESEARCH"].sent_bytes == [] and senders["PROBE"].sent_bytes == []
+    # a held-back delivery needs no file: the original goes once the others are delivered
+    assert dispatcher.clean_spool_once() == 1
+    assert spooled(spool) == []
 
 
 def test_workers_send_the_copy_under_its_new_uid(ledger: Ledger, spool: Spool,

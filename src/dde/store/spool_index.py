@@ -10,9 +10,14 @@ from dde.store.database import Backend, database_errors_as_ledger_errors
 _ALL_DELIVERED = ("NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.instance_id = i.id"
                   " AND (d.state != 'delivered' OR d.delivered_at > ?"
                   " OR EXISTS (SELECT 1 FROM delivery_commitments c"
-                  " WHERE c.delivery_id = d.id AND c.state = 'pending')))")
-"""Every delivery delivered (before the retention) and none waiting for the destination
-to commit to it (a failed commitment sends the instance again: its file must stay)."""
+                  " WHERE c.delivery_id = d.id AND c.state = 'pending'))"
+                  " AND NOT EXISTS (SELECT 1 FROM delivery_variants dv"
+                  "   JOIN variant_deidentifications x ON x.variant_id = dv.variant_id"
+                  "   WHERE dv.delivery_id = d.id AND x.held_back IS NOT NULL))")
+"""Every delivery of instance ``i`` is delivered (before the retention) and none waits for
+the destination to commit to it (a failed commitment sends the instance again: its file
+must stay) — or it is held back from a de-identified route: such a delivery never sends a
+file (not the original either), so it keeps none in the spool."""
 
 
 @database_errors_as_ledger_errors
