@@ -502,3 +502,59 @@ def test_the_endpoints_page_fits_a_1400_px_window(console: Console, watched: Wat
     assert sizes["right"] <= sizes["window"], sizes
     assert sizes["table"] <= sizes["room"], sizes  # no scrolling inside its box either
     watched.assert_clean()
+
+
+DEID_RULES = """\
+rules:
+  - name: research
+    deidentify: {profile: basic, options: [retain-uids], salt_secret: research}
+    route: [ORTHANC2]
+    continue: true
+  - name: default
+    route: [ORTHANC1]
+mirror: []
+"""
+
+
+def test_the_tester_and_the_ledger_show_a_deidentified_route(
+        console: Console, watched: Watched, tmp_path: Path) -> None:
+    secrets = console.stack.router.home.root / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "research").write_text("e2e salt")
+    page = watched.page
+    console.log_in(page, "/rules")
+    page.fill("#rules-text", DEID_RULES)
+    page.click("#rules-form button[type=submit]")
+    expect(page.locator("#rules-ok")).to_contain_text("Applied: 2 rules (research, default)")
+
+    [ct] = write_series(tmp_path / "ct", 1, rows=16, columns=16, modality="CT",
+                        patient_id="E2E-DEID")
+    burned = tmp_path / "burned.dcm"
+    dataset = dcmread(ct)
+    dataset.BurnedInAnnotation = "YES"
+    dataset.SOPInstanceUID = generate_uid()
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.save_as(burned)
+    rows = page.locator("#explain-edits tbody tr")
+    drop_file(page, "#explain-drop", ct)
+    expect(rows).to_have_count(1, timeout=20_000)
+    expect(rows.nth(0).locator("td")).to_have_text(
+        ["research → ORTHANC2", re.compile(
+            r"^de-identified \(profile basic, options retain-uids\): \d+ elements changed")])
+    drop_file(page, "#explain-drop", burned)
+    expect(rows.nth(0).locator("td").nth(1)).to_contain_text(
+        "held back: burned-in annotation", timeout=20_000)
+
+    page.goto(console.url + "/upload")
+    ready(page)
+    page.set_input_files("#upload-files", str(ct))
+    expect(page.locator("#upload-list tbody tr")).to_have_attribute("data-state", "stored")
+    page.goto(console.url + "/ledger")
+    ready(page)
+    page.fill('input[name="patient_id"]', "E2E-DEID")
+    page.click("#ledger-form button[type=submit]")
+    details = page.locator('#ledger-results [data-field="detail"]')
+    expect(details).to_have_count(2)
+    expect(page.locator("#ledger-results")).to_contain_text(
+        "de-identified by rule research (profile basic, options retain-uids)")
+    watched.assert_clean()
