@@ -23,6 +23,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from tests.support.browser import Console, Watched, ready
 from tests.support.datagen import make_instance, write_series
+from tests.support.orthanc import wait_until
 
 from dde.store.ledger import Ledger
 from dde.store.records import NewInstance, SeedDelivery, SeedInstance
@@ -263,6 +264,7 @@ def test_the_tester_shows_the_edits_a_file_would_get(
     expect(rows.nth(2).locator("td").nth(2)).to_have_text("E2E-EDITS")
     expect(rows.nth(2).locator("td").nth(3)).to_have_text("(removed)")
 
+    wait_for_rules(console, ["tag-site", "default"])
     page.goto(console.url + "/upload")  # received for real: the ledger shows the edits
     ready(page)
     page.set_input_files("#upload-files", str(ct))
@@ -516,6 +518,12 @@ mirror: []
 """
 
 
+def wait_for_rules(console: Console, names: list[str]) -> None:
+    """The running router took the rules applied through the page (it polls the file)."""
+    wait_until(lambda: [r.name for r in console.stack.router.app.router.ruleset.rules]
+               == names, 20, f"the router routes by {names}")
+
+
 def test_the_tester_and_the_ledger_show_a_deidentified_route(
         console: Console, watched: Watched, tmp_path: Path) -> None:
     secrets = console.stack.router.home.root / "secrets"
@@ -545,6 +553,7 @@ def test_the_tester_and_the_ledger_show_a_deidentified_route(
     expect(rows.nth(0).locator("td").nth(1)).to_contain_text(
         "held back: burned-in annotation", timeout=20_000)
 
+    wait_for_rules(console, ["research", "default"])
     page.goto(console.url + "/upload")
     ready(page)
     page.set_input_files("#upload-files", str(ct))
