@@ -254,7 +254,7 @@ def test_a_salt_that_cannot_be_read_refuses_the_instance(ledger: Ledger, spool: 
     assert result.status == dimse.OUT_OF_RESOURCES and result.reason == "secret_missing"
     assert spooled(spool) == []
     assert ledger.diagnostics.count("instances") == 0
-    assert "DDE_SECRET_RESEARCH" in result.detail
+    assert "'research'" in result.detail and str(tmp_path) not in result.detail
 
 
 def test_profiles_are_not_remembered_while_the_secret_is_missing(tmp_path: Path) -> None:

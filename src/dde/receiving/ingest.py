@@ -297,7 +297,12 @@ class IngestPipeline:
         :class:`SpoolError`."""
         if self._profiles is None:
             raise SecretError("de-identification is not set up in this process")
-        profile = self._profiles(action)
+        try:
+            profile = self._profiles(action)
+        except SecretError as exc:  # where it was looked goes to the log, not to the sender
+            log.error("rule %s: %s", rule, exc)
+            raise SecretError(f"rule {rule}: secret {action.salt_secret!r} cannot be read "
+                              "(the router's log says where it looked)") from None
         method = describe(action)
         try:
             source = dcmread(BytesIO(part10))
