@@ -282,3 +282,25 @@ def test_explain_shows_the_deidentification_and_a_held_back_file(tmp_path: Path)
         else:
             assert plan["held_back"] is None and int(str(plan["changed_elements"])) > 5
     assert os.environ.get("DDE_SECRET_RESEARCH") is None
+
+
+@pytest.mark.parametrize(("order", "variants"), [
+    (["research", "clinical"], {"RESEARCH": "research", "CLINICAL": "research"}),
+    (["clinical", "research"], {"RESEARCH": "research"}),
+])
+def test_an_endpoint_two_rules_name_gets_the_first_rules_bytes(
+        order: list[str], variants: dict[str, str]) -> None:
+    rules = {
+        "research": "  - name: research\n    deidentify: {salt_secret: research}\n"
+                    "    route: [RESEARCH, CLINICAL]\n    continue: true\n",
+        "clinical": "  - name: clinical\n    route: [CLINICAL]\n    continue: true\n",
+    }
+    text = "rules:\n" + "".join(rules[name] for name in order)
+    router = Router(RoutingSettings(), ENDPOINTS, load_book(), None, parse_rules(text))
+    generated = instance()
+
+    route = router.route(parse_header(generated.dataset, generated.transfer_syntax_uid),
+                         FakeView())
+
+    assert dict(route.variants) == variants
+    assert [rule for rule, _ in route.deidentify] == ["research"]
