@@ -92,6 +92,11 @@ def reconcile(settings: Settings, ruleset: RuleSet, *, ledger: Ledger | None = N
         raise ReconcileError("no probe: the rules mirror to no endpoint")
     if unreadable:
         raise ReconcileError(f"no url (Orthanc REST) configured for: {', '.join(unreadable)}")
+    if repair and any(rule.deidentify is not None for rule in ruleset.rules):
+        # The endpoints hold different copies of one instance (de-identified or not): a
+        # repair could copy a received instance to a probe that gets de-identified ones.
+        raise ReconcileError("--repair is not available while a rule de-identifies (the "
+                             "storages and the probe may hold different copies)")
     report = ReconcileReport()
     holdings: dict[str, set[str]] = {}
     for endpoint in storages + probes:

@@ -21,7 +21,7 @@ from dde.receiving.ingest import IngestPipeline
 from dde.reconcile import ReconcileError, reconcile
 from dde.routing.route import Route
 from dde.routing.router import Router
-from dde.routing.rules import default_ruleset
+from dde.routing.rules import default_ruleset, parse_rules
 from dde.store.errors import LedgerError
 from dde.store.ledger import Ledger
 from dde.store.records import NewInstance
@@ -241,6 +241,21 @@ def test_repair_without_ledger_or_spool_is_an_error() -> None:
 
     with pytest.raises(ReconcileError, match="ledger and spool"):
         reconcile(settings(), RULESET, repair=True, client_factory=factory(orthancs))
+
+
+def test_repair_is_refused_while_a_rule_deidentifies() -> None:
+    rules = parse_rules(f"""\
+rules:
+  - name: research
+    deidentify: {{salt_secret: research}}
+    route: [ORTHANC2]
+    continue: true
+  - name: default
+    route: [ORTHANC1]
+mirror: [{PROBE}]
+""")
+    with pytest.raises(ReconcileError, match="de-identifies"):
+        reconcile(settings(), rules, repair=True, client_factory=factory({}))
 
 
 def test_repair_with_nothing_missing_needs_nothing(ledger: Ledger, spool: Spool) -> None:
