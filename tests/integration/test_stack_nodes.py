@@ -30,12 +30,11 @@ import yaml
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 from tests.support.faults import StorescuRun, start_storescu
-from tests.support.orthanc import free_port, storescu, wait_until
+from tests.support.orthanc import free_port, free_port_run, storescu, wait_until
 from tests.support.router import ROUTER_AET, ledger_idle
 from tests.support.stackcli import dde, kill_processes_naming
 from tests.support.stackcli import stack_status as status
 
-from dde.stack.process import port_in_use
 from dde.store.ledger import Ledger
 from dde.synthetic import write_series
 
@@ -49,15 +48,6 @@ SENDERS = 4
 STUDIES_PER_SENDER = 2
 INSTANCES_PER_STUDY = 30
 FILES_PER_ASSOCIATION = 10
-
-
-def free_port_run(length: int) -> int:
-    """A port P with P … P+length-1 all free (the nodes take the public ports + 1, 2, 3)."""
-    while True:
-        base = free_port()
-        if base + length < 65536 and all(port_in_use(base + n) is None
-                                          for n in range(1, length)):
-            return base
 
 
 @pytest.fixture

@@ -38,6 +38,28 @@ PORT_RANGE = (20000, 32000)
 _random = random.Random(os.getpid() ^ int(time.time()))
 
 
+def free_port_run(length: int) -> int:
+    """A port P with P … P+length-1 all free now and none handed out before by this
+    process (they are handed out now): for a part that takes a port and its neighbours."""
+    while True:
+        base = free_port()
+        run = range(base + 1, base + length)
+        if base + length < PORT_RANGE[1] and not any(p in _handed_out for p in run) and all(
+                _bindable(p) for p in run):
+            _handed_out.update(run)
+            return base
+
+
+def _bindable(port: int) -> bool:
+    try:
+        for host in ("127.0.0.1", "0.0.0.0"):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 and 0.0.0.0 now, not handed out before by this process."""
     while True:
