@@ -22,7 +22,7 @@ from tests.support.unitkit import (
     part10_bytes,
     split_part10,
 )
-from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher, workers  # noqa: F401
+from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher
 from tests.unit.test_streamed_ingest import incoming_for
 
 from dde.config import RoutingSettings
