@@ -71,7 +71,7 @@ PRIVATE_MODE = 0o600
 """A new configuration file's mode (``dde.yaml`` holds PACS passwords)."""
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     """tmp + fsync + rename + fsync of the folder; the file keeps its mode (0600 if new)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -320,7 +320,7 @@ class ConfigStore:
                     raise ConfigError(f"the change would break the rules in "
                                       f"{self.rules_path}: {exc}") from None
             self._check_receivers_rules(validated)
-            _write_atomically(self.path, self._rewritten(current, validated))
+            write_atomically(self.path, self._rewritten(current, validated))
             return validated
 
     def _update_shared(self, shared: SharedConfig, current: Settings,
@@ -344,7 +344,7 @@ class ConfigStore:
             return endpoints_after
 
         shared.change_endpoints(edit, self._own_copy)
-        _write_atomically(self.path, self._rewritten(current, done[-1]))
+        write_atomically(self.path, self._rewritten(current, done[-1]))
         return done[-1]
 
     def _rewritten(self, current: Settings, changed: Settings) -> str:
@@ -385,13 +385,13 @@ class ConfigStore:
                     return text
 
                 shared.change_rules(edit, self._own_copy)
-                _write_atomically(self.rules_path, text)
+                write_atomically(self.rules_path, text)
                 return checked[-1]
             settings = self.settings()
             ruleset = parse_rules(text, [e.name for e in settings.endpoints],
                                   {g for e in settings.endpoints for g in e.groups})
             check_secrets(ruleset, self.home.root, os.environ)
-            _write_atomically(self.rules_path, text)
+            write_atomically(self.rules_path, text)
             return ruleset
 
     def _apply_receiver_rules(self, text: str, name: str) -> RuleSet:
@@ -404,7 +404,7 @@ class ConfigStore:
                                   f"rules: FILE")
             ruleset = parse_rules(text, [e.name for e in settings.endpoints],
                                   {g for e in settings.endpoints for g in e.groups})
-            _write_atomically(path, text)
+            write_atomically(path, text)
             return ruleset
 
     def refresh_own_copy(self) -> None:
@@ -421,7 +421,7 @@ class ConfigStore:
                                     environment=False)
                 wanted = with_endpoints(own, state.endpoints, str(self.path))
                 if settings_to_data(wanted)["endpoints"] != settings_to_data(own)["endpoints"]:
-                    _write_atomically(self.path, self._rewritten(own, wanted))
+                    write_atomically(self.path, self._rewritten(own, wanted))
                     log.info("%s: endpoints updated from the shared configuration", self.path)
                 self._refresh_rules(state.rules)
         except (ConfigError, OSError) as exc:
@@ -436,7 +436,7 @@ class ConfigStore:
         if own == shared:
             return
         if shared is not None:
-            _write_atomically(self.rules_path, shared)
+            write_atomically(self.rules_path, shared)
             log.info("%s: updated from the shared configuration", self.rules_path)
             return
         aside = self.rules_path.with_name(self.rules_path.name + ".not-shared")

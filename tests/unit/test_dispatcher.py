@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,16 @@ def make_dispatcher(started: list[Any], ledger: Ledger, spool: Spool,
 
 def delivered(ledger: Ledger, instance_id: int, name: str) -> bool:
     return bool(state(ledger, instance_id, name)[1] == "delivered")
+
+
+def deliver_everywhere(dispatcher: Dispatcher, endpoints: list[EndpointSettings],
+                       ledger: Ledger, instance_id: int, names: Iterable[str]) -> None:
+    """Start the workers of ``endpoints`` and wait until ``instance_id`` is delivered to
+    each of ``names``."""
+    dispatcher.sync(endpoints)
+    for name in names:
+        wait_until(lambda name=name: delivered(ledger, instance_id, name), TIMEOUT,
+                   f"{name} delivered")
 
 
 # -- delivered ----------------------------------------------------------------------------

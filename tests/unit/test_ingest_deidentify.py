@@ -22,7 +22,7 @@ from tests.support.unitkit import (
     part10_bytes,
     split_part10,
 )
-from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher
+from tests.unit.test_dispatcher import TIMEOUT, deliver_everywhere, make_dispatcher
 from tests.unit.test_streamed_ingest import incoming_for
 
 from dde.config import RoutingSettings
@@ -203,7 +203,7 @@ def test_burned_in_is_held_back_failed_with_the_reason_and_never_sendable(
 
 def test_a_retried_held_back_delivery_fails_again_and_sends_nothing(
         ledger: Ledger, spool: Spool, tmp_path: Path,
-        workers: list[Any]) -> None:  # noqa: F811
+        workers: list[Any]) -> None:
     received = instance(burned_in=True)
     result = pipeline(ledger, spool, tmp_path).ingest(received.incoming())
     assert result.ok and result.instance_id is not None
@@ -211,9 +211,7 @@ def test_a_retried_held_back_delivery_fails_again_and_sends_nothing(
     senders = {name: FakeSender() for name in ("CLINICAL", "RESEARCH", "PROBE")}
     dispatcher = make_dispatcher(workers, ledger, spool, senders)
 
-    dispatcher.sync(ENDPOINTS)
-    wait_until(lambda: delivered(ledger, result.instance_id or 0, "CLINICAL"), TIMEOUT,
-               "clinical delivered")
+    deliver_everywhere(dispatcher, ENDPOINTS, ledger, result.instance_id, ["CLINICAL"])
 
     def failed_again() -> bool:
         (record,) = ledger.operators.where(received.sop_instance_uid)
@@ -229,17 +227,14 @@ def test_a_retried_held_back_delivery_fails_again_and_sends_nothing(
 
 def test_workers_send_the_copy_under_its_new_uid(ledger: Ledger, spool: Spool,
                                                  tmp_path: Path,
-                                                 workers: list[Any]) -> None:  # noqa: F811
+                                                 workers: list[Any]) -> None:
     received = instance()
     result = pipeline(ledger, spool, tmp_path).ingest(received.incoming())
     assert result.ok and result.instance_id is not None
     senders = {name: FakeSender() for name in ("CLINICAL", "RESEARCH", "PROBE")}
     dispatcher = make_dispatcher(workers, ledger, spool, senders)
 
-    dispatcher.sync(ENDPOINTS)
-    for name in senders:
-        wait_until(lambda name=name: delivered(ledger, result.instance_id or 0, name),
-                   TIMEOUT, f"{name} delivered")
+    deliver_everywhere(dispatcher, ENDPOINTS, ledger, result.instance_id, senders)
 
     research = dcmread(io.BytesIO(senders["RESEARCH"].sent_bytes[0]))
     assert senders["RESEARCH"].sent_uids() == [str(research.SOPInstanceUID)]

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from tests.support.orthanc import wait_until
 from tests.support.unitkit import FakeSender, endpoint, generated, load_book, part10_bytes
-from tests.unit.test_dispatcher import TIMEOUT, delivered, make_dispatcher
+from tests.unit.test_dispatcher import deliver_everywhere, make_dispatcher
 from tests.unit.test_streamed_ingest import incoming_for
 
 from dde.config import RoutingSettings
@@ -113,17 +112,14 @@ def test_rules_without_edits_make_no_variant(ledger: Ledger, spool: Spool) -> No
 
 
 def test_workers_send_each_rules_bytes_and_the_janitor_removes_them_all(
-        ledger: Ledger, spool: Spool, workers: list[Any]) -> None:  # noqa: F811
+        ledger: Ledger, spool: Spool, workers: list[Any]) -> None:
     instance = generated()
     result = pipeline(ledger, spool).ingest(instance.incoming())
     assert result.ok and result.instance_id is not None
     senders = {name: FakeSender() for name in ("ORTHANC1", "ORTHANC2", "ORTHANC-PROBE")}
     dispatcher = make_dispatcher(workers, ledger, spool, senders)
 
-    dispatcher.sync(ENDPOINTS)
-    for name in senders:
-        wait_until(lambda name=name: delivered(ledger, result.instance_id or 0, name),
-                   TIMEOUT, f"{name} delivered")
+    deliver_everywhere(dispatcher, ENDPOINTS, ledger, result.instance_id, senders)
 
     received = {name: dcmread(io.BytesIO(sender.sent_bytes[0]))
                 for name, sender in senders.items()}

@@ -38,7 +38,7 @@ import yaml
 
 from dde.config import Home, Settings, StoreBackend, load_settings, settings_to_data
 from dde.config.yaml_rewrite import rewrite_yaml
-from dde.config_store import ConfigStore, _write_atomically
+from dde.config_store import ConfigStore, write_atomically
 from dde.stack.errors import StackError
 from dde.stack.parts import HAPROXY, POSTGRESQL, Part, PartKind, more_receivers
 from dde.store.postgres import database_exists
@@ -137,7 +137,7 @@ def set_nodes(home: Home, nodes: int) -> list[str]:
             return []
         changed = current.model_copy(update=changes)
         text = home.config_file.read_text()
-        _write_atomically(home.config_file, rewrite_yaml(
+        write_atomically(home.config_file, rewrite_yaml(
             text, settings_to_data(current), settings_to_data(changed)))
     load_settings(home)  # the result must load (the settings model checks it)
     return said
@@ -163,12 +163,12 @@ def write_node_home(home: Home, settings: Settings, part: Part) -> None:
     raw["spool"] = {**(raw.get("spool") or {}),
                     "folder": settings.spool.folder or str(home.spool_dir)}
     text = NODE_HEADER.format(main=home.config_file) + yaml.safe_dump(raw, sort_keys=False)
-    _write_atomically(part.config, text)
+    write_atomically(part.config, text)
     load_token(home)  # one token for all nodes (HAProxy's web port reaches any of them)
     for source, target in ((home.rules_file, Home(part.home).rules_file),
                            (token_file(home), token_file(Home(part.home)))):
         if source.exists():
-            _write_atomically(target, source.read_text())
+            write_atomically(target, source.read_text())
         else:
             target.unlink(missing_ok=True)
 
@@ -272,7 +272,7 @@ def haproxy_argv(home: Home, settings: Settings, nodes: list[Part]) -> list[str]
         raise StackError("HAProxy is not installed (it spreads associations over the "
                          "nodes): `apt-get install -y haproxy`")
     config = home.root / "haproxy.cfg"
-    _write_atomically(config, haproxy_config(settings, nodes))
+    write_atomically(config, haproxy_config(settings, nodes))
     return [str(HAPROXY_BINARY), "-db", "-f", str(config)]
 
 
